@@ -1,0 +1,95 @@
+"""The row every stage reads and writes, and its TRL views.
+
+    {
+      "id":       "9f2c...",                      # 16 hex, sha256 of the canonical messages
+      "messages": [{"role": "user", "content": "..."}, {"role": "assistant", "content": "..."}],
+      "source":   {"file": "seeds.jsonl", "line": 12},
+      "lineage":  {"parents": ["<id>", ...], "stage": "generate"},
+      "meta":     {"<stage>": {... per-stage detail, raw model text ...}},
+      "reject":   null | {"stage": "filter", "reason": "too_short", "raw": "..."}
+    }
+
+Stages add columns (meta.<stage>, an assistant turn, ...) and never rewrite another stage's meta.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+
+ROLES = ("system", "user", "assistant")
+
+
+def message_id(messages: list[dict]) -> str:
+    canonical = json.dumps([[m["role"], m["content"]] for m in messages], ensure_ascii=False)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
+
+
+def new_row(
+    messages: list[dict], source: dict, stage: str = "read", parents: list[str] | None = None
+) -> dict:
+    return {
+        "id": message_id(messages),
+        "messages": messages,
+        "source": source,
+        "lineage": {"parents": list(parents or []), "stage": stage},
+        "meta": {},
+        "reject": None,
+    }
+
+
+def derive(row: dict, stage: str, messages: list[dict], meta: dict | None = None) -> dict:
+    """A child row (new content -> new id) that remembers its parent and the stage that made it."""
+    child = copy.deepcopy(row)
+    child["messages"] = messages
+    child["id"] = message_id(messages)
+    child["lineage"] = {"parents": [row["id"]], "stage": stage}
+    child["reject"] = None
+    if meta is not None:
+        child["meta"][stage] = meta
+    return child
+
+
+def reject(row: dict, stage: str, reason: str, raw: str | None = None) -> dict:
+    row["reject"] = {"stage": stage, "reason": reason}
+    if raw is not None:
+        row["reject"]["raw"] = raw
+    return row
+
+
+def prompt_messages(row: dict) -> list[dict]:
+    """The conversation up to (not including) the final assistant turn."""
+    msgs = row["messages"]
+    return msgs[:-1] if msgs and msgs[-1]["role"] == "assistant" else list(msgs)
+
+
+def instruction(row: dict) -> str:
+    """Text of the last user turn: what taggers, filters and dedup look at."""
+    for m in reversed(row["messages"]):
+        if m["role"] == "user":
+            return m["content"]
+    return ""
+
+
+def response(row: dict) -> str | None:
+    msgs = row["messages"]
+    return msgs[-1]["content"] if msgs and msgs[-1]["role"] == "assistant" else None
+
+
+def with_response(row: dict, text: str) -> list[dict]:
+    return prompt_messages(row) + [{"role": "assistant", "content": text}]
+
+
+def to_trl_sft(row: dict) -> dict:
+    """TRL conversational language-modeling format."""
+    return {"messages": [{"role": m["role"], "content": m["content"]} for m in row["messages"]]}
+
+
+def to_trl_preference(prompt: list[dict], chosen: str, rejected: str) -> dict:
+    """TRL conversational preference format (explicit prompt)."""
+    return {
+        "prompt": [{"role": m["role"], "content": m["content"]} for m in prompt],
+        "chosen": [{"role": "assistant", "content": chosen}],
+        "rejected": [{"role": "assistant", "content": rejected}],
+    }

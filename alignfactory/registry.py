@@ -1,0 +1,33 @@
+"""Stage name -> "module:Class", resolved lazily so listing stages imports nothing heavy.
+
+A spec may also name any importable class directly as "package.module:Class".
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+
+STAGES = {
+    "generate": "alignfactory.stages.generate:Generate",
+    "filter": "alignfactory.stages.filter:Filter",
+    "dedup": "alignfactory.stages.dedup:Dedup",
+    "export": "alignfactory.stages.export:Export",
+}
+
+
+class UnknownStage(KeyError):
+    pass
+
+
+def resolve(name: str) -> type:
+    target = STAGES.get(name, name if ":" in name else None)
+    if target is None:
+        close = difflib.get_close_matches(name, STAGES, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise UnknownStage(f"unknown stage {name!r}{hint} (known: {', '.join(sorted(STAGES))})")
+    module, _, cls = target.partition(":")
+    try:
+        return getattr(importlib.import_module(module), cls)
+    except (ImportError, AttributeError) as e:
+        raise UnknownStage(f"stage {name!r}: cannot import {target}: {e}") from e

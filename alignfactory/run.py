@@ -1,0 +1,478 @@
+"""Run a spec: read -> stages -> export, as Ray Data over shards, resumable. The only module that knows Ray.
+
+    runs/<name>/stages/00-read/shard-00000.jsonl   first line {"_shard": stats}, then rows (kept and rejected)
+    runs/<name>/stages/<i>-<stage>/_FINGERPRINT     hash of params, templates, model, sampling, seed, input fp
+    runs/<name>/stages/<i>-<stage>/_SUCCESS         all shards of the stage written, with totals
+
+Consecutive row stages form one segment: one Ray Data pipeline from_items(shards) -> map_batches
+per stage (LLM stages in actor pools, CPU stages as tasks). A shard travels as one item carrying
+its rows and every stage's output; the driver writes each finished shard's outputs atomically, so
+a kill -9 loses only the shards in flight and a re-run sends only the shards not yet written.
+A corpus stage gets all rows of its input in one Ray task (or the driver, for export) and its
+output is re-sharded. `python -m alignfactory.run spec.yaml` is what `ray job submit` runs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from alignfactory import __version__, io, registry
+from alignfactory.spec import PipelineSpec, SpecError, StageSpec
+from alignfactory.stages.base import StageContext, fingerprint
+
+log = logging.getLogger("alignfactory")
+SHARD_GLOB = "shard-*.jsonl"
+
+
+@dataclass
+class Step:
+    index: int
+    name: str
+    spec: StageSpec | None  # None for read
+    params: BaseModel | None
+    ctx: StageContext
+    fingerprint: str
+    dir: Path
+
+    @property
+    def cls(self) -> type:
+        return registry.resolve(self.name)
+
+    @property
+    def done(self) -> bool:
+        return (self.dir / "_SUCCESS").exists()
+
+
+# ---- shards ---------------------------------------------------------------------------------------
+
+
+def write_shard(path: Path, rows: list[dict], stats: dict) -> None:
+    io.write_atomic(path, io.jsonl_bytes([{"_shard": stats}] + rows))
+
+
+def read_shard(path: Path) -> tuple[list[dict], dict]:
+    lines = io.read_jsonl(path)
+    return lines[1:], lines[0]["_shard"]
+
+
+def kept(rows: list[dict]) -> list[dict]:
+    return [r for r in rows if not r.get("reject")]
+
+
+# ---- planning -------------------------------------------------------------------------------------
+
+
+def plan(spec: PipelineSpec, root: Path) -> list[Step]:
+    """Steps with fingerprints chained through their inputs; nothing heavy is built here."""
+    inputs = io.expand_paths([spec.input.path] if isinstance(spec.input.path, str) else spec.input.path)
+    identity = [(str(p), *_file_identity(p)) for p in inputs]
+    read_fp = fingerprint(["read", identity, spec.limit, spec.shard_size, spec.input.max_line_bytes])
+    steps = [
+        Step(0, "read", None, None, StageContext("read", 0, spec.seed), read_fp, root / "stages" / "00-read")
+    ]
+    for i, stage in enumerate(spec.stages, 1):
+        cls = registry.resolve(stage.name)
+        params = spec.stage_params(i - 1)
+        model = stage.model or spec.model
+        sampling = (stage.sampling or spec.sampling).build(spec.seed)
+        short = stage.name.rsplit(":", 1)[-1].lower()
+        ctx = StageContext(short, i, spec.seed, model, sampling, stage.resources.batch_size)
+        parts = {
+            "stage": stage.name,
+            "params": params.model_dump(mode="json"),
+            "templates": [p.read_text("utf-8") for p in cls.template_files(params)],
+            "seed": spec.seed,
+            "input": steps[-1].fingerprint,
+        }
+        if cls.uses_llm:
+            from alignfactory.llm import resolve_backend
+
+            ctx.model = model.model_copy(update={"backend": resolve_backend(model)})
+            parts |= {"model": ctx.model.identity(), "sampling": sampling.to_dict()}
+        steps.append(
+            Step(i, stage.name, stage, params, ctx, fingerprint(parts), root / "stages" / f"{i:02d}-{short}")
+        )
+    return steps
+
+
+def _file_identity(path: Path) -> tuple:
+    if path.is_dir():
+        return tuple(
+            sorted((str(p.relative_to(path)), *_file_identity(p)) for p in path.rglob("*") if p.is_file())
+        )
+    st = path.stat()
+    return (st.st_size, st.st_mtime_ns)
+
+
+def prepare(steps: list[Step]) -> None:
+    """A stage dir whose fingerprint differs from the plan's holds stale output: remove it."""
+    for step in steps:
+        marker = step.dir / "_FINGERPRINT"
+        if step.dir.exists() and (not marker.exists() or marker.read_text().strip() != step.fingerprint):
+            log.info("%s: inputs or settings changed; discarding %s", step.name, step.dir)
+            shutil.rmtree(step.dir)
+        step.dir.mkdir(parents=True, exist_ok=True)
+        if not marker.exists():
+            io.write_atomic(marker, step.fingerprint.encode())
+
+
+def segments(steps: list[Step]) -> list[list[Step]]:
+    """Consecutive row stages run as one streaming pipeline; each corpus stage runs alone."""
+    out: list[list[Step]] = []
+    for step in steps[1:]:
+        if step.cls.kind == "row" and out and out[-1][-1].cls.kind == "row":
+            out[-1].append(step)
+        else:
+            out.append([step])
+    return out
+
+
+# ---- executing a stage on rows (inside Ray workers) --------------------------------------------
+
+
+def apply_stage(stage, rows: list[dict]) -> list[dict]:
+    """stage(rows), with no row lost: an exception is isolated to the rows that cause it, and an
+    input row that neither comes back nor parents an output row is rejected as dropped."""
+    from alignfactory.llm.base import EngineError
+
+    try:
+        out = stage(rows)
+    except EngineError:
+        raise
+    except Exception as e:
+        if len(rows) == 1:
+            return [stage.reject(rows[0], f"stage_error: {type(e).__name__}: {e}")]
+        log.warning("%s raised %s on a batch of %d; retrying row by row", stage.ctx.name, e, len(rows))
+        out = [r for row in rows for r in apply_stage(stage, [row])]
+    seen = {r["id"] for r in out} | {p for r in out for p in r["lineage"]["parents"]}
+    for row in rows:
+        if row["id"] not in seen:
+            out.append(stage.reject(row, "dropped_by_stage"))
+    return out
+
+
+def run_on_shard(stage, rows: list[dict]) -> tuple[list[dict], dict]:
+    t0, tin, tout = time.perf_counter(), stage.tokens_in, stage.tokens_out
+    out = []
+    for start in range(0, len(rows), stage.ctx.batch_size):
+        out += apply_stage(stage, rows[start : start + stage.ctx.batch_size])
+    stats = {
+        "rows_in": len(rows),
+        "rows_out": len(kept(out)),
+        "rejected": len(out) - len(kept(out)),
+        "tokens_in": stage.tokens_in - tin,
+        "tokens_out": stage.tokens_out - tout,
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
+    return out, stats
+
+
+def build_stage(name: str, params: dict, ctx: StageContext):
+    cls = registry.resolve(name)
+    return cls(cls.Params.model_validate(params), ctx)
+
+
+class StageWorker:
+    """map_batches callable: one item = one shard; stages before the shard's start pass it through."""
+
+    def __init__(self, name: str, params: dict, ctx: StageContext):
+        self.index = ctx.index
+        self.stage = build_stage(name, params, ctx)
+
+    def __call__(self, batch: dict) -> dict:
+        import numpy as np
+
+        payloads = []
+        for start, payload in zip(batch["start"], batch["payload"]):
+            item = json.loads(payload)
+            if int(start) <= self.index:
+                out, stats = run_on_shard(self.stage, item["rows"])
+                item["outputs"][str(self.index)] = {"rows": out, "stats": stats}
+                item["rows"] = kept(out)
+            payloads.append(json.dumps(item, ensure_ascii=False).encode())
+        return {"shard": batch["shard"], "start": batch["start"], "payload": np.array(payloads, dtype=object)}
+
+
+def run_task_stage(batch: dict, name: str, params: dict, ctx: StageContext) -> dict:
+    return StageWorker(name, params, ctx)(batch)
+
+
+def run_corpus(name: str, params: dict, ctx: StageContext, rows: list[dict]) -> tuple[list[dict], dict]:
+    return run_on_shard(_as_one_batch(build_stage(name, params, ctx)), rows)
+
+
+def _as_one_batch(stage):
+    stage.ctx = replace(stage.ctx, batch_size=1 << 62)  # a corpus stage sees all rows in one call
+    return stage
+
+
+# ---- driver ---------------------------------------------------------------------------------------
+
+
+class Runner:
+    def __init__(self, spec: PipelineSpec, spec_path: str | None = None, output: str | None = None):
+        self.spec = spec
+        self.spec_path = spec_path
+        self.root = Path(output or spec.output or Path("runs") / spec.name).resolve()
+        self.steps = plan(spec, self.root)
+        self._ray_started = False
+
+    def run(self) -> dict:
+        t0 = time.perf_counter()
+        prepare(self.steps)
+        self.read()
+        for seg in segments(self.steps):
+            if all(s.done for s in seg):
+                log.info("%s: finished earlier, reused", ", ".join(s.name for s in seg))
+                continue
+            if seg[0].cls.kind == "corpus":
+                self.corpus(seg[0])
+            else:
+                self.row_segment(seg)
+            self.write_manifest(time.perf_counter() - t0)
+        self.collect_rejected()
+        manifest = self.write_manifest(time.perf_counter() - t0)
+        log.info("done in %.1f s: %s", time.perf_counter() - t0, self.root)
+        return manifest
+
+    # -- read
+
+    def read(self) -> None:
+        step = self.steps[0]
+        if step.done:
+            return
+        paths = io.expand_paths(
+            [self.spec.input.path] if isinstance(self.spec.input.path, str) else self.spec.input.path
+        )
+        totals = {"rows_in": 0, "rows_out": 0, "rejected": 0}
+        buf: list[dict] = []
+        n_shards = 0
+
+        def flush():
+            nonlocal buf, n_shards
+            good = len(kept(buf))
+            stats = {"rows_in": len(buf), "rows_out": good, "rejected": len(buf) - good}
+            write_shard(step.dir / f"shard-{n_shards:05d}.jsonl", buf, stats)
+            for k in totals:
+                totals[k] += stats[k]
+            n_shards += 1
+            buf = []
+
+        limit = self.spec.limit
+        for row in io.read_inputs(paths, self.spec.input.max_line_bytes):
+            buf.append(row)
+            if len(buf) == self.spec.shard_size:
+                flush()
+            if limit and totals["rows_in"] + len(buf) >= limit:
+                break
+        if buf:
+            flush()
+        self.succeed(step, totals | {"shards": n_shards})
+        log.info(
+            "read: %d rows (%d rejected) into %d shards", totals["rows_in"], totals["rejected"], n_shards
+        )
+
+    # -- row stages
+
+    def row_segment(self, seg: list[Step]) -> None:
+        first, last = seg[0].index, seg[-1].index
+        source = self.steps[first - 1].dir
+        items = []
+        for path in sorted(source.glob(SHARD_GLOB)):
+            start = first
+            while start <= last and (self.steps[start].dir / path.name).exists():
+                start += 1
+            if start > last:
+                continue
+            rows, _ = read_shard(self.steps[start - 1].dir / path.name)
+            payload = {"rows": kept(rows), "outputs": {}}
+            items.append(
+                {
+                    "shard": path.name,
+                    "start": start,
+                    "payload": json.dumps(payload, ensure_ascii=False).encode(),
+                }
+            )
+        names = ", ".join(s.name for s in seg)
+        if items:
+            log.info("%s: %d shards to run", names, len(items))
+            ds = self.dataset(items, seg)
+            done = 0
+            for out in ds.iter_rows():
+                item = json.loads(out["payload"])
+                for index, result in sorted(item["outputs"].items(), key=lambda kv: int(kv[0])):
+                    write_shard(self.steps[int(index)].dir / out["shard"], result["rows"], result["stats"])
+                done += 1
+                log.info("%s: shard %s written (%d/%d)", names, out["shard"], done, len(items))
+        for step in seg:
+            self.succeed(step, self.totals(step))
+
+    def dataset(self, items: list[dict], seg: list[Step]):
+        import ray
+
+        self.ensure_ray()
+        ds = ray.data.from_items(items, override_num_blocks=len(items))
+        for step in seg:
+            res = step.spec.resources
+            args = (step.name, step.params.model_dump(mode="json"), step.ctx)
+            remote = {"num_cpus": res.num_cpus, "num_gpus": res.num_gpus}
+            if step.cls.uses_llm:
+                ds = ds.map_batches(
+                    StageWorker,
+                    fn_constructor_args=args,
+                    batch_size=1,
+                    batch_format="numpy",
+                    compute=ray.data.ActorPoolStrategy(size=res.concurrency),
+                    **remote,
+                )
+            else:
+                ds = ds.map_batches(
+                    run_task_stage,
+                    fn_args=args,
+                    batch_size=1,
+                    batch_format="numpy",
+                    compute=ray.data.TaskPoolStrategy(size=res.concurrency),
+                    **remote,
+                )
+        return ds
+
+    # -- corpus stages
+
+    def corpus(self, step: Step) -> None:
+        for stale in step.dir.glob(SHARD_GLOB):
+            stale.unlink()
+        rows = [
+            r for p in sorted(self.steps[step.index - 1].dir.glob(SHARD_GLOB)) for r in kept(read_shard(p)[0])
+        ]
+        params = step.params.model_dump(mode="json")
+        log.info("%s: %d rows (corpus stage)", step.name, len(rows))
+        if step.cls.in_driver:
+            out, stats = run_corpus(step.name, params, replace(step.ctx, run_dir=self.root), rows)
+        else:
+            import ray
+
+            self.ensure_ray()
+            task = ray.remote(num_cpus=step.spec.resources.num_cpus, num_gpus=step.spec.resources.num_gpus)(
+                run_corpus
+            )
+            out, stats = ray.get(task.remote(step.name, params, step.ctx, rows))
+        size = self.spec.shard_size
+        for j in range(0, max(len(out), 1), size):
+            part = out[j : j + size]
+            good = len(kept(part))
+            shard_stats = {
+                "rows_in": 0,
+                "rows_out": good,
+                "rejected": len(part) - good,
+                "tokens_in": 0,
+                "tokens_out": 0,
+                "seconds": 0.0,
+            }
+            if j == 0:  # whole-stage counters live on the first shard so totals() adds up
+                shard_stats |= {k: stats[k] for k in ("rows_in", "tokens_in", "tokens_out", "seconds")}
+            write_shard(step.dir / f"shard-{j // size:05d}.jsonl", part, shard_stats)
+        self.succeed(step, self.totals(step))
+
+    # -- bookkeeping
+
+    def totals(self, step: Step) -> dict:
+        sums = {
+            "rows_in": 0,
+            "rows_out": 0,
+            "rejected": 0,
+            "tokens_in": 0,
+            "tokens_out": 0,
+            "seconds": 0.0,
+            "shards": 0,
+        }
+        for path in step.dir.glob(SHARD_GLOB):
+            with open(path, encoding="utf-8") as f:
+                stats = json.loads(f.readline())["_shard"]
+            for k in sums:
+                sums[k] += stats.get(k, 1 if k == "shards" else 0)
+        sums["seconds"] = round(sums["seconds"], 3)
+        return sums
+
+    def succeed(self, step: Step, totals: dict) -> None:
+        io.write_json_atomic(step.dir / "_SUCCESS", totals)
+        log.info("%s: %s", step.name, ", ".join(f"{k}={v}" for k, v in totals.items()))
+
+    def collect_rejected(self) -> None:
+        """rejected/<i>-<stage>.jsonl: every dropped row, with its reason, gathered from the shards."""
+        out = self.root / "rejected"
+        out.mkdir(exist_ok=True)
+        for step in self.steps:
+            rows = [r for p in sorted(step.dir.glob(SHARD_GLOB)) for r in read_shard(p)[0] if r.get("reject")]
+            target = out / f"{step.dir.name}.jsonl"
+            if rows:
+                io.write_jsonl_atomic(target, rows)
+            elif target.exists():
+                target.unlink()
+
+    def write_manifest(self, seconds: float) -> dict:
+        manifest = {
+            "name": self.spec.name,
+            "spec_path": self.spec_path,
+            "spec": self.spec.model_dump(mode="json"),
+            "code_version": code_version(),
+            "seconds": round(seconds, 3),
+            "stages": [
+                {
+                    "index": s.index,
+                    "name": s.name,
+                    "dir": str(s.dir.relative_to(self.root)),
+                    "fingerprint": s.fingerprint,
+                    "done": s.done,
+                    **(json.loads((s.dir / "_SUCCESS").read_text()) if s.done else {}),
+                }
+                for s in self.steps
+            ],
+        }
+        io.write_json_atomic(self.root / "manifest.json", manifest)
+        return manifest
+
+    def ensure_ray(self) -> None:
+        import ray
+
+        if not ray.is_initialized():
+            # RAY_ADDRESS (set by `ray job submit`, or by the user) joins a cluster; else Ray starts here.
+            ray.init(log_to_driver=True, logging_level=logging.WARNING)
+            ctx = ray.data.DataContext.get_current()
+            ctx.enable_progress_bars = os.environ.get("ALIGNFACTORY_PROGRESS", "1") == "1"
+            self._ray_started = True
+
+
+def code_version() -> str:
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            cwd=Path(__file__).resolve().parent,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        sha = ""
+    return f"{__version__}+{sha}" if sha else __version__
+
+
+def main(argv: list[str] | None = None) -> int:
+    from alignfactory.cli import main as cli_main
+
+    return cli_main(["run", *(argv if argv is not None else __import__("sys").argv[1:])])
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
+
+
+__all__ = ["Runner", "SpecError", "main"]

@@ -1,0 +1,1 @@
+"""One file per stage; alignfactory.registry maps spec names to these classes."""

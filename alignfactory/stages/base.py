@@ -1,0 +1,108 @@
+"""The stage contract.
+
+A row stage maps a list of rows independently: `__call__(rows) -> rows`, each returned row either
+kept (columns added) or marked `reject`. A corpus stage (kind = "corpus") gets every row of its
+input at once and returns the new whole. Both are plain classes, testable on a list; the runner
+builds them inside Ray workers, so constructors are where heavy state (engines) is made.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar
+
+from pydantic import BaseModel
+
+from alignfactory import records
+from alignfactory.llm.base import Sampling, request_seed
+from alignfactory.llm.config import ModelConfig
+
+RUBRICS = Path(__file__).resolve().parents[2] / "rubrics"
+
+
+@dataclass
+class StageContext:
+    name: str  # registry name of the stage
+    index: int  # position in the spec (1-based; 0 is read)
+    seed: int = 0
+    model: ModelConfig = field(default_factory=ModelConfig)
+    sampling: Sampling = field(default_factory=Sampling)
+    batch_size: int = 8
+    run_dir: Path | None = None  # set for stages that write run outputs (export)
+
+
+class Stage:
+    kind: ClassVar[str] = "row"  # "row" | "corpus"
+    uses_llm: ClassVar[bool] = False
+    in_driver: ClassVar[bool] = False  # corpus stages that write into the run dir run in the driver
+    requires: ClassVar[dict[str, str]] = {}  # what a row must carry, for error messages
+    adds: ClassVar[tuple[str, ...]] = ()
+
+    class Params(BaseModel, extra="forbid"):
+        pass
+
+    def __init__(self, params: BaseModel, ctx: StageContext):
+        self.params = params
+        self.ctx = ctx
+        self.tokens_in = 0
+        self.tokens_out = 0
+
+    def __call__(self, rows: list[dict]) -> list[dict]:
+        raise NotImplementedError
+
+    # -- helpers ----------------------------------------------------------------------------------
+
+    def reject(self, row: dict, reason: str, raw: str | None = None) -> dict:
+        return records.reject(row, self.ctx.name, reason, raw)
+
+    def meta(self, row: dict) -> dict:
+        return row["meta"].setdefault(self.ctx.name, {})
+
+    @classmethod
+    def template_files(cls, params: BaseModel) -> list[Path]:
+        """Templates whose text goes into the fingerprint (edit a prompt -> the stage re-runs)."""
+        return []
+
+
+class LLMStage(Stage):
+    """A row stage that calls an engine: build_messages -> engine.chat -> parse."""
+
+    uses_llm = True
+
+    def __init__(self, params: BaseModel, ctx: StageContext, engine=None):
+        super().__init__(params, ctx)
+        if engine is None:
+            from alignfactory.llm import make_engine
+
+            engine = make_engine(ctx.model, batch_size=ctx.batch_size)
+        self.engine = engine
+
+    def seeds(self, rows: list[dict]) -> list[int]:
+        return [request_seed(self.ctx.seed, f"{self.ctx.name}:{r['id']}") for r in rows]
+
+    def complete(self, conversations: list[list[dict]], rows: list[dict], sampling: Sampling | None = None):
+        """engine.chat over rows, counting tokens; returns Completions in row order."""
+        outs = self.engine.chat(conversations, sampling or self.ctx.sampling, self.seeds(rows))
+        for out in outs:
+            self.tokens_in += out.prompt_tokens
+            self.tokens_out += out.completion_tokens
+        return outs
+
+
+def render(template: str, **values) -> str:
+    """Render a jinja template from rubrics/ (path relative to it) with strict undefined names."""
+    import jinja2
+
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(RUBRICS)),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+    )
+    return env.get_template(template).render(**values)
+
+
+def fingerprint(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
