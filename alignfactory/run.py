@@ -192,7 +192,7 @@ class StageWorker:
         import numpy as np
 
         payloads = []
-        for start, payload in zip(batch["start"], batch["payload"]):
+        for start, payload in zip(batch["start"], batch["payload"], strict=True):
             item = json.loads(payload)
             if int(start) <= self.index:
                 out, stats = run_on_shard(self.stage, item["rows"])
@@ -306,12 +306,10 @@ class Runner:
         if items:
             log.info("%s: %d shards to run", names, len(items))
             ds = self.dataset(items, seg)
-            done = 0
-            for out in ds.iter_rows():
+            for done, out in enumerate(ds.iter_rows(), 1):
                 item = json.loads(out["payload"])
                 for index, result in sorted(item["outputs"].items(), key=lambda kv: int(kv[0])):
                     write_shard(self.steps[int(index)].dir / out["shard"], result["rows"], result["stats"])
-                done += 1
                 log.info("%s: shard %s written (%d/%d)", names, out["shard"], done, len(items))
         for step in seg:
             self.succeed(step, self.totals(step))

@@ -41,7 +41,7 @@ class Generate(LLMStage):
         )
         outs = self.complete([self.build_messages(r) for r in rows], rows, sampling)
         result = []
-        for row, out in zip(rows, outs):
+        for row, out in zip(rows, outs, strict=True):
             for k, text in enumerate(out.texts):
                 meta = {
                     "model": self.engine.model_id,
