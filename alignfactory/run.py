@@ -185,8 +185,11 @@ class StageWorker:
     """map_batches callable: one item = one shard; stages before the shard's start pass it through."""
 
     def __init__(self, name: str, params: dict, ctx: StageContext):
+        t0 = time.perf_counter()
         self.index = ctx.index
         self.stage = build_stage(name, params, ctx)
+        self.load_seconds = round(time.perf_counter() - t0, 3)  # engine/model load, reported once
+        self.where = _worker_location()
 
     def __call__(self, batch: dict) -> dict:
         import numpy as np
@@ -196,10 +199,22 @@ class StageWorker:
             item = json.loads(payload)
             if int(start) <= self.index:
                 out, stats = run_on_shard(self.stage, item["rows"])
+                stats |= {"worker": self.where, "load_seconds": self.load_seconds}
+                self.load_seconds = 0.0
                 item["outputs"][str(self.index)] = {"rows": out, "stats": stats}
                 item["rows"] = kept(out)
             payloads.append(json.dumps(item, ensure_ascii=False).encode())
         return {"shard": batch["shard"], "start": batch["start"], "payload": np.array(payloads, dtype=object)}
+
+
+def _worker_location() -> dict:
+    try:
+        import ray
+
+        node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
+    except Exception:
+        node = None
+    return {"node": node, "pid": os.getpid()}
 
 
 def run_task_stage(batch: dict, name: str, params: dict, ctx: StageContext) -> dict:
@@ -390,14 +405,21 @@ class Runner:
             "tokens_in": 0,
             "tokens_out": 0,
             "seconds": 0.0,
+            "load_seconds": 0.0,  # engine/model construction in workers
             "shards": 0,
         }
+        nodes = set()  # Ray node ids that ran shards of this stage
         for path in step.dir.glob(SHARD_GLOB):
             with open(path, encoding="utf-8") as f:
                 stats = json.loads(f.readline())["_shard"]
             for k in sums:
                 sums[k] += stats.get(k, 1 if k == "shards" else 0)
+            if stats.get("worker", {}).get("node"):
+                nodes.add(stats["worker"]["node"])
         sums["seconds"] = round(sums["seconds"], 3)
+        sums["load_seconds"] = round(sums["load_seconds"], 3)
+        if nodes:
+            sums["nodes"] = sorted(nodes)
         return sums
 
     def succeed(self, step: Step, totals: dict) -> None:
