@@ -1,0 +1,269 @@
+"""The transformers backend: the embedded CPU default (also runs on one GPU).
+
+    engine = TransformersEngine(ModelConfig())            # embedded SmolLM2-135M-Instruct, fp32 on CPU
+    engine.chat([[{"role": "user", "content": "hi"}]], Sampling(n=2, max_tokens=32), seeds=[7])
+
+How per-request seeds work. `generate` has one RNG for the whole batch, so a request's samples would
+depend on which other requests share its batch. Instead every sequence in a batch (request i, sample
+j) owns a torch.Generator seeded from (seeds[i], j). `_RowSampler`, a LogitsProcessor, applies
+temperature and top-p to each row, draws that row's token with that row's generator, and masks every
+other token to -inf; generate then runs in greedy mode and picks exactly the drawn token. A row's
+output therefore depends only on its prompt, its seed and its own logits. Its logits depend on its
+batch only through floating-point noise from padding and batched matmuls (left padding is masked and
+position ids follow the mask), so a request gives the same text alone or in any batch, except on the
+rare step where that noise flips a near-tie (tests assert equality for greedy and sampling on the
+embedded model; exact reproducibility is guaranteed for the same batch composition).
+
+Shapes: a micro-batch is (rows, prompt_len) left-padded token ids; scores are (rows, vocab) float32.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from pathlib import Path
+
+from .base import Completion, Sampling, request_seed
+from .config import ModelConfig
+from .embedded import EMBEDDED_MODEL_ID, embedded_model_dir, gguf_to_hf_dir
+
+log = logging.getLogger(__name__)
+
+
+def sample_seed(seed: int, sample_index: int) -> int:
+    """The generator seed of sample j of a request: mixed, so (s, 1) never equals (s + 1, 0)."""
+    if sample_index == 0:
+        return int(seed)
+    digest = hashlib.sha256(f"{int(seed)}/{sample_index}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF
+
+
+def default_seeds(sampling: Sampling, count: int) -> list[int]:
+    """Seeds when the caller gives none: one per position, distinct, derived from sampling.seed."""
+    return [request_seed(sampling.seed, f"request:{i}") for i in range(count)]
+
+
+def resolve_model_path(cfg: ModelConfig) -> tuple[str, str]:
+    """(what from_pretrained loads, the engine's model_id) for cfg.path."""
+    if cfg.path is None:
+        return str(embedded_model_dir()), EMBEDDED_MODEL_ID
+    p = Path(cfg.path).expanduser()
+    if p.suffix == ".gguf":
+        return str(gguf_to_hf_dir(p)), str(p)
+    if p.is_dir():
+        return str(p), cfg.path
+    return cfg.path, cfg.path  # a hub id (only on machines that reach a hub)
+
+
+def torch_threads(cfg: ModelConfig) -> int:
+    """cfg.threads, else every core this process may run on. Set explicitly because a Ray actor with
+    num_cpus=1 gets OMP_NUM_THREADS=1, which halves throughput on 2 cores."""
+    if cfg.threads:
+        return cfg.threads
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def truncate_at_stop(text: str, stop: tuple[str, ...]) -> tuple[str, bool]:
+    """Cut `text` before the earliest stop string; (text, whether one was found)."""
+    cut = min((i for i in (text.find(s) for s in stop if s) if i >= 0), default=-1)
+    return (text[:cut], True) if cut >= 0 else (text, False)
+
+
+class TransformersEngine:
+    def __init__(self, cfg: ModelConfig | None = None, batch_size: int = 8):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.cfg = cfg = cfg or ModelConfig()
+        self.batch_size = max(1, int(batch_size))
+        t0 = time.perf_counter()
+        self.threads = torch_threads(cfg)
+        torch.set_num_threads(self.threads)
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if cfg.dtype == "auto":
+            dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
+        else:
+            dtype = getattr(torch, cfg.dtype)
+        load_from, self.model_id = resolve_model_path(cfg)
+        self.tokenizer = AutoTokenizer.from_pretrained(load_from)
+        self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise ValueError(f"{load_from}: the tokenizer has no chat template; use an instruct/chat model")
+        self.model = AutoModelForCausalLM.from_pretrained(load_from, dtype=dtype).to(self.device).eval()
+        gen_eos = self.model.generation_config.eos_token_id
+        eos = set(gen_eos if isinstance(gen_eos, list) else [gen_eos] if gen_eos is not None else [])
+        if self.tokenizer.eos_token_id is not None:
+            eos.add(self.tokenizer.eos_token_id)
+        self.eos_ids = sorted(eos)
+        self.load_seconds = time.perf_counter() - t0
+
+    # -- prompts ---------------------------------------------------------------------------------
+
+    def render(self, conversation: list[dict]) -> list[int]:
+        """Token ids of the chat-templated prompt, ending with the assistant header."""
+        text = self.tokenizer.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
+        # The template already writes any BOS/special markers as text: add none twice.
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    # -- the protocol ----------------------------------------------------------------------------
+
+    def chat(
+        self, conversations: list[list[dict]], sampling: Sampling, seeds: list[int] | None = None
+    ) -> list[Completion]:
+        if seeds is None:
+            seeds = default_seeds(sampling, len(conversations))
+        if len(seeds) != len(conversations):
+            raise ValueError(f"{len(seeds)} seeds for {len(conversations)} conversations")
+        if sampling.n < 1:
+            raise ValueError("sampling.n must be >= 1")
+        prompts = [self.render(c) for c in conversations]
+        greedy = sampling.temperature <= 0
+        # One row per (request, sample); greedy samples are identical, so one row serves all n.
+        rows = [(i, j) for i in range(len(prompts)) for j in range(1 if greedy else sampling.n)]
+        # Similar lengths together: less padding. Results do not depend on the grouping (see top).
+        rows.sort(key=lambda r: (len(prompts[r[0]]), r))
+        results: dict[tuple[int, int], tuple[str, int, str]] = {}
+        for start in range(0, len(rows), self.batch_size):
+            chunk = rows[start : start + self.batch_size]
+            outs = self._generate(
+                [prompts[i] for i, _ in chunk],
+                [sample_seed(seeds[i], j) for i, j in chunk],
+                sampling,
+            )
+            results.update(zip(chunk, outs, strict=True))
+
+        completions = []
+        for i, prompt in enumerate(prompts):
+            samples = [results[(i, 0 if greedy else j)] for j in range(sampling.n)]
+            completions.append(
+                Completion(
+                    texts=[s[0] for s in samples],
+                    prompt_tokens=len(prompt),
+                    completion_tokens=sum(s[1] for s in samples),
+                    finish_reasons=[s[2] for s in samples],
+                )
+            )
+        return completions
+
+    def _generate(
+        self, prompts: list[list[int]], row_seeds: list[int], sampling: Sampling
+    ) -> list[tuple[str, int, str]]:
+        """One micro-batch -> (text, completion tokens, finish reason) per row."""
+        import torch
+        from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
+
+        # Each row may generate up to max_model_len - its own prompt length (a per-row cap keeps
+        # results independent of the other rows). A prompt that fills the window gets "" / length.
+        limits = [max(0, min(sampling.max_tokens, self.cfg.max_model_len - len(p))) for p in prompts]
+        for p, lim in zip(prompts, limits, strict=True):
+            if lim < sampling.max_tokens:
+                log.warning(
+                    "prompt of %d tokens leaves %d of max_model_len=%d", len(p), lim, self.cfg.max_model_len
+                )
+        max_new = max(limits)
+        if max_new == 0:
+            return [("", 0, "length") for _ in prompts]
+
+        batch = self.tokenizer.pad({"input_ids": prompts}, padding=True, return_tensors="pt").to(self.device)
+        processors = LogitsProcessorList()
+        if sampling.temperature > 0:
+            processors.append(_RowSampler(row_seeds, sampling.temperature, sampling.top_p, self.device))
+        stopping = StoppingCriteriaList()
+        if sampling.stop:
+            stopping.append(_StopStrings(self.tokenizer, sampling.stop, batch["input_ids"].shape[1]))
+        gen_cfg = GenerationConfig(
+            max_new_tokens=max_new,
+            do_sample=False,  # sampling happens in _RowSampler, one generator per row
+            eos_token_id=self.eos_ids,
+            pad_token_id=self.tokenizer.pad_token_id,
+        )
+        with torch.inference_mode():
+            out = self.model.generate(
+                **batch, generation_config=gen_cfg, logits_processor=processors, stopping_criteria=stopping
+            )
+        new = out[:, batch["input_ids"].shape[1] :].tolist()
+
+        results = []
+        eos = set(self.eos_ids)
+        for ids, lim in zip(new, limits, strict=True):
+            ids = ids[:lim]
+            end = next((k for k, t in enumerate(ids) if t in eos), None)
+            if end is not None:  # eos counts as a generated token, as vLLM counts it
+                text, count, reason = (
+                    self.tokenizer.decode(ids[:end], skip_special_tokens=True),
+                    end + 1,
+                    "stop",
+                )
+            else:
+                text, count, reason = self.tokenizer.decode(ids, skip_special_tokens=True), len(ids), "length"
+            if sampling.stop:
+                text, hit = truncate_at_stop(text, sampling.stop)
+                if hit:
+                    reason = "stop"
+                    # tokens up to the one that completed the stop string
+                    count = min(count, _tokens_to_stop(self.tokenizer, ids, sampling.stop))
+            results.append((text, count, reason))
+        return results
+
+
+def _tokens_to_stop(tokenizer, ids: list[int], stop: tuple[str, ...]) -> int:
+    for k in range(1, len(ids) + 1):
+        if truncate_at_stop(tokenizer.decode(ids[:k], skip_special_tokens=True), stop)[1]:
+            return k
+    return len(ids)
+
+
+class _RowSampler:
+    """LogitsProcessor: per-row temperature + top-p sampling with per-row generators; returns scores
+    that are -inf everywhere but the drawn token, so greedy search selects it."""
+
+    def __init__(self, seeds: list[int], temperature: float, top_p: float, device):
+        import torch
+
+        self.temperature = float(temperature)
+        self.top_p = float(top_p)
+        self.generators = []
+        for s in seeds:
+            g = torch.Generator(device=device)
+            g.manual_seed(int(s))
+            self.generators.append(g)
+
+    def __call__(self, input_ids, scores):
+        import torch
+
+        probs = torch.softmax(scores.float() / self.temperature, dim=-1)  # (rows, vocab)
+        sorted_p, order = probs.sort(dim=-1, descending=True)
+        if self.top_p < 1.0:
+            # keep the smallest prefix whose mass reaches top_p (always at least the top token)
+            drop = (sorted_p.cumsum(-1) - sorted_p) >= self.top_p
+            sorted_p = sorted_p.masked_fill(drop, 0.0)
+        out = torch.full_like(scores, float("-inf"))
+        for r, g in enumerate(self.generators):
+            k = torch.multinomial(sorted_p[r], 1, generator=g)
+            out[r, order[r, k]] = 0.0
+        return out
+
+
+class _StopStrings:
+    """StoppingCriteria: a row is done once its generated text contains a stop string. Decodes only
+    the tail (enough tokens to hold the longest stop string plus the last token's text)."""
+
+    def __init__(self, tokenizer, stop: tuple[str, ...], prompt_len: int):
+        self.tokenizer = tokenizer
+        self.stop = tuple(s for s in stop if s)
+        self.prompt_len = prompt_len
+        self.tail = max(len(s) for s in self.stop) + 2  # tokens are >= 1 char, bar special ones
+
+    def __call__(self, input_ids, scores, **kwargs):
+        import torch
+
+        gen = input_ids[:, self.prompt_len :]
+        tails = self.tokenizer.batch_decode(gen[:, -self.tail :], skip_special_tokens=True)
+        return torch.tensor([any(s in t for s in self.stop) for t in tails], device=input_ids.device)
