@@ -1,0 +1,202 @@
+"""The OpenAI-compatible HTTP backend: `vllm serve`, TGI, SGLang, a hosted API. httpx, no openai package.
+
+    engine = OpenAIEngine(ModelConfig(backend="openai", base_url="http://127.0.0.1:8000/v1", path="served-name"))
+
+One POST {base_url}/chat/completions per conversation, at most cfg.max_concurrency in flight (a
+thread pool; results are put back in input order). `n` and `seed` are passed through; a server that
+answers fewer than n choices gets the missing samples as separate n=1 requests with derived seeds
+(and is then asked one sample at a time). Token counts come from `usage`.
+
+Failures: 429, 5xx and transport errors (refused, reset, timeout) are retried cfg.max_retries times
+with exponential backoff and full jitter (honouring Retry-After on 429). 401/403 are not retried and
+say which env var holds the key; 404/405 (wrong URL or model) raise EndpointError; other 4xx are the
+row's fault (RequestRejected). All quote the server's message.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+
+from .base import Completion, EngineError, Sampling
+from .config import ModelConfig
+from .transformers_engine import default_seeds, sample_seed
+
+
+class EndpointError(EngineError):
+    """The endpoint failed in a way retries did not (or must not) fix: the run stops, rows stay resumable."""
+
+
+class AuthError(EndpointError):
+    pass
+
+
+class EndpointConnectError(EndpointError):
+    pass
+
+
+class RequestRejected(ValueError):
+    """The server refused this one request (400, 413, 422: e.g. prompt longer than the context). Not
+    an EngineError: the pipeline blames the row, not the engine."""
+
+
+RETRY_STATUS = {408, 409, 425, 429} | set(range(500, 600))
+
+
+class OpenAIEngine:
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        batch_size: int | None = None,
+        backoff_base_s: float = 0.5,
+        backoff_max_s: float = 30.0,
+    ):
+        if not cfg.base_url:
+            raise ValueError("the openai backend needs model.base_url, e.g. http://127.0.0.1:8000/v1")
+        self.cfg = cfg
+        self.base_url = cfg.base_url.rstrip("/")
+        self.backoff_base_s = backoff_base_s
+        self.backoff_max_s = backoff_max_s
+        headers = {"Content-Type": "application/json"}
+        key = os.environ.get(cfg.api_key_env)
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        self.client = httpx.Client(
+            headers=headers,
+            timeout=httpx.Timeout(cfg.timeout_s, connect=min(10.0, cfg.timeout_s)),
+            limits=httpx.Limits(max_connections=max(1, cfg.max_concurrency)),
+        )
+        self._n_supported = True  # cleared when a server answers fewer choices than asked
+        self._lock = threading.Lock()
+        self.model_id = cfg.path or self._served_model()
+        self.load_seconds = 0.0
+
+    # -- HTTP ------------------------------------------------------------------------------------
+
+    def _request(self, method: str, url: str, payload: dict | None = None) -> dict:
+        """One call with retries; returns the JSON body or raises an EndpointError."""
+        attempts = self.cfg.max_retries + 1
+        last = ""
+        for attempt in range(attempts):
+            retry_after = None
+            try:
+                resp = self.client.request(method, url, json=payload)
+            except httpx.TransportError as exc:  # refused, reset, DNS, timeout
+                last = f"{type(exc).__name__}: {exc}"
+                kind = "connect"
+            else:
+                if resp.status_code < 300:
+                    return resp.json()
+                body = resp.text[:500]
+                if resp.status_code in (401, 403):
+                    raise AuthError(
+                        f"authentication failed for {self.base_url} (HTTP {resp.status_code}): "
+                        f"set ${self.cfg.api_key_env} to a valid key. Server said: {body}"
+                    )
+                if resp.status_code in (404, 405):  # wrong base_url or model name: every request fails
+                    raise EndpointError(f"{method} {url} -> HTTP {resp.status_code}: {body}")
+                if resp.status_code not in RETRY_STATUS:
+                    raise RequestRejected(f"{method} {url} -> HTTP {resp.status_code}: {body}")
+                last = f"HTTP {resp.status_code}: {body}"
+                kind = "status"
+                retry_after = _retry_after(resp)
+            if attempt + 1 < attempts:
+                delay = random.uniform(0, min(self.backoff_max_s, self.backoff_base_s * 2**attempt))
+                if retry_after is not None:
+                    delay = max(delay, min(retry_after, self.backoff_max_s))
+                time.sleep(delay)
+        if kind == "connect":
+            raise EndpointConnectError(
+                f"cannot connect to {self.base_url} after {attempts} attempts ({last}); "
+                "is the server running and model.base_url right?"
+            )
+        raise EndpointError(f"{method} {url} failed after {attempts} attempts: {last}")
+
+    def _served_model(self) -> str:
+        """No model name given: the first model the server lists (vllm serve serves exactly one)."""
+        data = self._request("GET", f"{self.base_url}/models").get("data") or []
+        if not data:
+            raise EndpointError(f"{self.base_url}/models lists no model; set model.path to the served name")
+        return data[0]["id"]
+
+    def _complete(self, messages: list[dict], sampling: Sampling, seed: int, n: int) -> dict:
+        payload = {
+            "model": self.model_id,
+            "messages": messages,
+            "max_tokens": sampling.max_tokens,
+            "temperature": max(0.0, sampling.temperature),
+            "top_p": sampling.top_p,
+            "n": n,
+            "seed": int(seed),
+        }
+        if sampling.stop:
+            payload["stop"] = list(sampling.stop)
+        return self._request("POST", f"{self.base_url}/chat/completions", payload)
+
+    # -- the protocol ----------------------------------------------------------------------------
+
+    def _one(self, messages: list[dict], sampling: Sampling, seed: int) -> Completion:
+        n = sampling.n
+        bodies = []
+        if self._n_supported or n == 1:
+            bodies.append(self._complete(messages, sampling, seed, n))
+            got = len(bodies[0].get("choices") or [])
+            if got < n:
+                with self._lock:
+                    self._n_supported = False
+        # samples the server did not give: one request each, seeded like the transformers engine
+        have = sum(len(b.get("choices") or []) for b in bodies)
+        for j in range(have, n):
+            one = Sampling(**{**sampling.to_dict(), "n": 1})
+            bodies.append(self._complete(messages, one, sample_seed(seed, j), 1))
+
+        texts, reasons = [], []
+        prompt_tokens = completion_tokens = 0
+        for b in bodies:
+            for ch in sorted(b.get("choices") or [], key=lambda c: c.get("index", 0)):
+                texts.append((ch.get("message") or {}).get("content") or "")
+                reasons.append(ch.get("finish_reason") or "stop")
+            usage = b.get("usage") or {}
+            prompt_tokens = prompt_tokens or int(usage.get("prompt_tokens") or 0)
+            completion_tokens += int(usage.get("completion_tokens") or 0)
+        return Completion(
+            texts=texts[:n],
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            finish_reasons=reasons[:n],
+        )
+
+    def chat(
+        self, conversations: list[list[dict]], sampling: Sampling, seeds: list[int] | None = None
+    ) -> list[Completion]:
+        if not conversations:
+            return []
+        if seeds is None:
+            seeds = default_seeds(sampling, len(conversations))
+        if len(seeds) != len(conversations):
+            raise ValueError(f"{len(seeds)} seeds for {len(conversations)} conversations")
+        workers = max(1, min(self.cfg.max_concurrency, len(conversations)))
+        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="openai-engine")
+        try:
+            futures = [
+                pool.submit(self._one, c, sampling, s) for c, s in zip(conversations, seeds, strict=True)
+            ]
+            return [f.result() for f in futures]  # input order; the first failure is raised
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def _retry_after(resp: httpx.Response) -> float | None:
+    value = resp.headers.get("retry-after")
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
