@@ -52,7 +52,9 @@ def test_spec_end_to_end_accounts_for_every_row(local_ray, tmp_path, messy_input
     read_reasons = sorted(r["reject"]["reason"].split(":")[0] for r in by_stage["read"])
     assert read_reasons == ["bad_json", "bad_row", "not_utf8"]
     assert {r["source"]["line"] for r in by_stage["read"]} == {4, 6, 11}
-    assert len(by_stage["dedup"]) == 2 and all(r["reject"]["reason"].startswith("duplicate of ") for r in by_stage["dedup"])
+    assert len(by_stage["dedup"]) == 2 and all(
+        r["reject"]["reason"].startswith("duplicate of ") for r in by_stage["dedup"]
+    )
 
     for row in rows:  # TRL conversational format: a user turn answered by the model
         assert [m["role"] for m in row["messages"]][-2:] == ["user", "assistant"]
@@ -72,9 +74,13 @@ def test_spec_end_to_end_accounts_for_every_row(local_ray, tmp_path, messy_input
     assert ds.num_rows == len(rows) and ds.column_names == ["messages"]
     assert datasets.Dataset.from_parquet(str(out / "sft" / "train.parquet")).num_rows == len(rows)
 
-    generated = [r for p in sorted((out / "stages" / "02-generate").glob("shard-*.jsonl")) for r in read_jsonl(p)[1:]]
+    generated = [
+        r for p in sorted((out / "stages" / "02-generate").glob("shard-*.jsonl")) for r in read_jsonl(p)[1:]
+    ]
     for r in generated:  # the model's raw text and its provenance stay in the row
-        assert r["meta"]["generate"]["model"] and r["lineage"]["stage"] == "generate" and r["lineage"]["parents"]
+        assert (
+            r["meta"]["generate"]["model"] and r["lineage"]["stage"] == "generate" and r["lineage"]["parents"]
+        )
 
 
 def test_rerun_reuses_every_shard(local_ray, tmp_path, messy_input):
@@ -96,7 +102,10 @@ def test_rerun_reuses_every_shard(local_ray, tmp_path, messy_input):
 
 def test_killed_engine_actor_is_restarted_and_batch_retried(local_ray, tmp_path, messy_input):
     marker = tmp_path / "crashed"
-    extra = ["stages.1.name=tests.integration.crashing:CrashOnceGenerate", f"stages.1.params.crash_marker={marker}"]
+    extra = [
+        "stages.1.name=tests.integration.crashing:CrashOnceGenerate",
+        f"stages.1.params.crash_marker={marker}",
+    ]
     manifest, out = run(tmp_path, messy_input, extra)
     assert marker.exists()  # the worker really died once
     stages = {s["index"]: s for s in manifest["stages"]}

@@ -1,0 +1,85 @@
+"""`ray start --head` + `ray job submit --working-dir . -- python -m alignfactory.run ...` + `ray stop`."""
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.integration.conftest import REPO, exported, rejected_rows
+
+pytestmark = pytest.mark.slow
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def ray_head(tmp_path):
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    env = os.environ | {"RAY_AUTH_MODE": "disabled", "PATH": f"{BIN}:{os.environ['PATH']}"}
+    env.pop("RAY_ADDRESS", None)
+    dash = free_port()
+    cmd = [
+        str(BIN / "ray"),
+        "start",
+        "--head",
+        "--num-cpus",
+        "2",
+        "--disable-usage-stats",
+        "--port",
+        str(free_port()),
+        "--dashboard-host",
+        "127.0.0.1",
+        "--dashboard-port",
+        str(dash),
+    ]
+    subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=120)
+    try:
+        yield env, f"http://127.0.0.1:{dash}"
+    finally:
+        subprocess.run([str(BIN / "ray"), "stop", "--force"], env=env, capture_output=True, timeout=120)
+
+
+def test_ray_job_submit_runs_the_spec(ray_head, tmp_path):
+    env, address = ray_head
+    out = tmp_path / "run"
+    cmd = [
+        str(BIN / "ray"),
+        "job",
+        "submit",
+        "--address",
+        address,
+        "--working-dir",
+        str(REPO),
+        "--",
+        "python",
+        "-m",
+        "alignfactory.run",
+        "pipelines/sft_data.yaml",
+        "--limit",
+        "6",
+        "--output",
+        str(out),
+        "--set",
+        "sampling.max_tokens=16",
+        "--set",
+        "stages.2.params.min_chars=1",
+    ]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "succeeded" in (proc.stdout + proc.stderr).lower()
+    rows = exported(out)
+    assert len(rows) + len(rejected_rows(out)) == 6
+    assert all(r["messages"][-1]["role"] == "assistant" for r in rows)
+    assert shutil.which("ray", path=str(BIN))

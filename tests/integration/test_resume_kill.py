@@ -1,0 +1,95 @@
+"""kill -9 during a run, then re-run: the result equals an uninterrupted run's, nothing lost or doubled."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.integration.conftest import REPO, exported, read_jsonl, rejected_rows, write_jsonl
+
+pytestmark = pytest.mark.slow
+CLI = [sys.executable, "-m", "alignfactory.run", str(REPO / "pipelines" / "sft_data.yaml")]
+N_ROWS = 16
+
+
+def sets(input_path: Path) -> list[str]:
+    args = []
+    for s in (
+        f"input.path={input_path}",
+        "shard_size=2",
+        "sampling.max_tokens=24",
+        "stages.2.params.min_chars=1",
+    ):
+        args += ["--set", s]
+    return args
+
+
+def run_cli(input_path: Path, out: Path, **kw) -> subprocess.Popen:
+    env = os.environ | {"ALIGNFACTORY_PROGRESS": "0"}
+    env.pop("RAY_ADDRESS", None)
+    return subprocess.Popen(
+        [*CLI, "--output", str(out), *sets(input_path)],
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+        **kw,
+    )
+
+
+def finish(proc: subprocess.Popen) -> str:
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out[-4000:]
+    return out
+
+
+def test_kill_9_mid_run_then_resume_equals_uninterrupted(tmp_path):
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    rows = [{"instruction": f"Give a short fact about the number {i}."} for i in range(N_ROWS - 2)]
+    rows += [
+        {"instruction": "give a SHORT fact about the number 3."},
+        {"no_instruction": True},
+    ]  # dedup + read rejects
+    path = write_jsonl(tmp_path / "in.jsonl", rows)
+
+    finish(run_cli(path, tmp_path / "whole"))
+    reference = exported(tmp_path / "whole")
+
+    out = tmp_path / "killed"
+    proc = run_cli(path, out)
+    generated = out / "stages" / "02-generate"
+    deadline = time.time() + 300
+    while time.time() < deadline and len(list(generated.glob("shard-*.jsonl"))) < 2:
+        assert proc.poll() is None, "run ended before it could be killed"
+        time.sleep(0.2)
+    os.kill(proc.pid, signal.SIGKILL)  # the driver, mid-stage
+    proc.wait()
+    time.sleep(1)
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # the Ray processes it had started
+    except ProcessLookupError:
+        pass
+    partial = len(list(generated.glob("shard-*.jsonl")))
+    assert 2 <= partial < 7 and not (generated / "_SUCCESS").exists()
+    shards_before = {p.name: p.stat().st_mtime_ns for p in generated.glob("shard-*.jsonl")}
+
+    log = finish(run_cli(path, out))
+    assert f"{7 - partial} shards to run" in log  # only the missing shards were generated again
+    assert {
+        p.name: p.stat().st_mtime_ns for p in generated.glob("shard-*.jsonl") if p.name in shards_before
+    } == shards_before
+
+    resumed = exported(out)
+    assert resumed == reference  # same rows, same content, same order
+    ids = [r["id"] for p in sorted(generated.glob("shard-*.jsonl")) for r in read_jsonl(p)[1:]]
+    assert len(ids) == len(set(ids)) == N_ROWS - 2  # no duplicates, no losses
+    assert len(resumed) + len(rejected_rows(out)) == N_ROWS
