@@ -20,10 +20,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def prompts(n: int) -> list[str]:
-    seeds = [
-        json.loads(line)["instruction"]
-        for line in open(REPO / "pipelines/seeds/sft_seed.jsonl", encoding="utf-8")
-    ]
+    lines = (REPO / "pipelines/seeds/sft_seed.jsonl").read_text("utf-8").splitlines()
+    seeds = [json.loads(line)["instruction"] for line in lines if line.strip()]
     return [seeds[i % len(seeds)] + ("" if i < len(seeds) else f" ({i})") for i in range(n)]
 
 
