@@ -1,9 +1,12 @@
 """export (corpus stage, runs in the driver): the final rows in TRL's formats under the run dir.
 
-    sft/train.parquet, sft/train.jsonl, sft/dataset/   (datasets.save_to_disk)  {"messages": [...]}
+    sft/train.{jsonl,parquet}, sft/dataset/          {"messages": [...]}                    conversational LM
+    preference/train.{jsonl,parquet}, .../dataset/   {"prompt": [...], "chosen": [...], "rejected": [...]}
 
-Rows without an assistant turn are rejected ("no_response"): SFT needs a target.
-Files are written to a temp dir and renamed, so a kill leaves the old export or the new one.
+SFT rows are rows whose messages end with an assistant turn; preference rows come from the `pairs`
+column that verifying stages add ([{"chosen", "rejected", "stage", ...}], prompt = the row's prompt).
+A row that gives neither is rejected ("no_response"). Each format is written to a temp dir and
+renamed, so a kill leaves the old export or the new one, never half of one.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import shutil
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from alignfactory import io, records
 from alignfactory.stages.base import Stage
@@ -23,41 +26,42 @@ class Export(Stage):
     in_driver = True
 
     class Params(BaseModel, extra="forbid"):
-        format: Literal["sft"] = "sft"
+        formats: list[Literal["sft", "preference"]] = Field(["sft"], min_length=1)
         files: list[Literal["parquet", "jsonl", "datasets"]] = ["parquet", "jsonl", "datasets"]
 
     def __call__(self, rows: list[dict]) -> list[dict]:
-        keep = []
+        out = {"sft": [], "preference": []}
         for row in rows:
-            if records.response(row) is None:
+            sft = "sft" in self.params.formats and records.response(row) is not None
+            pairs = (row.get("pairs") or []) if "preference" in self.params.formats else []
+            if sft:
+                out["sft"].append(records.to_trl_sft(row))
+            prompt = records.prompt_messages(row)
+            out["preference"] += [records.to_trl_preference(prompt, p["chosen"], p["rejected"]) for p in pairs]
+            if not sft and not pairs:
                 self.reject(row, "no_response")
-            else:
-                keep.append(records.to_trl_sft(row))
-        self.write(keep)
+        for fmt in self.params.formats:
+            self.write(fmt, out[fmt])
         return rows
 
-    def write(self, trl_rows: list[dict]) -> None:
-        out = Path(self.ctx.run_dir) / self.params.format
-        tmp = out.with_name(f".{out.name}.tmp")
+    def write(self, fmt: str, trl_rows: list[dict]) -> None:
+        target = Path(self.ctx.run_dir) / fmt
+        tmp = target.with_name(f".{fmt}.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         if "jsonl" in self.params.files:
             io.write_jsonl_atomic(tmp / "train.jsonl", trl_rows)
-        if "parquet" in self.params.files or "datasets" in self.params.files:
+        if {"parquet", "datasets"} & set(self.params.files):
             import datasets
 
-            ds = (
-                datasets.Dataset.from_list(trl_rows)
-                if trl_rows
-                else datasets.Dataset.from_dict({"messages": []})
-            )
+            ds = datasets.Dataset.from_list(trl_rows) if trl_rows else datasets.Dataset.from_dict({})
             if "parquet" in self.params.files:
                 ds.to_parquet(str(tmp / "train.parquet"))
             if "datasets" in self.params.files:
                 ds.save_to_disk(str(tmp / "dataset"))
-        old = out.with_name(f".{out.name}.old")
+        old = target.with_name(f".{fmt}.old")
         shutil.rmtree(old, ignore_errors=True)
-        if out.exists():
-            out.rename(old)
-        tmp.rename(out)
+        if target.exists():
+            target.rename(old)
+        tmp.rename(target)
         shutil.rmtree(old, ignore_errors=True)
