@@ -1,0 +1,311 @@
+"""The Sandbox: a pool of workers, each a warm fork-server inside its own bwrap sandbox and uid.
+
+    with Sandbox(Limits(wall_s=2), workers=2) as sb:
+        verdicts = sb.run([Job(code=..., kind="call", entry_point="f", tests=[Case(args=[1], expected=2)])])
+
+Thread-safe and reusable: any number of threads may call run() at once; each job takes an idle
+worker. Infrastructure failures (the fork-server died, did not answer, could not isolate a task)
+restart the worker and retry the job; after `retries` retries the verdict is SANDBOX_ERROR.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import queue
+import select
+import signal
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from pathlib import Path
+
+from sandbox import forkserver, isolation, static_checks
+from sandbox.compare import decode  # noqa: F401  (re-exported for callers judging their own values)
+from sandbox.jobs import Job
+from sandbox.judge import judge
+from sandbox.limits import Limits
+from sandbox.verdicts import Status, Verdict
+
+SERVER_SOURCE = Path(forkserver.__file__).read_bytes()
+START_TIMEOUT_S = 20.0  # bwrap + interpreter start; generous for a loaded 2-core machine
+GRACE_S = 10.0  # beyond a task's wall limit, how long the harness waits before declaring the server dead
+
+
+class InfraError(Exception):
+    """The sandbox infrastructure failed: never the candidate's fault."""
+
+
+class Worker:
+    """One worker slot: a uid lease and (lazily) a running fork-server."""
+
+    def __init__(self, limits: Limits, found: dict | None, iso: isolation.Isolation):
+        self.limits, self.found, self.iso = limits, found, iso
+        self.lease = isolation.UidLease(iso) if found is not None and os.geteuid() == 0 else None
+        self.proc: subprocess.Popen | None = None
+        self.executions = 0  # since the last (re)start
+        self.starts = 0
+        self._unsafe_dir: str | None = None
+
+    @property
+    def uid(self) -> int | None:
+        return self.lease.uid if self.lease else None
+
+    def start(self) -> None:
+        self.starts += 1
+        self.executions = 0
+        errfile = tempfile.TemporaryFile()  # noqa: SIM115  (the fork-server's stderr; closed in close())
+        if self.found is not None:  # isolated: setpriv + bwrap, source passed as a pipe (< 64 KiB)
+            r, w = os.pipe()
+            os.write(w, SERVER_SOURCE)
+            os.close(w)
+            argv = isolation.server_argv(self.found, self.uid, self.limits.tmp_mb, r)
+            init = {"workdirs": ["/tmp", "/dev/shm"], "sandboxed": True, "bpf": self.found["bpf"].hex()}
+            pass_fds = (r,)
+        else:  # allow_unsafe: same fork-server, no namespaces, no uid change
+            self._unsafe_dir = tempfile.mkdtemp(prefix="sandbox-unsafe-")
+            argv = [sys.executable, "-I", "-S", "-B", forkserver.__file__]
+            init = {"workdirs": [self._unsafe_dir], "sandboxed": False, "bpf": _bpf_or_empty().hex()}
+            pass_fds = ()
+        try:
+            self.proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=errfile,
+                pass_fds=pass_fds,
+                env={"PATH": "/usr/bin:/bin"},  # bwrap's own environ is readable at /proc/1/environ
+                start_new_session=True,  # its own process group: killpg reaches setpriv/bwrap
+            )
+        except OSError as e:
+            raise InfraError(f"cannot launch the sandbox ({e}). {isolation.HINT}") from e
+        finally:
+            if pass_fds:
+                os.close(pass_fds[0])
+        self.proc.errfile = errfile  # type: ignore[attr-defined]
+        try:
+            self._send(init)
+            ready = self._recv(time.monotonic() + START_TIMEOUT_S)
+        except InfraError as e:
+            self.close()
+            raise InfraError(f"sandbox did not start: {e}. {isolation.HINT}") from None
+        if self.uid is not None and ready.get("uid") != self.uid:
+            self.close()
+            raise InfraError(f"fork-server runs as uid {ready.get('uid')}, expected {self.uid}")
+
+    def execute(self, request: dict, wall_s: float) -> dict:
+        if self.proc is None or self.proc.poll() is not None:
+            self.start()
+        self.executions += 1
+        try:
+            self._send(request)
+            resp = self._recv(time.monotonic() + wall_s + GRACE_S)
+        except InfraError:
+            self.close()
+            raise
+        if not resp.get("setup_ok"):
+            self.close()
+            raise InfraError("task isolation could not be applied: " + resp.get("stderr", "")[-500:])
+        return resp
+
+    def _send(self, obj: dict) -> None:
+        try:
+            self.proc.stdin.write(forkserver.pack_frame(obj))
+            self.proc.stdin.flush()
+        except (BrokenPipeError, OSError, ValueError) as e:
+            raise InfraError(f"fork-server gone ({e}); stderr: {self._stderr_tail()}") from None
+
+    def _recv(self, deadline: float) -> dict:
+        fd = self.proc.stdout.fileno()
+        head = self._read_exact(fd, 4, deadline)
+        return json.loads(self._read_exact(fd, struct.unpack(">I", head)[0], deadline))
+
+    def _read_exact(self, fd: int, n: int, deadline: float) -> bytes:
+        buf = bytearray()
+        while len(buf) < n:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([fd], [], [], left)[0]:
+                raise InfraError("fork-server did not answer in time")
+            chunk = os.read(fd, n - len(buf))
+            if not chunk:
+                raise InfraError(f"fork-server exited; stderr: {self._stderr_tail()}")
+            buf += chunk
+        return bytes(buf)
+
+    def _stderr_tail(self) -> str:
+        try:
+            f = self.proc.errfile  # type: ignore[union-attr]
+            f.seek(0)
+            return f.read()[-1000:].decode("utf-8", "replace").strip() or "(empty)"
+        except Exception:
+            return "(unreadable)"
+
+    def close(self) -> None:
+        """Stop the fork-server: close its stdin, then kill its process group (bwrap takes the sandbox
+        down with it: --die-with-parent, pid namespace)."""
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return
+        try:
+            proc.stdin.close()
+            proc.wait(timeout=0.5)
+        except Exception:
+            pass
+        with contextlib.suppress(OSError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        proc.stdout.close()
+        proc.errfile.close()  # type: ignore[attr-defined]
+
+    def release(self) -> None:
+        self.close()
+        if self.lease:
+            self.lease.close()
+        if self._unsafe_dir:
+            import shutil
+
+            shutil.rmtree(self._unsafe_dir, ignore_errors=True)
+
+
+def _bpf_or_empty() -> bytes:
+    try:
+        from sandbox.seccomp_filter import build_bpf
+
+        return build_bpf()
+    except Exception:
+        return b""
+
+
+class Sandbox:
+    def __init__(
+        self,
+        limits: Limits | None = None,
+        workers: int = 1,
+        allow_unsafe: bool = False,
+        retries: int = 2,
+        recycle_every: int = 2000,
+        isolation_config: isolation.Isolation | None = None,
+    ):
+        """Fails closed: raises SandboxUnavailable (with the fix) unless isolation works here, or
+        allow_unsafe=True. `retries`: extra attempts after SANDBOX_ERROR. `recycle_every`: executions
+        per fork-server before a fresh one (also after any anomaly the fork-server reports)."""
+        self.limits = limits or Limits()
+        self.retries, self.recycle_every = retries, recycle_every
+        self.iso = isolation_config or isolation.Isolation()
+        try:
+            self.found = isolation.preflight(self.iso)
+        except isolation.SandboxUnavailable:
+            if not allow_unsafe:
+                raise
+            self.found = None
+        self.isolated = self.found is not None
+        self._workers = [Worker(self.limits, self.found, self.iso) for _ in range(workers)]
+        self._idle: queue.Queue[Worker] = queue.Queue()
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sandbox")
+        self._lock = threading.Lock()
+        self._closed = False
+        try:
+            self._workers[0].start()  # prove isolation works now, not at the first job
+        except InfraError as e:
+            self.close()
+            raise isolation.SandboxUnavailable(str(e)) from None
+        for w in self._workers:
+            self._idle.put(w)
+
+    # ---- public API ----
+
+    def run(self, jobs: list[Job]) -> list[Verdict]:
+        """Verdicts in input order. Raises ValueError for malformed jobs (e.g. unsupported language)."""
+        for job in jobs:
+            job.validate()
+        if self._closed:
+            raise RuntimeError("Sandbox is closed")
+        return list(self._pool.map(self._run_one, jobs))
+
+    def run_one(self, job: Job) -> Verdict:
+        return self.run([job])[0]
+
+    def recycle(self) -> None:
+        """Stop every idle fork-server; each restarts at its next job."""
+        for _ in range(len(self._workers)):
+            w = self._idle.get()
+            w.close()
+            self._idle.put(w)
+
+    @property
+    def uids(self) -> list[int | None]:
+        return [w.uid for w in self._workers]
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._pool.shutdown(wait=True)
+        for w in self._workers:
+            w.release()
+
+    def __enter__(self) -> Sandbox:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self.close()
+
+    # ---- one job on one worker ----
+
+    def _run_one(self, job: Job) -> Verdict:
+        limits = replace(job.limits, tmp_mb=self.limits.tmp_mb) if job.limits else self.limits
+        flags = static_checks.flags(job.code)
+        requests = _requests(job, limits)
+        worker = self._idle.get()
+        try:
+            error = None
+            for attempt in range(1, self.retries + 2):
+                try:
+                    responses = [self._execute(worker, r, limits) for r in requests]
+                except InfraError as e:
+                    error = e
+                    continue
+                verdict = judge(job, responses, limits, flags)
+                verdict.attempts = attempt
+                return verdict
+            return Verdict(
+                status=Status.SANDBOX_ERROR,
+                detail=f"sandbox infrastructure failed {self.retries + 1} times: {error}",
+                flags=flags,
+                attempts=self.retries + 1,
+                job_id=job.id,
+            )
+        finally:
+            self._idle.put(worker)
+
+    def _execute(self, worker: Worker, request: dict, limits: Limits) -> dict:
+        resp = worker.execute(request, limits.wall_s)
+        if resp.get("anomaly") or worker.executions >= self.recycle_every:
+            worker.close()  # e.g. a process outlived its group kill, or /tmp could not be wiped
+        return resp
+
+
+def _requests(job: Job, limits: Limits) -> list[dict]:
+    """What enters the sandbox: code, inputs, limits. Never the expected values."""
+    base = {"mode": job.kind, "code": job.code, "entry": job.entry_point, "limits": limits.to_wire()}
+    if job.kind == "stdio":
+        return [{**base, "stdin": c.stdin} for c in job.tests] or [{**base, "stdin": ""}]
+    if job.kind == "call":
+        cases = [
+            {"args": forkserver.encode(list(c.args)), "kwargs": forkserver.encode(dict(c.kwargs))}
+            for c in job.tests
+        ]
+    else:
+        cases = [{"code": c.code} for c in job.tests]
+    return [{**base, "cases": cases}]

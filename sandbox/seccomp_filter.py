@@ -1,0 +1,50 @@
+"""The seccomp filter each task runs under, compiled to classic BPF here, in the harness.
+
+The fork-server (stdlib-only, inside bwrap) receives the BPF bytes and installs them with prctl in
+each forked task just before running its code: the fork-server itself stays unfiltered so that it can
+still kill process groups. Denied calls return EPERM (the program sees an OSError, not a crash).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import functools
+import tempfile
+
+# Signals to other processes, inspecting or writing other processes, leaving the process group,
+# namespaces and mounts, and kernel surfaces a test program never needs.
+DENIED = (
+    "kill", "tkill", "tgkill", "rt_sigqueueinfo", "rt_tgsigqueueinfo",
+    "pidfd_open", "pidfd_send_signal", "pidfd_getfd",
+    "ptrace", "process_vm_readv", "process_vm_writev", "process_madvise", "kcmp",
+    "setsid", "setpgid",
+    "mount", "umount2", "pivot_root", "chroot", "unshare", "setns",
+    "move_mount", "open_tree", "fsopen", "fsconfig", "fsmount", "fspick", "mount_setattr",
+    "open_by_handle_at", "name_to_handle_at",
+    "io_uring_setup", "io_uring_enter", "io_uring_register",
+    "bpf", "perf_event_open", "userfaultfd", "keyctl", "add_key", "request_key",
+    "syslog", "acct", "quotactl", "swapon", "swapoff", "reboot", "kexec_load", "kexec_file_load",
+    "init_module", "finit_module", "delete_module", "sethostname", "setdomainname",
+    "settimeofday", "clock_settime", "clock_adjtime", "adjtimex",
+)  # fmt: skip
+AF_UNIX = 1  # the only socket family allowed: AF_INET, AF_INET6, AF_NETLINK, AF_PACKET, ... get EPERM
+
+
+@functools.lru_cache(maxsize=1)
+def build_bpf() -> bytes:
+    """Compile the filter. Raises ImportError/OSError when pyseccomp or libseccomp2 is missing."""
+    import pyseccomp as sc
+
+    f = sc.SyscallFilter(sc.ALLOW)
+    deny = sc.ERRNO(errno.EPERM)
+    for name in DENIED:
+        # a syscall this libseccomp does not know cannot be called by that name here either
+        with contextlib.suppress(OSError, ValueError, RuntimeError):
+            f.add_rule(deny, name)
+    for call in ("socket", "socketpair"):
+        f.add_rule(deny, call, sc.Arg(0, sc.NE, AF_UNIX))
+    with tempfile.TemporaryFile() as fh:
+        f.export_bpf(fh)
+        fh.seek(0)
+        return fh.read()
