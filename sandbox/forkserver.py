@@ -218,7 +218,7 @@ class Server:
             os.killpg(pid, signal.SIGKILL)
         _, status, ru = os.wait4(pid, 0)
         wall = time.monotonic() - t0
-        escaped = self.sweep()
+        escaped = self.sweep(pid)
         wiped = self.wipe()
         os.set_blocking(ok_r, False)
         try:
@@ -261,24 +261,25 @@ class Server:
                 return names[fd]
         return None
 
-    def sweep(self):
+    def sweep(self, pgid):
         """Kill and reap every process in our pid namespace except bwrap (1) and us. Returns how many
-        were still alive after the group kill (0 normally; > 0 means something left the group)."""
+        lived outside the task's process group (0 unless something escaped the group kill), or -1 if
+        processes would not die."""
         if not self.sandboxed:
             self._reap()
             return 0
-        me, first = os.getpid(), None
-        for attempt in range(400):
+        me, escaped = os.getpid(), set()
+        for attempt in range(400):  # <= ~4 s: a fork bomb's members take a moment to die
             self._reap()
-            alive = [p for p in _pids() if p not in (1, me) and not _is_zombie(p)]
-            first = len(alive) if first is None else first
+            alive = {p: g for p, g in map(_state, _pids()) if p not in (1, me) and g is not None}
+            escaped |= {p for p, g in alive.items() if g != pgid}
             if not alive:
-                return first
+                return len(escaped)
             for p in alive:
                 with contextlib.suppress(OSError):
                     os.kill(p, signal.SIGKILL)
             time.sleep(0.0005 * min(attempt, 20))
-        return max(first, 1)
+        return -1
 
     @staticmethod
     def _reap():
@@ -337,12 +338,14 @@ def _pids():
     return [int(p) for p in os.listdir("/proc") if p.isdigit()]
 
 
-def _is_zombie(pid):
+def _state(pid):
+    """(pid, process group) of a live process; group None if it is a zombie or gone."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[0] in (b"Z", b"X")
+            fields = f.read().rsplit(b")", 1)[1].split()  # state ppid pgrp ...
     except OSError:
-        return True  # gone
+        return pid, None
+    return pid, None if fields[0] in (b"Z", b"X") else int(fields[2])
 
 
 def _remove(path):

@@ -162,6 +162,10 @@ class Worker:
         proc.wait()
         proc.stdout.close()
         proc.errfile.close()  # type: ignore[attr-defined]
+        if self.uid is not None:  # the sandbox dies asynchronously (pid 1 gone -> namespace killed)
+            deadline = time.monotonic() + 5.0
+            while uid_processes(self.uid) and time.monotonic() < deadline:
+                time.sleep(0.005)
 
     def release(self) -> None:
         self.close()
@@ -171,6 +175,16 @@ class Worker:
             import shutil
 
             shutil.rmtree(self._unsafe_dir, ignore_errors=True)
+
+
+def uid_processes(uid: int) -> int:
+    """Processes on this host owned by `uid`. A worker's uid is leased to it alone, so while its
+    fork-server runs this is 3 (bwrap, bwrap as pid 1, the fork-server) and 0 after close()."""
+    n = 0
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        with contextlib.suppress(OSError):
+            n += os.stat(f"/proc/{pid}").st_uid == uid
+    return n
 
 
 def _bpf_or_empty() -> bytes:

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from sandbox.harness import Sandbox
+from sandbox.harness import Sandbox, uid_processes
 from sandbox.jobs import Case, Job
 from sandbox.limits import Limits
 from sandbox.verdicts import Status, Verdict
@@ -124,7 +124,7 @@ def run_selftest(limits: Limits | None = None, log: Callable[[str], None] = prin
             results["private /tmp wiped between tasks"] = ok = _tmp_is_private(sb)
             log(f"{'PASS' if ok else 'FAIL'}  private /tmp wiped between tasks")
             worker = sb._workers[0]
-            n = _uid_processes(worker.uid)
+            n = uid_processes(worker.uid)
             alive = worker.proc is not None and worker.proc.poll() is None and n <= 3
             results["nothing left running; fork-server alive"] = alive
             log(
@@ -145,17 +145,3 @@ def _tmp_is_private(sb: Sandbox) -> bool:
         ]
     )
     return a.status is Status.PASS and b.status is Status.PASS
-
-
-def _uid_processes(uid: int | None) -> int:
-    """Processes on the host owned by `uid` (a worker's fork-server is 3: bwrap, bwrap as pid 1, python)."""
-    if uid is None:
-        return 0
-    n = 0
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            if os.stat(f"/proc/{pid}").st_uid == uid:
-                n += 1
-        except OSError:
-            pass
-    return n
