@@ -256,6 +256,9 @@ class Runner:
             self.write_manifest(time.perf_counter() - t0)
         self.collect_rejected()
         manifest = self.write_manifest(time.perf_counter() - t0)
+        from alignfactory.inspect import dataset_card
+
+        io.write_atomic(self.root / "README.md", dataset_card(self.root).encode("utf-8"))
         log.info("done in %.1f s: %s", time.perf_counter() - t0, self.root)
         return manifest
 

@@ -54,6 +54,7 @@ class Export(Stage):
         if {"parquet", "datasets"} & set(self.params.files):
             import datasets
 
+            datasets.disable_progress_bars()
             ds = datasets.Dataset.from_list(trl_rows) if trl_rows else datasets.Dataset.from_dict({})
             if "parquet" in self.params.files:
                 ds.to_parquet(str(tmp / "train.parquet"))
