@@ -17,6 +17,7 @@ from alignfactory import records
 
 MAX_LINE_BYTES = 1 << 20  # a JSONL line over 1 MiB is quarantined, not parsed
 RAW_KEEP_CHARS = 4000  # how much of a bad line rejected/ keeps
+BOM = b"\xef\xbb\xbf"
 
 
 class InputError(ValueError):
@@ -143,7 +144,7 @@ def _read_one(path: Path, max_line_bytes: int) -> Iterator[dict]:
 
 def _first_char(path: Path) -> str:
     with open(path, "rb") as f:
-        head = f.read(4096).lstrip()
+        head = f.read(4096).removeprefix(BOM).lstrip()
     return head[:1].decode("ascii", "replace")
 
 
@@ -188,6 +189,8 @@ def _read_jsonl(path: Path, max_line_bytes: int) -> Iterator[dict]:
                 continue
             if not chunk.strip():
                 continue  # blank lines carry no row
+            if line_no == 1:
+                chunk = chunk.removeprefix(BOM)  # Windows/Excel exports start with one
             try:
                 text = chunk.decode("utf-8")
             except UnicodeDecodeError as e:
@@ -199,10 +202,9 @@ def _read_jsonl(path: Path, max_line_bytes: int) -> Iterator[dict]:
                 continue
             try:
                 obj = json.loads(text)
-            except json.JSONDecodeError as e:
-                yield quarantined(
-                    {"file": file, "line": line_no}, f"bad_json: {e.msg} at column {e.colno}", text
-                )
+            except (ValueError, RecursionError) as e:  # JSONDecodeError, huge ints, deep nesting
+                where = f" at column {e.colno}" if isinstance(e, json.JSONDecodeError) else ""
+                yield quarantined({"file": file, "line": line_no}, f"bad_json: {getattr(e, 'msg', e)}{where}", text)
                 continue
             yield _row_or_reject(obj, file, line_no, text)
 
@@ -218,8 +220,8 @@ def _skip_rest_of_line(f) -> int:
 
 def _read_json_array(path: Path) -> Iterator[dict]:
     try:
-        data = json.loads(path.read_text("utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        data = json.loads(path.read_text("utf-8-sig"))
+    except (ValueError, RecursionError) as e:  # bad JSON, bad UTF-8, huge ints, deep nesting
         raise InputError(f"{path}: not a valid JSON array: {e}") from e
     for i, obj in enumerate(data, 1):  # "line" = 1-based element index
         yield _row_or_reject(obj, str(path), i, json.dumps(obj, ensure_ascii=False))

@@ -20,6 +20,7 @@ import os
 import shutil
 import subprocess
 import time
+from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -153,9 +154,13 @@ def apply_stage(stage, rows: list[dict]) -> list[dict]:
             return [stage.reject(rows[0], f"stage_error: {type(e).__name__}: {e}")]
         log.warning("%s raised %s on a batch of %d; retrying row by row", stage.ctx.name, e, len(rows))
         out = [r for row in rows for r in apply_stage(stage, [row])]
-    seen = {r["id"] for r in out} | {p for r in out for p in r["lineage"]["parents"]}
+    # Identical rows share an id, so count: each input needs an output row of its id, or a child.
+    parents = {p for r in out for p in r["lineage"]["parents"]}
+    missing = Counter(r["id"] for r in rows) - Counter(r["id"] for r in out)
+    returned = {id(r) for r in out}
     for row in rows:
-        if row["id"] not in seen:
+        if row["id"] not in parents and missing[row["id"]] > 0 and id(row) not in returned:
+            missing[row["id"]] -= 1
             out.append(stage.reject(row, "dropped_by_stage"))
     return out
 

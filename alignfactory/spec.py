@@ -96,7 +96,9 @@ def apply_set(tree: dict, assignment: str) -> None:
             if last:
                 node[part] = value
             else:
-                node = node.setdefault(part, {})
+                if node.get(part) is None:  # absent, or a YAML key left empty (`model:`)
+                    node[part] = {}
+                node = node[part]
         else:
             raise SpecError(f"--set {key}: {'.'.join(parts[:depth])} is a value, not a mapping")
 

@@ -21,6 +21,15 @@ from alignfactory import io, records
 from alignfactory.stages.base import Stage
 
 
+def features(fmt: str):
+    """Explicit column types, so that an empty export still has typed columns rather than `null`."""
+    from datasets import Features, List, Value
+
+    turns = List({"role": Value("string"), "content": Value("string")})
+    columns = ["messages"] if fmt == "sft" else ["prompt", "chosen", "rejected"]
+    return Features({c: turns for c in columns})
+
+
 class Export(Stage):
     kind = "corpus"
     in_driver = True
@@ -55,11 +64,12 @@ class Export(Stage):
             import datasets
 
             datasets.disable_progress_bars()
-            ds = datasets.Dataset.from_list(trl_rows) if trl_rows else datasets.Dataset.from_dict({})
+            types = features(fmt)
+            ds = datasets.Dataset.from_dict({c: [r[c] for r in trl_rows] for c in types}, features=types)
             if "parquet" in self.params.files:
                 ds.to_parquet(str(tmp / "train.parquet"))
             if "datasets" in self.params.files:
-                ds.save_to_disk(str(tmp / "dataset"))
+                ds.save_to_disk(str(tmp / "dataset"), num_shards=1)  # 0 shards would not load back
         old = target.with_name(f".{fmt}.old")
         shutil.rmtree(old, ignore_errors=True)
         if target.exists():

@@ -67,8 +67,9 @@ class Filter(Stage):
             return f"too_long: {n} > {p.max_chars} chars"
         if p.drop_truncated and row["meta"].get("generate", {}).get("finish_reason") == "length":
             return "truncated"
+        plain = resp.replace("\u2019", "'")  # models often write I’m / can’t
         for pattern in self.refusals:
-            if pattern.search(resp):
+            if pattern.search(plain):
                 return f"refusal: /{pattern.pattern}/"
         lang_resp = language(resp)
         if p.languages is not None and lang_resp not in p.languages:

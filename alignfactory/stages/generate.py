@@ -49,5 +49,7 @@ class Generate(LLMStage):
                     "finish_reason": out.finish_reasons[k] if k < len(out.finish_reasons) else None,
                     "prompt_tokens": out.prompt_tokens,
                 }
-                result.append(records.derive(row, self.ctx.name, records.with_response(row, text), meta))
+                # the system prompt the model saw is part of the SFT example
+                messages = self.build_messages(row) + [{"role": "assistant", "content": text}]
+                result.append(records.derive(row, self.ctx.name, messages, meta))
         return result
