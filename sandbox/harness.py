@@ -178,12 +178,14 @@ class Worker:
 
 
 def uid_processes(uid: int) -> int:
-    """Processes on this host owned by `uid`. A worker's uid is leased to it alone, so while its
-    fork-server runs this is 3 (bwrap, bwrap as pid 1, the fork-server) and 0 after close()."""
+    """Live (non-zombie) processes on this host owned by `uid`. A worker's uid is leased to it alone,
+    so while its fork-server runs this is 3 (bwrap, bwrap as pid 1, the fork-server), 0 after close()."""
     n = 0
     for pid in filter(str.isdigit, os.listdir("/proc")):
         with contextlib.suppress(OSError):
-            n += os.stat(f"/proc/{pid}").st_uid == uid
+            if os.stat(f"/proc/{pid}").st_uid == uid:
+                with open(f"/proc/{pid}/stat", "rb") as f:
+                    n += f.read().rsplit(b")", 1)[1].split()[0] not in (b"Z", b"X")
     return n
 
 
