@@ -80,9 +80,11 @@ def test_kill_9_mid_run_then_resume_equals_uninterrupted(tmp_path):
     partial = len(list(generated.glob("shard-*.jsonl")))
     assert 2 <= partial < 7 and not (generated / "_SUCCESS").exists()
     shards_before = {p.name: p.stat().st_mtime_ns for p in generated.glob("shard-*.jsonl")}
+    # a shard counts as done when every stage of its segment (generate, filter) wrote it
+    whole = len(list((out / "stages" / "03-filter").glob("shard-*.jsonl")))
 
     log = finish(run_cli(path, out))
-    assert f"{7 - partial} shards to run" in log  # only the missing shards were generated again
+    assert f"{7 - whole} shards to run" in log  # only shards not finished before the kill were sent
     assert {
         p.name: p.stat().st_mtime_ns for p in generated.glob("shard-*.jsonl") if p.name in shards_before
     } == shards_before
