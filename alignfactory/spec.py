@@ -143,16 +143,18 @@ def validate(tree: dict, origin: str = "<spec>") -> PipelineSpec:
         try:
             params.append(cls.Params.model_validate(stage.params))
         except ValidationError as e:
-            raise SpecError(_errors(origin, e, prefix=f"stages.{i}.params ({stage.name})")) from None
+            raise SpecError(
+                _errors(origin, e, prefix=f"stages.{i}.params", note=f" (stage {stage.name})")
+            ) from None
     spec._params = params
     return spec
 
 
-def _errors(origin: str, e: ValidationError, prefix: str = "") -> str:
+def _errors(origin: str, e: ValidationError, prefix: str = "", note: str = "") -> str:
     lines = []
     for err in e.errors():
         loc = _format_loc(err["loc"])
         loc = f"{prefix}.{loc}" if prefix and loc else (prefix or loc)
         msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
-        lines.append(f"{origin}: {loc}: {msg}")
+        lines.append(f"{origin}: {loc}: {msg}{note}")
     return "\n".join(lines)

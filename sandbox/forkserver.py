@@ -18,6 +18,7 @@ import builtins
 import contextlib
 import ctypes
 import fcntl
+import gc
 import json
 import os
 import resource
@@ -170,6 +171,7 @@ class Server:
         self.libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)  # orphans of a task come back to us
 
     def serve(self):
+        gc.freeze()  # forked tasks then never scan (= write to, = copy) the server's objects
         write_frame(self.wfd, {"ready": True, "pid": os.getpid(), "uid": os.getuid(), "python": sys.version})
         while True:
             req = read_frame(self.rfd)

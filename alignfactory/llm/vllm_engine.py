@@ -77,3 +77,10 @@ class VLLMEngine:
                 )
             )
         return completions
+
+    def close(self) -> None:
+        """Stop vLLM's engine-core process now (otherwise it goes when the LLM is garbage-collected)."""
+        llm = self.__dict__.pop("llm", None)
+        core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
+        if core is not None and hasattr(core, "shutdown"):
+            core.shutdown()
