@@ -13,6 +13,8 @@ STAGES = {
     "filter": "alignfactory.stages.filter:Filter",
     "dedup": "alignfactory.stages.dedup:Dedup",
     "export": "alignfactory.stages.export:Export",
+    "exec_feedback": "alignfactory.stages.exec_feedback:ExecFeedback",
+    "autoif": "alignfactory.stages.autoif:AutoIF",
 }
 
 

@@ -9,11 +9,14 @@ cd "$(dirname "$0")/.."
 mode=${1:-run}
 PYTHON=${PYTHON:-python3}
 
-# bubblewrap isolates model-written code (sandbox/); libseccomp2 backs pyseccomp.
-if ! command -v bwrap >/dev/null 2>&1 || ! ldconfig -p | grep -q libseccomp.so.2; then
+# The sandbox (sandbox/) runs model-written code under bubblewrap, as an unprivileged uid (setpriv,
+# util-linux), with a seccomp filter (pyseccomp over libseccomp2), on the system python3 (readable by
+# that uid, unlike a python under /root).
+if ! command -v bwrap >/dev/null 2>&1 || ! command -v setpriv >/dev/null 2>&1 \
+   || ! [ -x /usr/bin/python3 ] || ! ldconfig -p | grep -q libseccomp.so.2; then
   sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
   $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq bubblewrap libseccomp2 >/dev/null
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq bubblewrap util-linux libseccomp2 python3 >/dev/null
 fi
 
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv

@@ -1,13 +1,10 @@
 """The real embedded SmolLM2-135M-Instruct through TransformersEngine (CPU, fp32), and the embedder.
 
-Small max_tokens keep this file well under 90 s on 2 cores (the one-time GGUF conversion, ~35 s,
-happens at most once per cache directory)."""
+Small max_tokens keep this file short on 2 quiet cores (plus the one-time GGUF conversion, ~35 s,
+once per cache directory). Concurrent conversion is tested with a fake converter in tests/unit."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
 
 import pytest
@@ -45,25 +42,6 @@ def test_conversion_is_cached_and_complete():
     names = {p.name for p in first.iterdir()}
     assert {"config.json", "model.safetensors", "tokenizer.json"} <= names
     assert not any(n.startswith(".") and n != ".alignfactory-converted" for n in names)
-
-
-def test_concurrent_conversion_is_safe(tmp_path):
-    """Two processes converting into an empty cache at once: one converts, both get the same dir."""
-    code = (
-        "from alignfactory.llm.embedded import embedded_model_dir; import time; t=time.time(); "
-        "print(embedded_model_dir(), round(time.time()-t, 1))"
-    )
-    env = {**os.environ, "ALIGNFACTORY_CACHE": str(tmp_path), "HF_HUB_OFFLINE": "1"}
-    procs = [
-        subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, text=True)
-        for _ in range(2)
-    ]
-    outs = [p.communicate(timeout=240)[0].split() for p in procs]
-    assert all(p.returncode == 0 for p in procs)
-    assert outs[0][0] == outs[1][0]
-    models = tmp_path / "models"
-    assert [p.name for p in models.iterdir() if p.is_dir()] == [os.path.basename(outs[0][0])]  # no temp left
-    assert (models / outs[0][0] / "model.safetensors").stat().st_size > 100_000_000
 
 
 def test_engine_metadata(engine):
@@ -106,15 +84,16 @@ def test_sampling_seeds_n_and_batch_invariance(engine):
 
 
 def test_max_tokens_and_stop_strings(engine):
-    q = [conv("Count from 1 to 30, separated by commas.")]
+    q = [conv("Count from 1 to 30.")]
     [o] = engine.chat(q, Sampling(max_tokens=5, temperature=0), [0])
     assert o.finish_reasons == ["length"] and o.completion_tokens == 5
     [full] = engine.chat(q, Sampling(max_tokens=24, temperature=0), [0])
-    assert full.texts[0].startswith(o.texts[0])
-    assert "," in full.texts[0]
-    [st] = engine.chat(q, Sampling(max_tokens=24, temperature=0, stop=(",",)), [0])
-    assert st.finish_reasons == ["stop"] and "," not in st.texts[0]
-    assert full.texts[0].startswith(st.texts[0]) and st.completion_tokens < full.completion_tokens
+    text = full.texts[0]
+    assert text.startswith(o.texts[0]) and full.completion_tokens > 5
+    stop = text.split()[len(text.split()) // 2]  # a string the greedy answer is known to contain
+    [st] = engine.chat(q, Sampling(max_tokens=24, temperature=0, stop=("@@never@@", stop)), [0])
+    assert st.finish_reasons == ["stop"] and st.texts[0] == text[: text.find(stop)]
+    assert 0 < st.completion_tokens < full.completion_tokens
 
 
 def test_max_model_len_caps_generation():

@@ -4,6 +4,7 @@ against a scripted local HTTP server (retries, auth, refused connections, n, ord
 from __future__ import annotations
 
 import json
+import os
 import random
 import socket
 import subprocess
@@ -11,6 +12,7 @@ import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 
@@ -275,3 +277,78 @@ def test_openai_discovers_served_model_name():
         assert eng.model_id == "served-model"
         eng.chat([conv("x")], Sampling(stop=("END",)), seeds=[1])
     assert srv.requests[0]["model"] == "served-model" and srv.requests[0]["stop"] == ["END"]
+
+
+# ---- GGUF conversion cache: atomic, converted once under concurrency ------------------------------------
+
+_FAKE_CONVERT = """
+import sys, time
+from pathlib import Path
+import alignfactory.llm.embedded as emb
+
+def fake_convert(gguf, out):
+    with open(sys.argv[2], "a") as f:  # count conversions
+        f.write("x")
+    time.sleep(1.0)  # long enough for the other process to arrive and wait on the lock
+    (Path(out) / "config.json").write_text("{}")
+
+emb._convert = fake_convert
+print(emb.gguf_to_hf_dir(sys.argv[1], name="Tiny Model"))
+"""
+
+
+def test_gguf_conversion_once_and_atomic_across_processes(tmp_path):
+    gguf = tmp_path / "tiny.gguf"
+    gguf.write_bytes(b"GGUF" + bytes(range(256)) * 50)
+    counter = tmp_path / "conversions"
+    env = {**os.environ, "ALIGNFACTORY_CACHE": str(tmp_path / "cache")}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _FAKE_CONVERT, str(gguf), str(counter)],
+            env=env,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(3)
+    ]
+    outs = {p.communicate(timeout=60)[0].strip() for p in procs}
+    assert all(p.returncode == 0 for p in procs)
+    assert counter.read_text() == "x"  # one conversion; the others waited and reused it
+    [out] = outs
+    target = Path(out)
+    assert target.parent == tmp_path / "cache" / "models" and target.name.startswith("tiny-model-")
+    assert (target / "config.json").read_text() == "{}" and (target / ".alignfactory-converted").exists()
+    assert oct(target.stat().st_mode & 0o777) == "0o755"
+    assert sorted(p.name for p in target.parent.iterdir() if p.is_dir()) == [target.name]  # no temp dirs left
+    # another run reuses it without converting
+    subprocess.run([sys.executable, "-c", _FAKE_CONVERT, str(gguf), str(counter)], env=env, check=True)
+    assert counter.read_text() == "x"
+
+
+def test_gguf_conversion_failure_leaves_nothing(tmp_path, monkeypatch):
+    import alignfactory.llm.embedded as emb
+
+    monkeypatch.setenv("ALIGNFACTORY_CACHE", str(tmp_path / "cache"))
+    gguf = tmp_path / "broken.gguf"
+    gguf.write_bytes(b"not really")
+
+    def failing(src, out):
+        (out / "partial.bin").write_bytes(b"half")
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(emb, "_convert", failing)
+    with pytest.raises(RuntimeError, match="boom"):
+        emb.gguf_to_hf_dir(gguf)
+    assert [p for p in (tmp_path / "cache" / "models").iterdir() if p.is_dir()] == []
+    with pytest.raises(FileNotFoundError, match="no such GGUF"):
+        emb.gguf_to_hf_dir(tmp_path / "missing.gguf")
+
+
+def test_embedded_files_are_located():
+    from alignfactory.llm.embedded import embedded_gguf_path, embedder_path
+
+    assert (
+        embedded_gguf_path().name == "SmolLM2-135M-Instruct.Q4_1.gguf"
+        and embedded_gguf_path().stat().st_size > 5e7
+    )
+    assert (embedder_path() / "config.json").exists()
