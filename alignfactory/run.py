@@ -166,10 +166,10 @@ def apply_stage(stage, rows: list[dict]) -> list[dict]:
 
 
 def run_on_shard(stage, rows: list[dict]) -> tuple[list[dict], dict]:
+    """The whole shard in one stage call: LLM engines micro-batch it themselves (resources.batch_size)
+    after sorting by length, and sandbox stages run all its jobs in one pool call."""
     t0, tin, tout = time.perf_counter(), stage.tokens_in, stage.tokens_out
-    out = []
-    for start in range(0, len(rows), stage.ctx.batch_size):
-        out += apply_stage(stage, rows[start : start + stage.ctx.batch_size])
+    out = apply_stage(stage, rows)
     stats = {
         "rows_in": len(rows),
         "rows_out": len(kept(out)),
@@ -227,12 +227,7 @@ def run_task_stage(batch: dict, name: str, params: dict, ctx: StageContext) -> d
 
 
 def run_corpus(name: str, params: dict, ctx: StageContext, rows: list[dict]) -> tuple[list[dict], dict]:
-    return run_on_shard(_as_one_batch(build_stage(name, params, ctx)), rows)
-
-
-def _as_one_batch(stage):
-    stage.ctx = replace(stage.ctx, batch_size=1 << 62)  # a corpus stage sees all rows in one call
-    return stage
+    return run_on_shard(build_stage(name, params, ctx), rows)
 
 
 # ---- driver ---------------------------------------------------------------------------------------

@@ -170,13 +170,13 @@ def test_apply_stage_catches_a_dropped_duplicate_row():
 # ---- run_on_shard -------------------------------------------------------------------------------
 
 
-def test_run_on_shard_batches_by_ctx_batch_size_and_counts():
+def test_run_on_shard_calls_the_stage_once_per_shard_then_isolates_a_failure_and_counts():
     stage = Marking()
-    stage.ctx.batch_size = 2
+    stage.ctx.batch_size = 2  # the engine's micro-batch: the stage itself sees the whole shard
     rows = [row(t, line=i) for i, t in enumerate(["a", "drop b", "c", "boom", "e"], 1)]
     out, stats = run.run_on_shard(stage, rows)
-    assert stage.batches[:2] == [["a", "drop b"], ["c", "boom"]]
-    assert stage.batches[-1] == ["e"]
+    assert stage.batches[0] == ["a", "drop b", "c", "boom", "e"]
+    assert stage.batches[1:] == [["a"], ["drop b"], ["c"], ["boom"], ["e"]]  # retried row by row
     assert len(out) == 5
     assert sorted(r["source"]["line"] for r in out) == [1, 2, 3, 4, 5]
     assert {k: stats[k] for k in ("rows_in", "rows_out", "rejected", "tokens_in", "tokens_out")} == {
