@@ -1,0 +1,270 @@
+"""autoif: instruction-following data checked by verification functions (AutoIF, Qwen team).
+
+For an instruction with a verifiable constraint ("answer in exactly three bullet points", "under 50
+words", "回答中必须包含……"), in two phases per batch:
+
+  1. The model writes M functions `evaluate(response) -> bool` and, in a second prompt, example
+     responses labelled GOOD:/BAD:. Cross-validation in the sandbox: every function runs on every
+     example (kind="call", entry_point="evaluate"); a function is kept if its accuracy on the examples
+     >= threshold. Cross-validation needs at least min_cases examples, of both labels (else a
+     `return True` would score 100%): without them no model-written function is kept.
+     A seed line may carry a reference verifier, `"verifier": "def evaluate(response): ..."`: it is
+     always kept (it is the user's own definition of the constraint); its accuracy on the model's
+     examples is recorded too, as a measure of how good those examples were.
+  2. For rows with a kept function, N responses are sampled for the instruction itself and every kept
+     function runs on every response -> a (kept functions x N) pass matrix; a response's pass rate is
+     the fraction of kept functions that return True for it.
+
+    row out: messages [..., user, assistant = the first response passing every kept function]
+             pairs [{"chosen": pass rate >= 0.5, "rejected": pass rate == 0, ...}]
+             meta.autoif = {functions: [{source, code, status, accuracy, kept}], cv_matrix, cases,
+                            kept, responses, pass_matrix, pass_rates, chosen, verifiers_raw, cases_raw}
+    rejects: no_valid_verifier | sandbox_error | no_passing_response (nothing passes and no pair)
+
+A row with no fully passing response but with pairs keeps its pairs (preference data only, no
+assistant turn). A verifier SANDBOX_ERROR is never counted against the function or the responses:
+that function is left out (and recorded in meta).
+"""
+
+from __future__ import annotations
+
+import re
+
+from pydantic import BaseModel, Field
+
+from alignfactory import records
+from alignfactory.stages import code_utils as cu
+from alignfactory.stages.base import RUBRICS, LLMStage, render
+
+LABEL = re.compile(
+    r"^[\s>*\-\d.)]*\**\s*(GOOD|BAD|PASS|FAIL|FOLLOWS|BREAKS)\s*\**\s*[:：\-]\**\s*(.*)$", re.I | re.M
+)
+TRUE_LABELS = ("good", "pass", "follows")
+
+
+class AutoIF(LLMStage):
+    class Params(cu.SandboxParams):
+        m: int = Field(4, ge=1)  # verification functions sampled per instruction
+        n: int = Field(4, ge=1)  # responses sampled per instruction
+        max_cases: int = Field(8, ge=1)  # labelled examples kept for cross-validation
+        min_cases: int = Field(2, ge=2)
+        threshold: float = Field(0.8, ge=0, le=1)  # accuracy a model-written function needs to be kept
+        max_pairs: int = Field(8, ge=0)
+        max_tokens: int | None = Field(None, ge=1)  # verifiers and examples; None = spec sampling
+        response_max_tokens: int | None = Field(None, ge=1)  # sampled responses
+        temperature: float | None = Field(None, ge=0)
+        verifier_template: str = "prompts/autoif_verifier.jinja"
+        cases_template: str = "prompts/autoif_cases.jinja"
+
+    requires = {
+        "messages": "a conversation whose last user turn is an instruction with a verifiable constraint"
+    }
+    adds = ("messages", "pairs", "meta.autoif")
+
+    def __init__(self, params: BaseModel, ctx, engine=None, sandbox=None):
+        super().__init__(params, ctx, engine)
+        self.owns_sandbox = sandbox is None  # a sandbox handed in (tests) is its giver's to close
+        self.sandbox = sandbox if sandbox is not None else cu.open_sandbox(params)
+
+    @classmethod
+    def template_files(cls, params):
+        return [RUBRICS / params.verifier_template, RUBRICS / params.cases_template]
+
+    def close(self) -> None:
+        sb, self.sandbox = getattr(self, "sandbox", None), None
+        if sb is not None and self.owns_sandbox:
+            sb.close()
+
+    def __del__(self):
+        try:  # noqa: SIM105 (plain try: at interpreter exit, imported helpers may be gone)
+            self.close()
+        except Exception:
+            pass
+
+    def __call__(self, rows: list[dict]) -> list[dict]:
+        p, base = self.params, self.ctx.sampling
+        # phase 1: functions + examples -> cross-validation (one sandbox call for the batch)
+        prompts = [records.instruction(r) for r in rows]
+        convs_f = [self.conversation(p.verifier_template, t) for t in prompts]
+        convs_c = [self.conversation(p.cases_template, t) for t in prompts]
+        s_f = cu.sampling_with(base, n=p.m, max_tokens=p.max_tokens, temperature=p.temperature)
+        s_c = cu.sampling_with(base, n=1, max_tokens=p.max_tokens, temperature=p.temperature)
+        outs_f = cu.keyed_complete(self, convs_f, rows, s_f, "verifiers")
+        outs_c = cu.keyed_complete(self, convs_c, rows, s_c, "cases")
+        states = [
+            self.verifiers(r, f.texts, c.texts[0]) for r, f, c in zip(rows, outs_f, outs_c, strict=True)
+        ]
+        self.run_jobs([s["cv_jobs"] for s in states], states, "cv_verdicts")
+        for s in states:
+            self.cross_validate(s)
+
+        # phase 2: responses for rows with a kept function -> scoring (one sandbox call)
+        live = [i for i, s in enumerate(states) if s["kept"]]
+        if live:
+            s_r = cu.sampling_with(base, n=p.n, max_tokens=p.response_max_tokens, temperature=p.temperature)
+            convs_r = [records.prompt_messages(rows[i]) for i in live]
+            outs_r = cu.keyed_complete(self, convs_r, [rows[i] for i in live], s_r, "responses")
+            for i, out in zip(live, outs_r, strict=True):
+                states[i]["responses"] = out.texts
+                states[i]["score_jobs"] = self.score_jobs(states[i])
+            self.run_jobs(
+                [states[i]["score_jobs"] for i in live], [states[i] for i in live], "score_verdicts"
+            )
+        return [self.finish(r, s) for r, s in zip(rows, states, strict=True)]
+
+    def conversation(self, template: str, instruction: str) -> list[dict]:
+        text = render(template, instruction=instruction, n_cases=self.params.max_cases)
+        return [{"role": "user", "content": text}]
+
+    def run_jobs(self, job_lists: list[list], states: list[dict], key: str) -> None:
+        """All jobs of the batch in one sandbox.run; verdicts handed back to each row's state[key]."""
+        flat = [j for jobs in job_lists for j in jobs]
+        verdicts = iter(self.sandbox.run(flat) if flat else ())
+        for jobs, state in zip(job_lists, states, strict=True):
+            state[key] = [next(verdicts) for _ in jobs]
+
+    # ---- phase 1 --------------------------------------------------------------------------------
+
+    def verifiers(self, row: dict, texts: list[str], cases_text: str) -> dict:
+        """Functions (model-written, then the seed's reference), the parsed examples, the CV jobs."""
+        from sandbox import Case, Job
+
+        functions = [{"source": "model", "code": evaluate_code(t)} for t in texts]
+        reference = cu.seed_fields(row, ("verifier",)).get("verifier")
+        if isinstance(reference, str) and reference.strip():
+            functions.append({"source": "reference", "code": evaluate_code(reference) or reference})
+        cases = parse_cases(cases_text)[: self.params.max_cases]
+        labels = {label for _, label in cases}
+        usable = len(cases) >= self.params.min_cases and labels == {True, False}
+        tests = [Case(args=[text], expected=label) for text, label in cases]
+        jobs = [
+            (i, Job(code=f["code"], kind="call", entry_point="evaluate", tests=tests))
+            for i, f in enumerate(functions)
+            if f["code"] and usable
+        ]
+        return {
+            "functions": functions,
+            "cases": cases,
+            "cases_usable": usable,
+            "cv_jobs": [j for _, j in jobs],
+            "cv_index": [i for i, _ in jobs],
+            "verifiers_raw": texts,
+            "cases_raw": cases_text,
+        }
+
+    def cross_validate(self, s: dict) -> None:
+        by_fn = dict(zip(s["cv_index"], s["cv_verdicts"], strict=True))
+        s["cv_matrix"] = []
+        for i, f in enumerate(s["functions"]):
+            v = by_fn.get(i)
+            f["status"] = "UNPARSEABLE" if not f["code"] else v.status.value if v else "NOT_RUN"
+            vector = list(v.pass_vector) if v and f["status"] != "SANDBOX_ERROR" else None
+            f["accuracy"] = sum(vector) / len(vector) if vector else None
+            s["cv_matrix"].append(vector)
+            model_ok = f["accuracy"] is not None and f["accuracy"] >= self.params.threshold
+            f["kept"] = bool(f["code"]) and (f["source"] == "reference" or model_ok)
+        s["kept"] = [i for i, f in enumerate(s["functions"]) if f["kept"]]
+
+    # ---- phase 2 --------------------------------------------------------------------------------
+
+    def score_jobs(self, s: dict) -> list:
+        from sandbox import Case, Job
+
+        tests = [Case(args=[r], expected=True) for r in s["responses"]]  # PASS = evaluate(r) is True
+        return [
+            Job(code=s["functions"][i]["code"], kind="call", entry_point="evaluate", tests=tests)
+            for i in s["kept"]
+        ]
+
+    def finish(self, row: dict, s: dict) -> dict:
+        responses = s.get("responses", [])
+        verdicts = s.get("score_verdicts", [])
+        matrix = [None if v.status.value == "SANDBOX_ERROR" else list(v.pass_vector) for v in verdicts]
+        judged = [m for m in matrix if m is not None]
+        rates = [sum(m[j] for m in judged) / len(judged) for j in range(len(responses))] if judged else []
+        meta = self.meta(row)
+        meta.update(
+            model=getattr(self.engine, "model_id", None),
+            functions=s["functions"],
+            cases=[{"response": t, "label": lab} for t, lab in s["cases"]],
+            cases_usable=s["cases_usable"],
+            cv_matrix=s["cv_matrix"],
+            kept=s["kept"],
+            responses=responses,
+            pass_matrix=matrix,  # kept functions x responses; None = SANDBOX_ERROR for that function
+            statuses=[v.status.value for v in verdicts],
+            pass_rates=rates,
+            chosen=None,
+            verifiers_raw=s["verifiers_raw"],
+            cases_raw=s["cases_raw"],
+        )
+        if not s["kept"]:
+            return self.reject(row, "no_valid_verifier")
+        if not judged:
+            return self.reject(row, "sandbox_error")
+        passing = [j for j, r in enumerate(rates) if r == 1.0]
+        pairs = build_pairs(responses, rates, self.ctx.name, self.params.max_pairs)
+        if not passing and not pairs:
+            return self.reject(row, "no_passing_response")
+        if passing:
+            meta["chosen"] = passing[0]
+            messages = records.with_response(row, responses[passing[0]])
+        else:  # preference data only: an unverified assistant turn must not reach sft/
+            messages = records.prompt_messages(row)
+        out = records.derive(row, self.ctx.name, messages, meta)
+        out["pairs"] = pairs
+        return out
+
+
+def evaluate_code(text: str) -> str | None:
+    """The model's verifier as code defining `evaluate`; a lone function of another name is aliased."""
+    code = cu.pick_function(text, "evaluate")
+    if code is None or re.search(r"^def\s+evaluate\s*\(", code, re.M):
+        return code
+    names = re.findall(r"^def\s+([A-Za-z_]\w*)\s*\(", code, re.M)
+    return f"{code}\n\nevaluate = {names[0]}\n" if names else None
+
+
+def parse_cases(text: str) -> list[tuple[str, bool]]:
+    """Labelled examples: blocks starting "GOOD:"/"BAD:" (also PASS/FAIL, bullets and bold allowed; a
+    block runs to the next label or a blank line, so trailing prose is not an example), or JSON
+    [{"response": str, "label"|"pass"|"expected": bool}]. Duplicate texts keep their first label."""
+    found = []
+    marks = list(LABEL.finditer(text))
+    for m, nxt in zip(marks, marks[1:] + [None], strict=False):  # no marks -> no blocks
+        body = text[m.start(2) : nxt.start() if nxt else len(text)]
+        body = re.split(r"\n\s*\n", body, maxsplit=1)[0].strip().strip('"').strip()
+        if body:
+            found.append((body, m.group(1).lower() in TRUE_LABELS))
+    for item in cu.json_values(text):
+        for case in item if isinstance(item, list) else [item]:
+            if isinstance(case, dict) and isinstance(case.get("response"), str):
+                label = next((case[k] for k in ("label", "pass", "expected", "follows") if k in case), None)
+                if isinstance(label, bool):
+                    found.append((case["response"], label))
+    out, seen = [], set()
+    for body, label in found:
+        if body not in seen:
+            seen.add(body)
+            out.append((body, label))
+    return out
+
+
+def build_pairs(responses: list[str], rates: list[float], stage: str, max_pairs: int) -> list[dict]:
+    """(pass rate >= 0.5, pass rate == 0) pairs, best chosen first; identical texts skipped."""
+    good = sorted((j for j, r in enumerate(rates) if r >= 0.5), key=lambda j: (-rates[j], j))
+    bad = [j for j, r in enumerate(rates) if r == 0.0]
+    pairs = []
+    for i in good:
+        for j in bad:
+            if responses[i] != responses[j] and len(pairs) < max_pairs:
+                pairs.append(
+                    {
+                        "chosen": responses[i],
+                        "rejected": responses[j],
+                        "stage": stage,
+                        "chosen_score": rates[i],
+                        "rejected_score": rates[j],
+                    }
+                )
+    return pairs

@@ -1,0 +1,264 @@
+"""Helpers shared by the stages that run model-written code (exec_feedback, autoif).
+
+code_blocks(text)             -> ["def f(x): ...", ...]    fenced blocks, else the text if it parses
+pick_function(text, name)     -> "def name(...): ..." | None
+parse_call_tests(text, name)  -> [(args, expected), ...]  from assert lines or a JSON list
+seed_fields(row, keys)        -> {key: value}             extra fields of the seed line (entry_point, tests, ...)
+SandboxParams / open_sandbox  -> the sandbox params every code stage takes, and the Sandbox they build
+keyed_complete(stage, ...)    -> engine.chat with seeds keyed by (row id, what), tokens counted
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import BaseModel, Field, field_validator
+
+from alignfactory import records
+from alignfactory.llm.base import request_seed
+
+FENCE = re.compile(r"```[ \t]*([\w+-]*)[^\n]*\n(.*?)(?:```|\Z)", re.S)  # an unclosed last fence counts
+
+
+def code_blocks(text: str) -> list[str]:
+    """Python code blocks of a model reply, in order. Unfenced text counts if it parses as Python."""
+    blocks = [body for lang, body in FENCE.findall(text) if lang.lower() in ("", "python", "py", "python3")]
+    blocks = [b.strip("\n") for b in blocks if b.strip()]
+    if not blocks and _parses(text.strip()):
+        blocks = [text.strip()]
+    return blocks
+
+
+def pick_function(text: str, name: str) -> str | None:
+    """The first code block that defines `name` (else a block defining any function); None if none.
+
+    A block that does not parse is still returned when it defines `name`: the sandbox reports its
+    SyntaxError as the candidate's ERROR, which is the truth about that candidate.
+    """
+    blocks = code_blocks(text)
+    defines = re.compile(rf"^\s*def\s+{re.escape(name)}\s*\(", re.M)
+    for b in blocks:
+        if defines.search(b):
+            return b
+    any_def = next((b for b in blocks if re.search(r"^\s*def\s+\w+\s*\(", b, re.M)), None)
+    return any_def or _def_region(text, name)
+
+
+def _def_region(text: str, name: str) -> str | None:
+    """Broken fences: the `def name(` line (else any top-level def) and the indented lines after it,
+    with the import lines before it."""
+    lines = text.replace("\r", "").split("\n")
+    starts = [i for i, ln in enumerate(lines) if re.match(rf"def\s+{re.escape(name)}\s*\(", ln)]
+    starts = starts or [i for i, ln in enumerate(lines) if re.match(r"def\s+\w+\s*\(", ln)]
+    if not starts:
+        return None
+    end = starts[0] + 1
+    while end < len(lines) and (not lines[end].strip() or lines[end][:1] in (" ", "\t")):
+        end += 1
+    imports = [ln for ln in lines[: starts[0]] if re.match(r"(import|from)\s+\w", ln)]
+    return "\n".join(imports + lines[starts[0] : end]).rstrip()
+
+
+def _parses(src: str) -> bool:
+    try:
+        ast.parse(src)
+    except (SyntaxError, ValueError):
+        return False
+    return bool(src)
+
+
+# ---- tests written by the model -----------------------------------------------------------------
+
+
+def parse_call_tests(text: str, name: str) -> list[tuple[list, object]]:
+    """(args, expected) pairs for calls of `name`, from whatever the model wrote:
+
+        assert f(1, 2) == 3     assert f("a") is True     assert f(x) -> True     assert not f(x) -> False
+        f(1, 2) == 3            [{"args": [1, 2], "expected": 3}, ...]  (JSON, anywhere in the text)
+
+    Only literal arguments and expectations count (ast.literal_eval): a test that computes its answer
+    would run our code outside the sandbox. Duplicate argument lists keep their first expectation.
+    """
+    found: list[tuple[list, object]] = []
+    for line in text.replace("\r", "").split("\n"):
+        line = line.strip().strip("`").strip()
+        if line.startswith(">>>"):
+            line = line[3:].strip()
+        case = _assert_case(line, name)
+        if case is not None:
+            found.append(case)
+    found += _json_cases(text)
+    out, seen = [], set()
+    for args, expected in found:
+        key = repr(args)
+        if key not in seen:
+            seen.add(key)
+            out.append((args, expected))
+    return out
+
+
+def _assert_case(line: str, name: str):
+    if not line or name not in line:
+        return None
+    try:
+        node = ast.parse(line).body[0]
+    except (SyntaxError, ValueError, IndexError):
+        return None
+    expr = node.test if isinstance(node, ast.Assert) else node.value if isinstance(node, ast.Expr) else None
+    negate = isinstance(expr, ast.UnaryOp) and isinstance(expr.op, ast.Not)
+    if negate:
+        expr = expr.operand
+    if _is_call(expr, name) and isinstance(node, ast.Assert):
+        call, expected = expr, not negate
+    elif (
+        isinstance(expr, ast.Compare)
+        and len(expr.ops) == 1
+        and isinstance(expr.ops[0], (ast.Eq, ast.Is))
+        and _is_call(expr.left, name)
+        and not negate
+    ):
+        call = expr.left
+        try:
+            expected = ast.literal_eval(expr.comparators[0])
+        except (ValueError, SyntaxError, TypeError):
+            return None
+    else:
+        return None
+    try:
+        return [ast.literal_eval(a) for a in call.args], expected
+    except (ValueError, SyntaxError, TypeError):
+        return None
+
+
+def _is_call(expr, name: str) -> bool:
+    return (
+        isinstance(expr, ast.Call)
+        and isinstance(expr.func, ast.Name)
+        and expr.func.id == name
+        and not expr.keywords
+        and not any(isinstance(a, ast.Starred) for a in expr.args)
+    )
+
+
+def _json_cases(text: str) -> list[tuple[list, object]]:
+    out = []
+    for item in json_values(text):
+        for case in item if isinstance(item, list) else [item]:
+            if isinstance(case, dict) and "expected" in case and isinstance(case.get("args", []), list):
+                out.append((case.get("args", []), case["expected"]))
+    return out
+
+
+def json_values(text: str) -> list:
+    """Every top-level JSON array or object that decodes somewhere in the text (fences or prose around it)."""
+    dec, out, i = json.JSONDecoder(), [], 0
+    while True:
+        starts = [j for j in (text.find("[", i), text.find("{", i)) if j >= 0]
+        if not starts:
+            return out
+        j = min(starts)
+        try:
+            value, end = dec.raw_decode(text, j)
+        except ValueError:
+            i = j + 1
+            continue
+        out.append(value)
+        i = end
+
+
+def jsonable(value) -> bool:
+    """True if the value survives a JSON round trip unchanged in type (what a row may carry)."""
+    try:
+        return json.loads(json.dumps(value)) == value and type(json.loads(json.dumps(value))) is type(value)
+    except (TypeError, ValueError):
+        return False
+
+
+# ---- extra fields of a seed line ----------------------------------------------------------------
+
+
+def seed_fields(row: dict, keys: tuple[str, ...]) -> dict:
+    """Values of `keys` for this row: from the row itself, from row["seed"] (a dict of the input line's
+    extra fields, if the reader keeps them), else from the seed line named by row["source"] (re-read;
+    used only when its instruction matches the row's, so an edited file is not trusted)."""
+    found = {k: row[k] for k in keys if k in row}
+    found |= {k: v for k, v in (row.get("seed") or {}).items() if k in keys and k not in found}
+    if len(found) < len(keys):
+        line = _source_line(row.get("source") or {})
+        if line and line.get("instruction") and line["instruction"] in records.instruction(row):
+            found |= {k: line[k] for k in keys if k in line and k not in found}
+    return found
+
+
+def _source_line(source: dict) -> dict | None:
+    path, line = source.get("file"), source.get("line")
+    if not path or not isinstance(line, int) or not str(path).endswith(".jsonl"):
+        return None
+    try:
+        lines = _jsonl_lines(str(Path(path).resolve()), Path(path).stat().st_mtime_ns)
+    except OSError:
+        return None
+    return lines[line - 1] if lines and 0 < line <= len(lines) and isinstance(lines[line - 1], dict) else None
+
+
+@lru_cache(maxsize=8)
+def _jsonl_lines(path: str, mtime_ns: int) -> list | None:  # mtime in the key: an edited file is re-read
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read().split("\n")
+    except (OSError, UnicodeDecodeError):
+        return None
+    out = []
+    for s in text:
+        try:
+            out.append(json.loads(s) if s.strip() else None)
+        except ValueError:
+            out.append(None)
+    return out
+
+
+# ---- sandbox and engine plumbing ------------------------------------------------------------------
+
+
+class SandboxParams(BaseModel, extra="forbid"):
+    limits: dict = {"wall_s": 4.0, "memory_mb": 512}  # sandbox.Limits fields, per execution
+    workers: int = Field(2, ge=1)  # fork-server workers (one uid and one bwrap each)
+    allow_unsafe: bool = False  # True runs model code without isolation if bwrap is missing: never in CI
+
+    @field_validator("limits")
+    @classmethod
+    def _limits(cls, v: dict) -> dict:
+        from sandbox.limits import Limits
+
+        try:
+            Limits(**v)
+        except TypeError as e:
+            raise ValueError(f"not a sandbox.Limits field: {e}") from None
+        return v
+
+
+def open_sandbox(p: SandboxParams):
+    """A Sandbox for the stage's lifetime. Fails closed (SandboxUnavailable) unless allow_unsafe."""
+    from sandbox import Limits, Sandbox
+
+    return Sandbox(Limits(**p.limits), workers=p.workers, allow_unsafe=p.allow_unsafe)
+
+
+def keyed_complete(stage, conversations: list[list[dict]], rows: list[dict], sampling, what: str):
+    """stage.engine.chat with per-request seeds keyed by (row id, what): several calls per row draw
+    different samples, and a re-run draws the same ones. Counts tokens like LLMStage.complete."""
+    seeds = [request_seed(stage.ctx.seed, f"{stage.ctx.name}:{r['id']}:{what}") for r in rows]
+    outs = stage.engine.chat(conversations, sampling, seeds)
+    for out in outs:
+        stage.tokens_in += out.prompt_tokens
+        stage.tokens_out += out.completion_tokens
+    return outs
+
+
+def sampling_with(sampling, **override):
+    """A copy of a Sampling with the non-None overrides applied."""
+    return type(sampling)(**sampling.to_dict() | {k: v for k, v in override.items() if v is not None})

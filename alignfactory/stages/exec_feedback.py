@@ -1,0 +1,233 @@
+"""exec_feedback: keep code that runs correctly, judged by tests the solutions agree on (CodeT-style).
+
+For each code instruction the model writes K candidate solutions (one function `entry_point`, in a
+```python block) and, in a second prompt, test cases as assert lines. Every solution runs against
+every test in the sandbox (one kind="call" Job per solution) -> a K x T pass matrix. Generated tests
+may be wrong, so they are scored by dual agreement: solutions are grouped by the exact set of tests
+they pass, a group scores |solutions| x |tests passed|, and the best group's tests are the trusted
+ones. Reference tests from the seed line (`tests: [{"args", "expected"}]`) are ground truth: always
+trusted, and a group must pass all of them to be picked.
+
+    row in:  messages [..., user]  (+ seed line fields entry_point, tests; else entry_point is read
+             from the instruction's first `name(` in backticks, else "solution")
+    row out: messages [..., user, assistant = the best solution's code]
+             pairs [{"chosen": passing code, "rejected": failing code, "stage", "chosen_score",
+                     "rejected_score"}]  scores = fraction of trusted tests passed
+             meta.exec_feedback = {entry_point, tests, pass_matrix (K x T, None = SANDBOX_ERROR row),
+                     statuses, trusted, groups, chosen, scores, solutions_raw, tests_raw, sandbox_errors}
+    rejects: no_tests | sandbox_error | no_passing_solution | too_few_trusted_tests: n < m
+
+An unparseable solution counts as failing every test (status UNPARSEABLE, raw text kept). A
+SANDBOX_ERROR verdict is the infrastructure's fault: that solution is left out of scoring and pairs.
+"""
+
+from __future__ import annotations
+
+import re
+
+from pydantic import BaseModel, Field
+
+from alignfactory import records
+from alignfactory.stages import code_utils as cu
+from alignfactory.stages.base import RUBRICS, LLMStage, render
+
+UNPARSEABLE = "UNPARSEABLE"
+
+
+class ExecFeedback(LLMStage):
+    class Params(cu.SandboxParams):
+        k: int = Field(4, ge=1)  # candidate solutions per instruction
+        max_tests: int = Field(8, ge=0)  # generated tests kept (reference tests come on top)
+        min_trusted_tests: int = Field(1, ge=1)
+        max_pairs: int = Field(8, ge=0)
+        max_tokens: int | None = Field(None, ge=1)  # overrides sampling.max_tokens for both prompts
+        temperature: float | None = Field(None, ge=0)  # for solutions (tests use the spec's sampling)
+        solution_template: str = "prompts/code_solution.jinja"
+        tests_template: str = "prompts/code_tests.jinja"
+
+    requires = {"messages": "a conversation whose last user turn asks for a Python function"}
+    adds = ("messages", "pairs", "meta.exec_feedback")
+
+    def __init__(self, params: BaseModel, ctx, engine=None, sandbox=None):
+        super().__init__(params, ctx, engine)
+        self.owns_sandbox = sandbox is None  # a sandbox handed in (tests) is its giver's to close
+        self.sandbox = sandbox if sandbox is not None else cu.open_sandbox(params)
+
+    @classmethod
+    def template_files(cls, params):
+        return [RUBRICS / params.solution_template, RUBRICS / params.tests_template]
+
+    def close(self) -> None:
+        sb, self.sandbox = getattr(self, "sandbox", None), None
+        if sb is not None and self.owns_sandbox:
+            sb.close()
+
+    def __del__(self):
+        try:  # noqa: SIM105 (plain try: at interpreter exit, imported helpers may be gone)
+            self.close()
+        except Exception:
+            pass
+
+    # ---- one batch: 2 engine calls, 1 sandbox call --------------------------------------------
+
+    def __call__(self, rows: list[dict]) -> list[dict]:
+        p = self.params
+        tasks = [self.task(r) for r in rows]  # (instruction, entry_point, reference tests)
+        sol_sampling = cu.sampling_with(
+            self.ctx.sampling, n=p.k, max_tokens=p.max_tokens, temperature=p.temperature
+        )
+        test_sampling = cu.sampling_with(self.ctx.sampling, n=1, max_tokens=p.max_tokens)
+        sol_convs = [self.conversation(p.solution_template, t) for t in tasks]
+        test_convs = [self.conversation(p.tests_template, t) for t in tasks]
+        sols = cu.keyed_complete(self, sol_convs, rows, sol_sampling, "solutions")
+        tests = cu.keyed_complete(self, test_convs, rows, test_sampling, "tests")
+
+        plans = [self.plan(t, s.texts, tt.texts[0]) for t, s, tt in zip(tasks, sols, tests, strict=True)]
+        jobs = [job for plan in plans for job in plan["jobs"].values()]
+        verdicts = iter(self.sandbox.run(jobs)) if jobs else iter(())
+        for plan in plans:
+            plan["verdicts"] = {i: next(verdicts) for i in plan["jobs"]}
+        return [self.finish(row, plan) for row, plan in zip(rows, plans, strict=True)]
+
+    def task(self, row: dict) -> dict:
+        instruction = records.instruction(row)
+        seed = cu.seed_fields(row, ("entry_point", "tests"))
+        entry = seed.get("entry_point") or _entry_from_text(instruction) or "solution"
+        ref = [
+            (_as_args(t.get("args", [])), t["expected"]) for t in seed.get("tests") or [] if "expected" in t
+        ]
+        return {"instruction": instruction, "entry_point": entry, "reference": ref}
+
+    def conversation(self, template: str, task: dict) -> list[dict]:
+        values = {"instruction": task["instruction"], "entry_point": task["entry_point"]}
+        text = render(template, **values, n_tests=self.params.max_tests)
+        return [{"role": "user", "content": text}]
+
+    def plan(self, task: dict, solution_texts: list[str], tests_text: str) -> dict:
+        """Parse the model's texts into tests (reference first) and one sandbox Job per parseable solution."""
+        from sandbox import Case, Job
+
+        entry = task["entry_point"]
+        tests = [(a, e, "reference") for a, e in task["reference"]]
+        seen = {repr(a) for a, _, _ in tests}
+        generated = [(a, e) for a, e in cu.parse_call_tests(tests_text, entry) if repr(a) not in seen]
+        tests += [(a, e, "model") for a, e in generated[: self.params.max_tests]]
+        codes = [cu.pick_function(t, entry) for t in solution_texts]
+        cases = [Case(args=a, expected=e) for a, e, _ in tests]
+        jobs = {i: Job(code=c, kind="call", entry_point=entry, tests=cases) for i, c in enumerate(codes) if c}
+        return {
+            "task": task,
+            "tests": tests,
+            "codes": codes,
+            "raw": solution_texts,
+            "tests_raw": tests_text,
+            "jobs": jobs if tests else {},
+        }
+
+    # ---- scoring one row ------------------------------------------------------------------------
+
+    def finish(self, row: dict, plan: dict) -> dict:
+        tests, codes, verdicts = plan["tests"], plan["codes"], plan.get("verdicts", {})
+        n_tests = len(tests)
+        matrix, statuses = [], []
+        for i, code in enumerate(codes):  # K x T; None = SANDBOX_ERROR (not the candidate's fault)
+            v = verdicts.get(i)
+            status = UNPARSEABLE if code is None else v.status.value if v else "NOT_RUN"
+            statuses.append(status)
+            vector = (list(v.pass_vector) + [False] * n_tests)[:n_tests] if v else [False] * n_tests
+            matrix.append(None if status == "SANDBOX_ERROR" else vector)
+        reference = [src == "reference" for _, _, src in tests]
+        c = consensus(matrix, reference)
+        meta = self.meta(row)
+        meta.update(
+            model=getattr(self.engine, "model_id", None),
+            entry_point=plan["task"]["entry_point"],
+            tests=[
+                {"call": _call_text(plan["task"]["entry_point"], a), "expected": repr(e), "source": s}
+                for a, e, s in tests
+            ],
+            pass_matrix=matrix,
+            statuses=statuses,
+            details=[verdicts[i].detail if i in verdicts else None for i in range(len(codes))],
+            sandbox_errors=[i for i, m in enumerate(matrix) if m is None],
+            groups=c["groups"],
+            trusted=c["trusted"],
+            chosen=None,
+            scores=None,
+            solutions_raw=plan["raw"],
+            tests_raw=plan["tests_raw"],
+        )
+        if not tests:
+            return self.reject(row, "no_tests", raw=plan["tests_raw"])
+        parsed = [i for i, code in enumerate(codes) if code]
+        if parsed and all(matrix[i] is None for i in parsed):  # nothing judged: not the model's fault
+            return self.reject(row, "sandbox_error")
+        if not c["trusted"]:
+            return self.reject(row, "no_passing_solution")
+        if len(c["trusted"]) < self.params.min_trusted_tests:
+            return self.reject(
+                row, f"too_few_trusted_tests: {len(c['trusted'])} < {self.params.min_trusted_tests}"
+            )
+
+        trusted = c["trusted"]
+        scores = [None if m is None else sum(m[j] for j in trusted) / len(trusted) for m in matrix]
+        texts = [
+            f"```python\n{code}\n```" if code else raw for code, raw in zip(codes, plan["raw"], strict=True)
+        ]
+        best = c["groups"][c["best"]]["solutions"]
+        passing = best + [i for i, s in enumerate(scores) if s == 1.0 and i not in best]
+        failing = [i for i, s in enumerate(scores) if s is not None and s < 1.0]
+        meta.update(chosen=passing[0], scores=scores)
+        out = records.derive(row, self.ctx.name, records.with_response(row, texts[passing[0]]), meta)
+        out["pairs"] = build_pairs(texts, scores, passing, failing, self.ctx.name, self.params.max_pairs)
+        return out
+
+
+def consensus(matrix: list[list[bool] | None], reference: list[bool]) -> dict:
+    """Dual agreement over a K x T pass matrix (None rows are left out).
+
+    groups: solutions with the same pass set, best first: score = |solutions| x |tests passed|, ties
+    -> more tests, then the earlier solution. A group is eligible to be trusted if it passes every
+    reference test and at least one test. Returns {"groups": [...], "best": index | None, "trusted": [...]}.
+    """
+    by_set: dict[tuple[int, ...], list[int]] = {}
+    for i, row in enumerate(matrix):
+        if row is not None:
+            by_set.setdefault(tuple(j for j, ok in enumerate(row) if ok), []).append(i)
+    groups = [{"solutions": s, "tests": list(t), "score": len(s) * len(t)} for t, s in by_set.items()]
+    groups.sort(key=lambda g: (-g["score"], -len(g["tests"]), g["solutions"][0]))
+    must = {j for j, is_ref in enumerate(reference) if is_ref}
+    best = next((i for i, g in enumerate(groups) if g["tests"] and must <= set(g["tests"])), None)
+    return {"groups": groups, "best": best, "trusted": groups[best]["tests"] if best is not None else []}
+
+
+def build_pairs(texts, scores, passing, failing, stage: str, max_pairs: int) -> list[dict]:
+    """(passing, failing) solution pairs, chosen in `passing` order; identical texts are skipped."""
+    pairs, seen = [], set()
+    for i in passing:
+        for j in failing:
+            if texts[i] != texts[j] and (texts[i], texts[j]) not in seen and len(pairs) < max_pairs:
+                seen.add((texts[i], texts[j]))
+                pairs.append(
+                    {
+                        "chosen": texts[i],
+                        "rejected": texts[j],
+                        "stage": stage,
+                        "chosen_score": scores[i],
+                        "rejected_score": scores[j],
+                    }
+                )
+    return pairs
+
+
+def _entry_from_text(text: str) -> str | None:
+    m = re.search(r"`([A-Za-z_]\w*)\s*\(", text) or re.search(r"\bdef\s+([A-Za-z_]\w*)\s*\(", text)
+    return m.group(1) if m else None
+
+
+def _as_args(args) -> list:
+    return list(args) if isinstance(args, (list, tuple)) else [args]  # a lone value is one argument
+
+
+def _call_text(name: str, args: list) -> str:
+    return f"{name}({', '.join(repr(a) for a in args)})"
