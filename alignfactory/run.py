@@ -311,8 +311,12 @@ class Runner:
                 start += 1
             if start > last:
                 continue
-            rows, _ = read_shard(self.steps[start - 1].dir / path.name)
-            payload = {"rows": kept(rows), "outputs": {}}
+            rows = kept(read_shard(self.steps[start - 1].dir / path.name)[0])
+            if not rows:  # nothing left to process: the driver writes the empty outputs itself
+                for step in seg[start - first :]:
+                    write_shard(step.dir / path.name, [], {"rows_in": 0, "rows_out": 0, "rejected": 0})
+                continue
+            payload = {"rows": rows, "outputs": {}}
             items.append(
                 {
                     "shard": path.name,
@@ -381,14 +385,14 @@ class Runner:
                 run_corpus
             )
             out, stats = ray.get(task.remote(step.name, params, step.ctx, rows))
-        size = self.spec.shard_size
-        for j in range(0, max(len(out), 1), size):
-            part = out[j : j + size]
-            good = len(kept(part))
+        # Kept rows re-sharded in full shards; the rejected ones ride in shard 0 (for rejected/ and counts).
+        good, dropped, size = kept(out), [r for r in out if r.get("reject")], self.spec.shard_size
+        for j in range(0, max(len(good), 1), size):
+            part = good[j : j + size] + (dropped if j == 0 else [])
             shard_stats = {
                 "rows_in": 0,
-                "rows_out": good,
-                "rejected": len(part) - good,
+                "rows_out": len(kept(part)),
+                "rejected": len(part) - len(kept(part)),
                 "tokens_in": 0,
                 "tokens_out": 0,
                 "seconds": 0.0,

@@ -5,6 +5,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -76,7 +77,12 @@ def test_ray_job_submit_runs_the_spec(ray_head, tmp_path):
         "--set",
         "stages.2.params.min_chars=1",
     ]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=REPO)
+    deadline = time.time() + 90
+    while True:  # the head's job agent registers a few seconds after `ray start` returns
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=REPO)
+        if "No available agent" not in proc.stderr + proc.stdout or time.time() > deadline:
+            break
+        time.sleep(3)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "succeeded" in (proc.stdout + proc.stderr).lower()
     rows = exported(out)

@@ -77,14 +77,15 @@ def test_kill_9_mid_run_then_resume_equals_uninterrupted(tmp_path):
     time.sleep(1)
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)  # the Ray processes it had started
+    total = len(list((out / "stages" / "01-dedup").glob("shard-*.jsonl")))  # 14 rows in shards of 2
     partial = len(list(generated.glob("shard-*.jsonl")))
-    assert 2 <= partial < 7 and not (generated / "_SUCCESS").exists()
+    assert total == 7 and 2 <= partial < total and not (generated / "_SUCCESS").exists()
     shards_before = {p.name: p.stat().st_mtime_ns for p in generated.glob("shard-*.jsonl")}
     # a shard counts as done when every stage of its segment (generate, filter) wrote it
     whole = len(list((out / "stages" / "03-filter").glob("shard-*.jsonl")))
 
     log = finish(run_cli(path, out))
-    assert f"{7 - whole} shards to run" in log  # only shards not finished before the kill were sent
+    assert f"{total - whole} shards to run" in log  # only shards not finished before the kill were sent
     assert {
         p.name: p.stat().st_mtime_ns for p in generated.glob("shard-*.jsonl") if p.name in shards_before
     } == shards_before
