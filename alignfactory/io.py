@@ -148,12 +148,34 @@ def _first_char(path: Path) -> str:
     return head[:1].decode("ascii", "replace")
 
 
+# Keys the format mapping consumes; any other key of an input row is kept in row["seed"]
+# (entry_point, tests, verifier, category, ...) for the stages that use it.
+FORMAT_KEYS = {
+    "instruction",
+    "input",
+    "output",
+    "system",
+    "messages",
+    "conversations",
+    "kind",
+    "target",
+    "prompt",
+    "response",
+}
+
+
 def _row_or_reject(obj, file: str, line: int, raw: str) -> dict:
     source = {"file": file, "line": line}
     try:
-        return records.new_row(to_messages(obj), source)
+        row = records.new_row(to_messages(obj), source)
     except ValueError as e:
         return quarantined(source, f"bad_row: {e}", raw)
+    extra = {k: v for k, v in obj.items() if k not in FORMAT_KEYS}
+    if extra:
+        row["seed"] = json.loads(
+            json.dumps(extra, ensure_ascii=False, default=str)
+        )  # JSON-safe (parquet dates...)
+    return row
 
 
 def quarantined(source: dict, reason: str, raw: str) -> dict:
@@ -204,7 +226,9 @@ def _read_jsonl(path: Path, max_line_bytes: int) -> Iterator[dict]:
                 obj = json.loads(text)
             except (ValueError, RecursionError) as e:  # JSONDecodeError, huge ints, deep nesting
                 where = f" at column {e.colno}" if isinstance(e, json.JSONDecodeError) else ""
-                yield quarantined({"file": file, "line": line_no}, f"bad_json: {getattr(e, 'msg', e)}{where}", text)
+                yield quarantined(
+                    {"file": file, "line": line_no}, f"bad_json: {getattr(e, 'msg', e)}{where}", text
+                )
                 continue
             yield _row_or_reject(obj, file, line_no, text)
 

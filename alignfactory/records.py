@@ -6,7 +6,8 @@
       "source":   {"file": "seeds.jsonl", "line": 12},
       "lineage":  {"parents": ["<id>", ...], "stage": "generate"},
       "meta":     {"<stage>": {... per-stage detail, raw model text ...}},
-      "reject":   null | {"stage": "filter", "reason": "too_short", "raw": "..."}
+      "reject":   null | {"stage": "filter", "reason": "too_short", "raw": "..."},
+      "seed":     {...}   # optional: the input row's other keys (entry_point, tests, verifier, ...)
     }
 
 Stages add columns (meta.<stage>, an assistant turn, ...) and never rewrite another stage's meta.

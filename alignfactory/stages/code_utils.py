@@ -13,12 +13,9 @@ from __future__ import annotations
 import ast
 import json
 import re
-from functools import lru_cache
-from pathlib import Path
 
 from pydantic import BaseModel, Field, field_validator
 
-from alignfactory import records
 from alignfactory.llm.base import request_seed
 
 FENCE = re.compile(r"```[ \t]*([\w+-]*)[^\n]*\n(.*?)(?:```|\Z)", re.S)  # an unclosed last fence counts
@@ -182,43 +179,10 @@ def jsonable(value) -> bool:
 
 
 def seed_fields(row: dict, keys: tuple[str, ...]) -> dict:
-    """Values of `keys` for this row: from the row itself, from row["seed"] (a dict of the input line's
-    extra fields, if the reader keeps them), else from the seed line named by row["source"] (re-read;
-    used only when its instruction matches the row's, so an edited file is not trusted)."""
+    """Values of `keys` for this row: from the row itself, else from row["seed"] (the input line's
+    extra fields, kept by the reader)."""
     found = {k: row[k] for k in keys if k in row}
-    found |= {k: v for k, v in (row.get("seed") or {}).items() if k in keys and k not in found}
-    if len(found) < len(keys):
-        line = _source_line(row.get("source") or {})
-        if line and line.get("instruction") and line["instruction"] in records.instruction(row):
-            found |= {k: line[k] for k in keys if k in line and k not in found}
-    return found
-
-
-def _source_line(source: dict) -> dict | None:
-    path, line = source.get("file"), source.get("line")
-    if not path or not isinstance(line, int) or not str(path).endswith(".jsonl"):
-        return None
-    try:
-        lines = _jsonl_lines(str(Path(path).resolve()), Path(path).stat().st_mtime_ns)
-    except OSError:
-        return None
-    return lines[line - 1] if lines and 0 < line <= len(lines) and isinstance(lines[line - 1], dict) else None
-
-
-@lru_cache(maxsize=8)
-def _jsonl_lines(path: str, mtime_ns: int) -> list | None:  # mtime in the key: an edited file is re-read
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read().split("\n")
-    except (OSError, UnicodeDecodeError):
-        return None
-    out = []
-    for s in text:
-        try:
-            out.append(json.loads(s) if s.strip() else None)
-        except ValueError:
-            out.append(None)
-    return out
+    return found | {k: v for k, v in (row.get("seed") or {}).items() if k in keys and k not in found}
 
 
 # ---- sandbox and engine plumbing ------------------------------------------------------------------

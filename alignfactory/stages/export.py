@@ -46,7 +46,9 @@ class Export(Stage):
             if sft:
                 out["sft"].append(records.to_trl_sft(row))
             prompt = records.prompt_messages(row)
-            out["preference"] += [records.to_trl_preference(prompt, p["chosen"], p["rejected"]) for p in pairs]
+            out["preference"] += [
+                records.to_trl_preference(prompt, p["chosen"], p["rejected"]) for p in pairs
+            ]
             if not sft and not pairs:
                 self.reject(row, "no_response")
         for fmt in self.params.formats:

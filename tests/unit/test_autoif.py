@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from alignfactory import io as af_io
 from alignfactory import records
 from alignfactory.stages.autoif import AutoIF, evaluate_code, parse_cases
 from alignfactory.stages.base import StageContext
@@ -59,7 +60,8 @@ def row(text=TASK, file="seeds.jsonl", line=1):
 def seed_row(tmp_path, verifier, text=TASK):
     path = tmp_path / "if.jsonl"
     path.write_text(json.dumps({"instruction": text, "verifier": verifier}) + "\n")
-    return row(text, file=str(path))
+    (seeded,) = af_io.read_inputs([path])  # the reader keeps `verifier` in row["seed"]
+    return seeded
 
 
 # ---- parsing model text ---------------------------------------------------------------------------

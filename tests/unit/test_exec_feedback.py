@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from alignfactory import io as af_io
 from alignfactory import records
 from alignfactory.stages.base import StageContext
 from alignfactory.stages.code_utils import code_blocks, parse_call_tests, pick_function, seed_fields
@@ -97,11 +98,12 @@ def test_seed_fields_come_from_the_row_or_the_seed_line(tmp_path):
     seed = tmp_path / "code.jsonl"
     line = {"instruction": TASK, "entry_point": "sum_to", "tests": [{"args": [2], "expected": 3}]}
     seed.write_text("\n" + json.dumps(line) + "\n")
-    assert seed_fields(row(line=2, file=str(seed)), ("entry_point", "tests")) == {
+    (seeded,) = af_io.read_inputs([seed])  # the reader keeps extra keys in row["seed"]
+    assert seed_fields(seeded, ("entry_point", "tests")) == {
         "entry_point": "sum_to",
         "tests": [{"args": [2], "expected": 3}],
     }
-    assert seed_fields(row("Another task.", line=2, file=str(seed)), ("entry_point",)) == {}  # text differs
+    assert seed_fields(row(), ("entry_point",)) == {}
     r = row()
     r["entry_point"] = "given"
     assert seed_fields(r, ("entry_point",)) == {"entry_point": "given"}
@@ -200,7 +202,7 @@ def test_reference_tests_from_the_seed_line_are_always_trusted(sandbox, tmp_path
     wrong_tests = "assert sum_to(5) == 10\nassert sum_to(0) == 0\n"  # agree with the off-by-one majority
     sols = [OFF_BY_ONE, OFF_BY_ONE, OFF_BY_ONE, CORRECT_A]
     stage, _ = make(scripted(sols, wrong_tests), sandbox, k=4)
-    (out,) = stage([row(file=str(seed))])
+    (out,) = stage(list(af_io.read_inputs([seed])))
     meta = out["meta"]["exec_feedback"]
     assert [t["source"] for t in meta["tests"]] == ["reference", "model", "model"]
     assert meta["trusted"] == [0, 2] and meta["chosen"] == 3
