@@ -103,6 +103,7 @@ def main() -> None:
     print(
         f"pipeline: {pipe_tok} tok in {pipe_s:.2f} s (wall {wall:.2f} s less model load) -> {pipe_rate:.1f} tok/s"
     )
+    print(f"  inside the stage: {gen['seconds']:.2f} s; Ray Data, actor start, shard I/O: {pipe_s - gen['seconds']:.2f} s")
     print(f"ratio={pipe_rate / direct_rate:.3f}  (target >= 0.85)")
     ray.shutdown()
 
