@@ -30,6 +30,13 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=64)
     ap.add_argument("--max-tokens", type=int, default=48)
     ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads, the same on both sides (the "
+        "pipeline's default is the actor's num_cpus, 1 in pipelines/sft_data.yaml)",
+    )
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("ALIGNFACTORY_PROGRESS", "0")
@@ -50,7 +57,9 @@ def main() -> None:
     ray_start = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    engine = make_engine(ModelConfig(backend="transformers"), batch_size=args.batch_size)
+    engine = make_engine(
+        ModelConfig(backend="transformers", threads=args.threads), batch_size=args.batch_size
+    )
     direct_load = time.perf_counter() - t0
     sampling = Sampling(max_tokens=args.max_tokens, temperature=0.0)
     convs = [[{"role": "user", "content": t}] for t in texts]
@@ -78,7 +87,7 @@ def main() -> None:
                 "input": {"path": str(path)},
                 "output": f"{tmp}/run",
                 "shard_size": 16,
-                "model": {"backend": "transformers"},
+                "model": {"backend": "transformers", "threads": args.threads},
                 "seed": 0,
                 "sampling": {"max_tokens": args.max_tokens, "temperature": 0.0},
                 "stages": [
@@ -103,7 +112,9 @@ def main() -> None:
     print(
         f"pipeline: {pipe_tok} tok in {pipe_s:.2f} s (wall {wall:.2f} s less model load) -> {pipe_rate:.1f} tok/s"
     )
-    print(f"  inside the stage: {gen['seconds']:.2f} s; Ray Data, actor start, shard I/O: {pipe_s - gen['seconds']:.2f} s")
+    print(
+        f"  inside the stage: {gen['seconds']:.2f} s; Ray Data, actor start, shard I/O: {pipe_s - gen['seconds']:.2f} s"
+    )
     print(f"ratio={pipe_rate / direct_rate:.3f}  (target >= 0.85)")
     ray.shutdown()
 

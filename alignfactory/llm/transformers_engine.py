@@ -58,14 +58,35 @@ def resolve_model_path(cfg: ModelConfig) -> tuple[str, str]:
 
 
 def torch_threads(cfg: ModelConfig) -> int:
-    """cfg.threads, else every core this process may run on. Set explicitly because a Ray actor with
-    num_cpus=1 gets OMP_NUM_THREADS=1, which halves throughput on 2 cores."""
+    """cfg.threads; else, inside a Ray worker, the CPUs Ray assigned to it (resources.num_cpus, so
+    actors sharing a node don't oversubscribe it: OpenMP threads that spin on a busy core collapse
+    throughput); else every core this process may run on."""
     if cfg.threads:
         return cfg.threads
+    assigned = _ray_assigned_cpus()
+    if assigned:
+        return max(1, round(assigned))
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not Linux
         return max(1, os.cpu_count() or 1)
+
+
+def _ray_assigned_cpus() -> float | None:
+    import sys
+
+    if "ray" not in sys.modules:  # not in a Ray worker; don't import ray just to find out
+        return None
+    import ray
+
+    if not ray.is_initialized():
+        return None
+    try:
+        if ray.get_runtime_context().worker.mode != ray.WORKER_MODE:  # the driver is not an actor
+            return None
+        return ray.get_runtime_context().get_assigned_resources().get("CPU")
+    except Exception:
+        return None
 
 
 def truncate_at_stop(text: str, stop: tuple[str, ...]) -> tuple[str, bool]:
