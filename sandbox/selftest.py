@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from sandbox.harness import Sandbox, uid_processes
+from sandbox.harness import IDLE_PROCESSES, Sandbox, uid_processes
 from sandbox.jobs import Case, Job
 from sandbox.limits import Limits
 from sandbox.verdicts import Status, Verdict
@@ -125,7 +125,7 @@ def run_selftest(limits: Limits | None = None, log: Callable[[str], None] = prin
             log(f"{'PASS' if ok else 'FAIL'}  private /tmp wiped between tasks")
             worker = sb._workers[0]
             n = uid_processes(worker.uid)
-            alive = worker.proc is not None and worker.proc.poll() is None and n <= 3
+            alive = worker.proc is not None and worker.proc.poll() is None and n <= IDLE_PROCESSES
             results["nothing left running; fork-server alive"] = alive
             log(
                 f"{'PASS' if alive else 'FAIL'}  nothing left running; fork-server alive  [{n} processes of uid {worker.uid}, starts={worker.starts}]"
