@@ -123,21 +123,26 @@ class Worker:
             raise InfraError(f"fork-server gone ({e}); stderr: {self._stderr_tail()}") from None
 
     def _recv(self, deadline: float) -> dict:
+        """One frame. The server writes nothing unasked, so one read usually holds the whole frame."""
         fd = self.proc.stdout.fileno()
-        head = self._read_exact(fd, 4, deadline)
-        return json.loads(self._read_exact(fd, struct.unpack(">I", head)[0], deadline))
+        buf = self._read_more(fd, bytearray(), 4, deadline)
+        n = 4 + struct.unpack(">I", buf[:4])[0]
+        if len(buf) < n:
+            buf = self._read_more(fd, buf, n, deadline)
+        if len(buf) != n:
+            raise InfraError(f"fork-server sent {len(buf) - n} bytes beyond its frame")
+        return json.loads(bytes(buf[4:]))
 
-    def _read_exact(self, fd: int, n: int, deadline: float) -> bytes:
-        buf = bytearray()
+    def _read_more(self, fd: int, buf: bytearray, n: int, deadline: float) -> bytearray:
         while len(buf) < n:
             left = deadline - time.monotonic()
             if left <= 0 or not select.select([fd], [], [], left)[0]:
                 raise InfraError("fork-server did not answer in time")
-            chunk = os.read(fd, n - len(buf))
+            chunk = os.read(fd, max(n - len(buf), 1 << 16))
             if not chunk:
                 raise InfraError(f"fork-server exited; stderr: {self._stderr_tail()}")
             buf += chunk
-        return bytes(buf)
+        return buf
 
     def _stderr_tail(self) -> str:
         try:

@@ -7,6 +7,7 @@ call and stdio jobs (compared outside the sandbox) the flags are reported but ch
 from __future__ import annotations
 
 import ast
+import functools
 
 EXIT_CALLS = {
     "sys.exit",
@@ -44,10 +45,15 @@ def _constant_eq(fn: ast.FunctionDef) -> bool:
 
 def flags(code: str) -> list[str]:
     """Sorted, de-duplicated findings; [] for clean or unparseable code (a SyntaxError fails anyway)."""
+    return list(_flags(code))
+
+
+@functools.lru_cache(maxsize=256)  # the same solution is often run again (other tests, retries, CodeT)
+def _flags(code: str) -> tuple[str, ...]:
     try:
         tree = ast.parse(code)
     except (SyntaxError, ValueError, RecursionError, MemoryError):
-        return []
+        return ()
     found: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Call):
@@ -87,7 +93,7 @@ def flags(code: str) -> list[str]:
                 found.add(f"constant {node.name}")
         elif isinstance(node, ast.Name) and node.id == "__file__":
             found.add("reads its own source (__file__)")
-    return sorted(found)
+    return tuple(sorted(found))
 
 
 def _reads_own_source(arg: ast.AST) -> bool:
