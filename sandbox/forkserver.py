@@ -5,14 +5,10 @@ Runs as `python3 -I -S -B forkserver.py`, stdlib only (it is copied into the san
 4-byte big-endian length, then UTF-8 JSON. First frame in: init {bpf, workdirs, sandboxed}; first
 frame out: ready. Then one request per execution, one response each.
 
-Per execution: a child forked ahead of time (the "spare", forked once the previous task is fully
-cleaned up, while the harness judges its result) has already taken a new process group, the seccomp
-filter, its pipes and a warm-up that pays most of its copy-on-write page faults; it waits for the
-request on a pipe, applies the request's rlimits, reports isolation done, and runs the task code
-in-process (no exec: a warm interpreter is what makes hundreds of runs per second). The server reads
-the child's stdout/stderr/result pipes under caps and a wall-clock deadline, then kills the whole
-group, kills and reaps anything else alive in the pid namespace, and wipes the workdirs. Only then is
-the next spare forked: no task process ever coexists with the next task's child.
+Per execution: fork; the child takes a new process group, rlimits, the seccomp filter, and runs the
+task code in-process (no exec: a warm interpreter is what makes hundreds of runs per second). The
+server reads the child's stdout/stderr/result pipes under caps and a wall-clock deadline, then kills
+the whole group, kills and reaps anything else alive in the pid namespace, and wipes the workdirs.
 
 The server must stay able to kill: seccomp is installed only in the child. The server makes itself
 non-dumpable, so a task (same uid) cannot open /proc/<server>/mem or its fds.
@@ -37,8 +33,6 @@ import types
 PR_SET_DUMPABLE, PR_SET_SECCOMP, PR_SET_NO_NEW_PRIVS, PR_SET_CHILD_SUBREAPER = 4, 22, 38, 36
 SECCOMP_MODE_FILTER = 2
 RESULT_FD = 3  # in the child: framed per-case results; 0/1/2 are the task's stdin/stdout/stderr
-REQUEST_FD, OK_FD = 4, 5  # in a waiting spare child only: the request pipe, the isolation-done pipe
-WARMUP = "def _w(a, *b, **c):\n    return [x for x in a if x] or {'k': (b, c)}\n_w((0, 1.5, 'x'), 2, k=3)\n"
 CHILD_SETUP_FAILED = 125  # exit code of a child whose isolation could not be applied
 MAX_MSG = 1000  # characters of an exception message that are framed back
 
@@ -108,15 +102,11 @@ def decode(v, opaque=None):
 
 
 def read_frame(fd):
-    body = read_raw_frame(fd)
-    return None if body is None else json.loads(body)
-
-
-def read_raw_frame(fd):
     head = _read_exact(fd, 4)
     if head is None:
         return None
-    return _read_exact(fd, struct.unpack(">I", head)[0])
+    body = _read_exact(fd, struct.unpack(">I", head)[0])
+    return None if body is None else json.loads(body)
 
 
 def write_frame(fd, obj):
@@ -182,49 +172,37 @@ class Server:
 
     def serve(self):
         gc.freeze()  # forked tasks then never scan (= write to, = copy) the server's objects
-        spare = self.prefork()
         write_frame(self.wfd, {"ready": True, "pid": os.getpid(), "uid": os.getuid(), "python": sys.version})
         while True:
-            raw = read_raw_frame(self.rfd)
-            if raw is None:
-                return  # the spare sees EOF on its request pipe and exits
-            resp = self.execute(json.loads(raw), raw, spare)
-            gc.freeze()  # this request's objects too: the next child must not scan them
-            spare = self.prefork()  # the last task is gone and its files wiped: fork the next child now
-            write_frame(self.wfd, resp)
+            req = read_frame(self.rfd)
+            if req is None:
+                return
+            write_frame(self.wfd, self.execute(req))
 
-    def prefork(self):
-        """Fork the child for the next request; it isolates itself and waits for the request."""
+    def execute(self, req):
+        lim = req["limits"]
         stdin_fd = os.memfd_create("stdin")  # a file, not a pipe: no deadlock on large inputs
+        _write_all(stdin_fd, req.get("stdin", "").encode("utf-8", "surrogateescape"))
+        os.lseek(stdin_fd, 0, os.SEEK_SET)
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
         res_r, res_w = os.pipe()
         ok_r, ok_w = os.pipe()  # the child writes one byte here once isolated, before any task code
-        req_r, req_w = os.pipe()  # the request, framed
+        t0 = time.monotonic()
         pid = os.fork()
         if pid == 0:
-            self.child((stdin_fd, out_w, err_w, res_w), req_r, ok_w)  # never returns
+            self.child(req, (stdin_fd, out_w, err_w, res_w), ok_w)  # never returns
         with contextlib.suppress(OSError):  # also here: no window where killpg(pid) misses the child
             os.setpgid(pid, pid)
-        for fd in (stdin_fd, out_w, err_w, res_w, ok_w, req_r):
+        for fd in (stdin_fd, out_w, err_w, res_w, ok_w):
             os.close(fd)
-        for fd in (out_r, err_r, res_r):
-            os.set_blocking(fd, False)
-        return pid, os.pidfd_open(pid), out_r, err_r, res_r, ok_r, req_w
-
-    def execute(self, req, raw, spare):
-        lim = req["limits"]
-        pid, pidfd, out_r, err_r, res_r, ok_r, req_w = spare
-        t0 = time.monotonic()
-        try:
-            _write_all(req_w, struct.pack(">I", len(raw)) + raw)  # the child reads it as it arrives
-        except OSError:  # the child is gone (it could not isolate itself): setup_ok will be False
-            pass
-        os.close(req_w)
         caps = {out_r: lim["output_bytes"], err_r: lim["output_bytes"], res_r: lim["result_bytes"]}
         names = {out_r: "stdout", err_r: "stderr", res_r: "results"}
         bufs = {fd: bytearray() for fd in caps}
         over, timed_out = None, False
+        pidfd = os.pidfd_open(pid)
+        for fd in caps:
+            os.set_blocking(fd, False)
         open_fds, exited = set(caps), False
         deadline = t0 + lim["wall_s"]
         while not exited and over is None:
@@ -326,38 +304,29 @@ class Server:
 
     # ---- the child: isolate, then run the task; never returns ----
 
-    def child(self, fds, req_fd, ok_fd):
+    def child(self, req, fds, ok_fd):
         code = CHILD_SETUP_FAILED
         try:
             os.setpgid(0, 0)
-            high = [fcntl.fcntl(fd, fcntl.F_DUPFD, 10) for fd in (*fds, req_fd, ok_fd)]
-            for target, fd in enumerate(high):  # 0-3: the task's stdio and results, 4: request, 5: ok
+            high = [fcntl.fcntl(fd, fcntl.F_DUPFD, 10) for fd in (*fds, ok_fd)]
+            for target, fd in enumerate(high[:-1]):
                 os.dup2(fd, target)
-            os.closerange(OK_FD + 1, 1 << 20)  # the server's protocol pipes, pidfds, other spares' fds
             os.chdir(self.workdirs[0])
             os.umask(0o077)
-            resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-            if self.fprog is not None:
-                if self.libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
-                    raise OSError(ctypes.get_errno(), "PR_SET_NO_NEW_PRIVS failed")
-                if self.libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(self.fprog), 0, 0) != 0:
-                    raise OSError(ctypes.get_errno(), "PR_SET_SECCOMP failed")
-            _warm_up()
-            raw = read_raw_frame(REQUEST_FD)
-            if raw is None:  # the server exited: no request will come
-                os._exit(0)
-            os.close(REQUEST_FD)
-            req = json.loads(raw)
-            _write_all(0, req.get("stdin", "").encode("utf-8", "surrogateescape"))
-            os.lseek(0, 0, os.SEEK_SET)
             lim = req["limits"]
+            resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
             resource.setrlimit(resource.RLIMIT_CPU, tuple(lim["cpu"]))
             resource.setrlimit(resource.RLIMIT_AS, (lim["as_bytes"], lim["as_bytes"]))
             resource.setrlimit(resource.RLIMIT_FSIZE, (lim["fsize_bytes"], lim["fsize_bytes"]))
             resource.setrlimit(resource.RLIMIT_NOFILE, (lim["nofile"], lim["nofile"]))
             resource.setrlimit(resource.RLIMIT_NPROC, (lim["nproc"], lim["nproc"]))
-            os.write(OK_FD, b"1")
-            os.close(OK_FD)
+            if self.fprog is not None:
+                if self.libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+                    raise OSError(ctypes.get_errno(), "PR_SET_NO_NEW_PRIVS failed")
+                if self.libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(self.fprog), 0, 0) != 0:
+                    raise OSError(ctypes.get_errno(), "PR_SET_SECCOMP failed")
+            os.write(high[-1], b"1")
+            os.closerange(RESULT_FD + 1, 1 << 20)  # the server's protocol pipes, pidfds, the ok pipe
             code = 0
         except BaseException:
             os.write(2, ("sandbox: child setup failed: " + traceback.format_exc()).encode())
@@ -368,15 +337,6 @@ class Server:
             code = 1
         finally:
             os._exit(code)
-
-
-def _warm_up():
-    """Touch, before the request, what every task touches: the compiler, exec, the JSON encoder.
-    Each first write to a page shared with the server is a copy-on-write fault; taking them here
-    takes them while the harness is busy judging the previous result."""
-    exec(compile(WARMUP, "<warm-up>", "exec"), {"__builtins__": builtins})
-    pack_frame({"i": 0, "v": encode([1, "a", (2.5,)]), "t": 0.0})
-    json.loads(b'{"mode": "call", "cases": [{"args": [1]}]}')
 
 
 def _pids():

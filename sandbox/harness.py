@@ -35,7 +35,7 @@ from sandbox.verdicts import Status, Verdict
 
 SERVER_SOURCE = Path(forkserver.__file__).read_bytes()
 START_TIMEOUT_S = 20.0  # bwrap + interpreter start; generous for a loaded 2-core machine
-IDLE_PROCESSES = 4  # a worker's uid between tasks: bwrap, bwrap (pid 1), the fork-server, its spare child
+IDLE_PROCESSES = 3  # a worker's uid between tasks: bwrap, bwrap (pid 1), the fork-server
 GRACE_S = 10.0  # beyond a task's wall limit, how long the harness waits before declaring the server dead
 
 
@@ -185,8 +185,7 @@ class Worker:
 
 def uid_processes(uid: int) -> int:
     """Live (non-zombie) processes on this host owned by `uid`. A worker's uid is leased to it alone,
-    so between tasks this is IDLE_PROCESSES (bwrap, bwrap as pid 1, the fork-server, and the child it
-    forked for the next task, isolated and waiting for its request), 0 after close()."""
+    so between tasks this is IDLE_PROCESSES (bwrap, bwrap as pid 1, the fork-server), 0 after close()."""
     n = 0
     for pid in filter(str.isdigit, os.listdir("/proc")):
         with contextlib.suppress(OSError):

@@ -38,7 +38,7 @@ def sb():
 @pytest.fixture
 def run(sb):
     """run(code, kind="stdio", tests=..., **job) -> Verdict, then check the host: the worker's uid
-    runs exactly its fork-server and its spare child (IDLE_PROCESSES) and that fork-server is the same, alive process."""
+    runs exactly its fork-server (IDLE_PROCESSES: 3 processes) and that fork-server is the same, alive process."""
     worker = sb._workers[0]
 
     def _run(code, kind="stdio", tests=None, **kw):
