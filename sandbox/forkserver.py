@@ -188,6 +188,7 @@ class Server:
         err_r, err_w = os.pipe()
         res_r, res_w = os.pipe()
         ok_r, ok_w = os.pipe()  # the child writes one byte here once isolated, before any task code
+        gc.freeze()  # this request's objects too: a collection in the child must not write to them
         t0 = time.monotonic()
         pid = os.fork()
         if pid == 0:
