@@ -345,24 +345,20 @@ class Runner:
             res = step.spec.resources
             args = (step.name, step.params.model_dump(mode="json"), step.ctx)
             remote = {"num_cpus": res.num_cpus, "num_gpus": res.num_gpus}
-            if step.cls.uses_llm:
-                ds = ds.map_batches(
+            if step.cls.uses_llm:  # engines load once per actor
+                fn, how = (
                     StageWorker,
-                    fn_constructor_args=args,
-                    batch_size=1,
-                    batch_format="numpy",
-                    compute=ray.data.ActorPoolStrategy(size=res.concurrency),
-                    **remote,
+                    {
+                        "fn_constructor_args": args,
+                        "compute": ray.data.ActorPoolStrategy(size=res.concurrency),
+                    },
                 )
             else:
-                ds = ds.map_batches(
+                fn, how = (
                     run_task_stage,
-                    fn_args=args,
-                    batch_size=1,
-                    batch_format="numpy",
-                    compute=ray.data.TaskPoolStrategy(size=res.concurrency),
-                    **remote,
+                    {"fn_args": args, "compute": ray.data.TaskPoolStrategy(size=res.concurrency)},
                 )
+            ds = ds.map_batches(fn, batch_size=1, batch_format="numpy", **how, **remote)
         return ds
 
     # -- corpus stages

@@ -43,6 +43,15 @@ class Engine(Protocol):
     ) -> list[Completion]: ...
 
 
+def seeds_for(conversations: list, sampling: Sampling, seeds: list[int] | None) -> list[int]:
+    """The caller's per-request seeds, checked, or distinct ones derived from sampling.seed."""
+    if seeds is None:
+        return [request_seed(sampling.seed, f"request:{i}") for i in range(len(conversations))]
+    if len(seeds) != len(conversations):
+        raise ValueError(f"{len(seeds)} seeds for {len(conversations)} conversations")
+    return list(seeds)
+
+
 def request_seed(base_seed: int, key: str) -> int:
     """A 31-bit seed for one request from the spec seed and a stable key (row id, sample index)."""
     digest = hashlib.sha256(f"{base_seed}:{key}".encode()).digest()

@@ -23,9 +23,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 
-from .base import Completion, EngineError, Sampling
+from .base import Completion, EngineError, Sampling, seeds_for
 from .config import ModelConfig
-from .transformers_engine import default_seeds, sample_seed
+from .transformers_engine import sample_seed
 
 
 class EndpointError(EngineError):
@@ -176,10 +176,7 @@ class OpenAIEngine:
     ) -> list[Completion]:
         if not conversations:
             return []
-        if seeds is None:
-            seeds = default_seeds(sampling, len(conversations))
-        if len(seeds) != len(conversations):
-            raise ValueError(f"{len(seeds)} seeds for {len(conversations)} conversations")
+        seeds = seeds_for(conversations, sampling, seeds)
         workers = max(1, min(self.cfg.max_concurrency, len(conversations)))
         pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="openai-engine")
         try:

@@ -25,7 +25,7 @@ import os
 import time
 from pathlib import Path
 
-from .base import Completion, Sampling, request_seed
+from .base import Completion, Sampling, seeds_for
 from .config import ModelConfig
 from .embedded import EMBEDDED_MODEL_ID, embedded_model_dir, gguf_to_hf_dir
 
@@ -38,11 +38,6 @@ def sample_seed(seed: int, sample_index: int) -> int:
         return int(seed)
     digest = hashlib.sha256(f"{int(seed)}/{sample_index}".encode()).digest()
     return int.from_bytes(digest[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF
-
-
-def default_seeds(sampling: Sampling, count: int) -> list[int]:
-    """Seeds when the caller gives none: one per position, distinct, derived from sampling.seed."""
-    return [request_seed(sampling.seed, f"request:{i}") for i in range(count)]
 
 
 def resolve_model_path(cfg: ModelConfig) -> tuple[str, str]:
@@ -138,10 +133,7 @@ class TransformersEngine:
     def chat(
         self, conversations: list[list[dict]], sampling: Sampling, seeds: list[int] | None = None
     ) -> list[Completion]:
-        if seeds is None:
-            seeds = default_seeds(sampling, len(conversations))
-        if len(seeds) != len(conversations):
-            raise ValueError(f"{len(seeds)} seeds for {len(conversations)} conversations")
+        seeds = seeds_for(conversations, sampling, seeds)
         if sampling.n < 1:
             raise ValueError("sampling.n must be >= 1")
         prompts = [self.render(c) for c in conversations]

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import time
 
-from .base import Completion, Sampling
+from .base import Completion, Sampling, seeds_for
 from .config import ModelConfig
-from .transformers_engine import default_seeds, resolve_model_path
+from .transformers_engine import resolve_model_path
 
 
 class VLLMEngine:
@@ -59,10 +59,7 @@ class VLLMEngine:
     ) -> list[Completion]:
         if not conversations:
             return []
-        if seeds is None:
-            seeds = default_seeds(sampling, len(conversations))
-        if len(seeds) != len(conversations):
-            raise ValueError(f"{len(seeds)} seeds for {len(conversations)} conversations")
+        seeds = seeds_for(conversations, sampling, seeds)
         params = [self.sampling_params(sampling, s) for s in seeds]
         outputs = self.llm.chat(conversations, params, use_tqdm=False)  # input order kept by vllm
         completions = []

@@ -30,11 +30,11 @@ from __future__ import annotations
 
 import re
 
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from alignfactory import records
 from alignfactory.stages import code_utils as cu
-from alignfactory.stages.base import RUBRICS, LLMStage, render
+from alignfactory.stages.base import RUBRICS, render
 
 LABEL = re.compile(
     r"^[\s>*\-\d.)]*\**\s*(GOOD|BAD|PASS|FAIL|FOLLOWS|BREAKS)\s*\**\s*[:：\-]\**\s*(.*)$", re.I | re.M
@@ -42,7 +42,7 @@ LABEL = re.compile(
 TRUE_LABELS = ("good", "pass", "follows")
 
 
-class AutoIF(LLMStage):
+class AutoIF(cu.SandboxStage):
     class Params(cu.SandboxParams):
         m: int = Field(4, ge=1)  # verification functions sampled per instruction
         n: int = Field(4, ge=1)  # responses sampled per instruction
@@ -61,25 +61,9 @@ class AutoIF(LLMStage):
     }
     adds = ("messages", "pairs", "meta.autoif")
 
-    def __init__(self, params: BaseModel, ctx, engine=None, sandbox=None):
-        super().__init__(params, ctx, engine)
-        self.owns_sandbox = sandbox is None  # a sandbox handed in (tests) is its giver's to close
-        self.sandbox = sandbox if sandbox is not None else cu.open_sandbox(params)
-
     @classmethod
     def template_files(cls, params):
         return [RUBRICS / params.verifier_template, RUBRICS / params.cases_template]
-
-    def close(self) -> None:
-        sb, self.sandbox = getattr(self, "sandbox", None), None
-        if sb is not None and self.owns_sandbox:
-            sb.close()
-
-    def __del__(self):
-        try:  # noqa: SIM105 (plain try: at interpreter exit, imported helpers may be gone)
-            self.close()
-        except Exception:
-            pass
 
     def __call__(self, rows: list[dict]) -> list[dict]:
         p, base = self.params, self.ctx.sampling

@@ -17,6 +17,7 @@ import re
 from pydantic import BaseModel, Field, field_validator
 
 from alignfactory.llm.base import request_seed
+from alignfactory.stages.base import LLMStage
 
 FENCE = re.compile(r"```[ \t]*([\w+-]*)[^\n]*\n(.*?)(?:```|\Z)", re.S)  # an unclosed last fence counts
 
@@ -226,3 +227,23 @@ def keyed_complete(stage, conversations: list[list[dict]], rows: list[dict], sam
 def sampling_with(sampling, **override):
     """A copy of a Sampling with the non-None overrides applied."""
     return type(sampling)(**sampling.to_dict() | {k: v for k, v in override.items() if v is not None})
+
+
+class SandboxStage(LLMStage):
+    """An LLM stage that also runs model-written code: holds a sandbox.Sandbox for its lifetime."""
+
+    def __init__(self, params: BaseModel, ctx, engine=None, sandbox=None):
+        super().__init__(params, ctx, engine)
+        self.owns_sandbox = sandbox is None  # a sandbox handed in (tests) is its giver's to close
+        self.sandbox = sandbox if sandbox is not None else open_sandbox(params)
+
+    def close(self) -> None:
+        sb, self.sandbox = getattr(self, "sandbox", None), None
+        if sb is not None and self.owns_sandbox:
+            sb.close()
+
+    def __del__(self):
+        try:  # noqa: SIM105 (plain try: at interpreter exit, imported helpers may be gone)
+            self.close()
+        except Exception:
+            pass

@@ -25,16 +25,16 @@ from __future__ import annotations
 
 import re
 
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from alignfactory import records
 from alignfactory.stages import code_utils as cu
-from alignfactory.stages.base import RUBRICS, LLMStage, render
+from alignfactory.stages.base import RUBRICS, render
 
 UNPARSEABLE = "UNPARSEABLE"
 
 
-class ExecFeedback(LLMStage):
+class ExecFeedback(cu.SandboxStage):
     class Params(cu.SandboxParams):
         k: int = Field(4, ge=1)  # candidate solutions per instruction
         max_tests: int = Field(8, ge=0)  # generated tests kept (reference tests come on top)
@@ -48,25 +48,9 @@ class ExecFeedback(LLMStage):
     requires = {"messages": "a conversation whose last user turn asks for a Python function"}
     adds = ("messages", "pairs", "meta.exec_feedback")
 
-    def __init__(self, params: BaseModel, ctx, engine=None, sandbox=None):
-        super().__init__(params, ctx, engine)
-        self.owns_sandbox = sandbox is None  # a sandbox handed in (tests) is its giver's to close
-        self.sandbox = sandbox if sandbox is not None else cu.open_sandbox(params)
-
     @classmethod
     def template_files(cls, params):
         return [RUBRICS / params.solution_template, RUBRICS / params.tests_template]
-
-    def close(self) -> None:
-        sb, self.sandbox = getattr(self, "sandbox", None), None
-        if sb is not None and self.owns_sandbox:
-            sb.close()
-
-    def __del__(self):
-        try:  # noqa: SIM105 (plain try: at interpreter exit, imported helpers may be gone)
-            self.close()
-        except Exception:
-            pass
 
     # ---- one batch: 2 engine calls, 1 sandbox call --------------------------------------------
 

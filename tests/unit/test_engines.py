@@ -18,7 +18,7 @@ import pytest
 
 import alignfactory.llm as llm
 from alignfactory.llm import make_engine, resolve_backend
-from alignfactory.llm.base import EngineError, Sampling
+from alignfactory.llm.base import EngineError, Sampling, seeds_for
 from alignfactory.llm.config import ModelConfig
 from alignfactory.llm.openai_engine import (
     AuthError,
@@ -27,17 +27,17 @@ from alignfactory.llm.openai_engine import (
     OpenAIEngine,
     RequestRejected,
 )
-from alignfactory.llm.transformers_engine import default_seeds, sample_seed, truncate_at_stop
+from alignfactory.llm.transformers_engine import sample_seed, truncate_at_stop
 
 # ---- seeds, stop strings -------------------------------------------------------------------------
 
 
 def test_default_request_seeds_are_distinct_and_stable():
     s = Sampling(seed=3)
-    seeds = default_seeds(s, 1000)
+    seeds = seeds_for([None] * 1000, s, None)
     assert len(set(seeds)) == 1000
-    assert seeds == default_seeds(s, 1000)
-    assert seeds != default_seeds(Sampling(seed=4), 1000)
+    assert seeds == seeds_for([None] * 1000, s, None)
+    assert seeds != seeds_for([None] * 1000, Sampling(seed=4), None)
     assert all(0 <= x < 2**31 for x in seeds)
 
 
