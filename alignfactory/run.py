@@ -239,7 +239,6 @@ class Runner:
         self.spec_path = spec_path
         self.root = Path(output or spec.output or Path("runs") / spec.name).resolve()
         self.steps = plan(spec, self.root)
-        self._ray_started = False
 
     def run(self) -> dict:
         t0 = time.perf_counter()
@@ -471,7 +470,6 @@ class Runner:
             ray.init(log_to_driver=True, logging_level=logging.WARNING)
             ctx = ray.data.DataContext.get_current()
             ctx.enable_progress_bars = os.environ.get("ALIGNFACTORY_PROGRESS", "1") == "1"
-            self._ray_started = True
 
 
 def code_version() -> str:
