@@ -88,7 +88,9 @@ def dataset_card(run_dir: str | Path) -> str:
     reasons = Counter()
     for p in sorted((run_dir / "rejected").glob("*.jsonl")):
         for r in io.read_jsonl(p):
-            reasons[(r["reject"]["stage"], r["reject"]["reason"].split(":")[0])] += 1
+            reasons[(r["reject"]["stage"], r["reject"]["reason"].split(":")[0].split(" of ")[0])] += (
+                1  # kind, not detail
+            )
     lines += ["", "## Rejected (rejected/)", "", "| stage | reason | rows |", "|---|---|---:|"]
     lines += [f"| {stage} | {reason} | {n} |" for (stage, reason), n in reasons.most_common()]
     for fmt in ("sft", "preference"):
