@@ -69,12 +69,18 @@ def kept(rows: list[dict]) -> list[dict]:
     return [r for r in rows if not r.get("reject")]
 
 
+def counts(rows: list[dict], rows_in: int) -> dict:
+    """A shard header's row counts: rows_out kept, the rest rejected."""
+    good = len(kept(rows))
+    return {"rows_in": rows_in, "rows_out": good, "rejected": len(rows) - good}
+
+
 # ---- planning -------------------------------------------------------------------------------------
 
 
 def plan(spec: PipelineSpec, root: Path) -> list[Step]:
     """Steps with fingerprints chained through their inputs; nothing heavy is built here."""
-    inputs = io.expand_paths([spec.input.path] if isinstance(spec.input.path, str) else spec.input.path)
+    inputs = io.expand_paths(spec.input.patterns)
     identity = [(str(p), *_file_identity(p)) for p in inputs]
     read_fp = fingerprint(["read", identity, spec.limit, spec.shard_size, spec.input.max_line_bytes])
     steps = [
@@ -171,9 +177,7 @@ def run_on_shard(stage, rows: list[dict]) -> tuple[list[dict], dict]:
     t0, tin, tout = time.perf_counter(), stage.tokens_in, stage.tokens_out
     out = apply_stage(stage, rows)
     stats = {
-        "rows_in": len(rows),
-        "rows_out": len(kept(out)),
-        "rejected": len(out) - len(kept(out)),
+        **counts(out, len(rows)),
         "tokens_in": stage.tokens_in - tin,
         "tokens_out": stage.tokens_out - tout,
         "seconds": round(time.perf_counter() - t0, 3),
@@ -267,17 +271,14 @@ class Runner:
         step = self.steps[0]
         if step.done:
             return
-        paths = io.expand_paths(
-            [self.spec.input.path] if isinstance(self.spec.input.path, str) else self.spec.input.path
-        )
+        paths = io.expand_paths(self.spec.input.patterns)
         totals = {"rows_in": 0, "rows_out": 0, "rejected": 0}
         buf: list[dict] = []
         n_shards = 0
 
         def flush():
             nonlocal buf, n_shards
-            good = len(kept(buf))
-            stats = {"rows_in": len(buf), "rows_out": good, "rejected": len(buf) - good}
+            stats = counts(buf, len(buf))
             write_shard(step.dir / f"shard-{n_shards:05d}.jsonl", buf, stats)
             for k in totals:
                 totals[k] += stats[k]
@@ -313,7 +314,7 @@ class Runner:
             rows = kept(read_shard(self.steps[start - 1].dir / path.name)[0])
             if not rows:  # nothing left to process: the driver writes the empty outputs itself
                 for step in seg[start - first :]:
-                    write_shard(step.dir / path.name, [], {"rows_in": 0, "rows_out": 0, "rejected": 0})
+                    write_shard(step.dir / path.name, [], counts([], 0))
                 continue
             payload = {"rows": rows, "outputs": {}}
             items.append(
@@ -385,9 +386,7 @@ class Runner:
         for j in range(0, max(len(good), 1), size):
             part = good[j : j + size] + (dropped if j == 0 else [])
             shard_stats = {
-                "rows_in": 0,
-                "rows_out": len(kept(part)),
-                "rejected": len(part) - len(kept(part)),
+                **counts(part, 0),
                 "tokens_in": 0,
                 "tokens_out": 0,
                 "seconds": 0.0,

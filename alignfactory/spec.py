@@ -24,6 +24,10 @@ class InputSpec(BaseModel, extra="forbid"):
     )  # files, globs or `datasets` dirs; relative paths are relative to the spec's repo root
     max_line_bytes: int = Field(1 << 20, gt=0)
 
+    @property
+    def patterns(self) -> list[str]:
+        return [self.path] if isinstance(self.path, str) else list(self.path)
+
 
 class SamplingSpec(BaseModel, extra="forbid"):
     n: int = Field(1, ge=1)
