@@ -35,7 +35,7 @@ from sandbox.verdicts import Status, Verdict
 
 SERVER_SOURCE = Path(forkserver.__file__).read_bytes()
 START_TIMEOUT_S = 20.0  # bwrap + interpreter start; generous for a loaded 2-core machine
-IDLE_PROCESSES = 3  # a worker's uid between tasks: bwrap, bwrap (pid 1), the fork-server
+IDLE_PROCESSES = 5  # a worker's uid between tasks: bwrap, bwrap (pid 1), monitor, zygote, next task (waiting)
 GRACE_S = 10.0  # beyond a task's wall limit, how long the harness waits before declaring the server dead
 
 
@@ -185,13 +185,22 @@ class Worker:
 
 def uid_processes(uid: int) -> int:
     """Live (non-zombie) processes on this host owned by `uid`. A worker's uid is leased to it alone,
-    so between tasks this is IDLE_PROCESSES (bwrap, bwrap as pid 1, the fork-server), 0 after close()."""
+    so between tasks this is IDLE_PROCESSES (see settled_processes), 0 after close()."""
     n = 0
     for pid in filter(str.isdigit, os.listdir("/proc")):
         with contextlib.suppress(OSError):
             if os.stat(f"/proc/{pid}").st_uid == uid:
                 with open(f"/proc/{pid}/stat", "rb") as f:
                     n += f.read().rsplit(b")", 1)[1].split()[0] not in (b"Z", b"X")
+    return n
+
+
+def settled_processes(uid: int, timeout_s: float = 2.0) -> int:
+    """uid_processes once a worker has settled after a response: the zygote forks the next task just
+    after the response is sent. IDLE_PROCESSES then; more means something a task started survived."""
+    deadline = time.monotonic() + timeout_s
+    while (n := uid_processes(uid)) != IDLE_PROCESSES and time.monotonic() < deadline:
+        time.sleep(0.002)
     return n
 
 

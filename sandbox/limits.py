@@ -18,7 +18,7 @@ class Limits:
     file_size_mb: int = 16  # RLIMIT_FSIZE (MiB): largest file a task may write
     tmp_mb: int = 64  # size of the private /tmp tmpfs (MiB), wiped after each execution
     open_files: int = 64  # RLIMIT_NOFILE
-    processes: int = 32  # RLIMIT_NPROC for the worker's uid: counts the fork-server and bwrap too (~3)
+    processes: int = 32  # RLIMIT_NPROC for the worker's uid: counts bwrap and the fork-server too (5)
     output_bytes: int = 1 << 20  # cap on captured stdout, and separately on stderr; over it -> OLE
     result_bytes: int = 4 << 20  # cap on the framed return values of all function-call cases together
 

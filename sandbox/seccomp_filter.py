@@ -1,8 +1,8 @@
-"""The seccomp filter each task runs under, compiled to classic BPF here, in the harness.
+"""The seccomp filter every task runs under, compiled to classic BPF here, in the harness.
 
-The fork-server (stdlib-only, inside bwrap) receives the BPF bytes and installs them with prctl in
-each forked task just before running its code: the fork-server itself stays unfiltered so that it can
-still kill process groups. Denied calls return EPERM (the program sees an OSError, not a crash).
+The fork-server (stdlib-only, inside bwrap) receives the BPF bytes; its zygote installs them on
+itself once, and every task it forks inherits the filter. The monitor process, which kills, stays
+unfiltered. Denied calls return EPERM (the program sees an OSError, not a crash).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ DENIED = (
     "kill", "tkill", "tgkill", "rt_sigqueueinfo", "rt_tgsigqueueinfo",
     "pidfd_open", "pidfd_send_signal", "pidfd_getfd",
     "ptrace", "process_vm_readv", "process_vm_writev", "process_madvise", "kcmp",
-    "setsid", "setpgid",
+    "setsid",
     "mount", "umount2", "pivot_root", "chroot", "unshare", "setns",
     "move_mount", "open_tree", "fsopen", "fsconfig", "fsmount", "fspick", "mount_setattr",
     "open_by_handle_at", "name_to_handle_at",
@@ -29,6 +29,9 @@ DENIED = (
     "settimeofday", "clock_settime", "clock_adjtime", "adjtimex",
 )  # fmt: skip
 AF_UNIX = 1  # the only socket family allowed: AF_INET, AF_INET6, AF_NETLINK, AF_PACKET, ... get EPERM
+# fcntl commands that would aim SIGIO/SIGURG at another process (the monitor shares the task's uid)
+F_SETOWN, F_SETSIG, F_SETOWN_EX = 8, 10, 15
+FIOSETOWN, SIOCSPGRP = 0x8901, 0x8902  # the same through ioctl
 
 
 @functools.lru_cache(maxsize=1)
@@ -44,6 +47,14 @@ def build_bpf() -> bytes:
             f.add_rule(deny, name)
     for call in ("socket", "socketpair"):
         f.add_rule(deny, call, sc.Arg(0, sc.NE, AF_UNIX))
+    # setpgid(0, 0) only: each task makes itself a new group once; joining or moving groups (an escape
+    # from the group kill) is denied
+    f.add_rule(deny, "setpgid", sc.Arg(0, sc.NE, 0))
+    f.add_rule(deny, "setpgid", sc.Arg(1, sc.NE, 0))
+    for cmd in (F_SETOWN, F_SETSIG, F_SETOWN_EX):
+        f.add_rule(deny, "fcntl", sc.Arg(1, sc.EQ, cmd))
+    for req in (FIOSETOWN, SIOCSPGRP):
+        f.add_rule(deny, "ioctl", sc.Arg(1, sc.EQ, req))
     with tempfile.TemporaryFile() as fh:
         f.export_bpf(fh)
         fh.seek(0)

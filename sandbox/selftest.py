@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from sandbox.harness import IDLE_PROCESSES, Sandbox, uid_processes
+from sandbox.harness import IDLE_PROCESSES, Sandbox, settled_processes
 from sandbox.jobs import Case, Job
 from sandbox.limits import Limits
 from sandbox.verdicts import Status, Verdict
@@ -30,7 +30,7 @@ def _stdout_is(expected: str) -> Callable[[Verdict], bool]:
 
 
 PROBE_DENIED = """
-import os, socket, ctypes
+import os, socket, ctypes, fcntl
 def denied(fn):
     try:
         fn()
@@ -40,7 +40,8 @@ def denied(fn):
 libc = ctypes.CDLL(None, use_errno=True)
 print(all([
     denied(lambda: os.kill(1, 0)), denied(lambda: os.kill(os.getppid(), 9)), denied(lambda: os.killpg(os.getpgid(0), 9)),
-    denied(os.setsid), denied(lambda: os.setpgid(0, 0)),
+    denied(os.setsid), denied(lambda: os.setpgid(0, os.getppid())), denied(lambda: os.setpgid(os.getpid(), 0)),
+    denied(lambda: fcntl.fcntl(1, fcntl.F_SETOWN, os.getppid())),
     denied(lambda: os.unshare(os.CLONE_NEWNS)) if hasattr(os, "unshare") else True,
     libc.ptrace(0, 0, 0, 0) == -1, libc.mount(b"none", b"/tmp", b"tmpfs", 0, None) == -1,
 ]))
@@ -59,7 +60,11 @@ CHECKS = [
         "print(int(f['CapEff'], 16) == 0 and int(f['CapPrm'], 16) == 0 and f['NoNewPrivs'].strip() == '1' and f['Seccomp'].strip() == '2')",
         _stdout_is("True"),
     ),
-    Check("kill, ptrace, setsid, setpgid, unshare, mount denied", PROBE_DENIED, _stdout_is("True")),
+    Check(
+        "kill, ptrace, setsid, joining another process group, F_SETOWN, unshare, mount denied",
+        PROBE_DENIED,
+        _stdout_is("True"),
+    ),
     Check(
         "network blocked (AF_INET, AF_INET6, AF_NETLINK, AF_PACKET sockets; DNS)",
         "import socket\nok = []\nfor fam in (2, 10, 16, 17):\n    try:\n        socket.socket(fam, socket.SOCK_DGRAM if fam == 16 else socket.SOCK_STREAM)\n        ok.append(False)\n"
@@ -125,7 +130,7 @@ def run_selftest(limits: Limits | None = None, log: Callable[[str], None] = prin
             results["private /tmp wiped between tasks"] = ok = _tmp_is_private(sb)
             log(f"{'PASS' if ok else 'FAIL'}  private /tmp wiped between tasks")
             worker = sb._workers[0]
-            n = uid_processes(worker.uid)
+            n = settled_processes(worker.uid)
             alive = worker.proc is not None and worker.proc.poll() is None and n <= IDLE_PROCESSES
             results["nothing left running; fork-server alive"] = alive
             log(

@@ -5,7 +5,7 @@ import os
 import pytest
 
 from sandbox import Case, Job, Limits, Sandbox
-from sandbox.harness import IDLE_PROCESSES, uid_processes
+from sandbox.harness import IDLE_PROCESSES, settled_processes
 
 LIMITS = Limits(wall_s=1.5, cpu_s=1.0, memory_mb=512, output_bytes=256 << 10, file_size_mb=16)
 
@@ -38,7 +38,7 @@ def sb():
 @pytest.fixture
 def run(sb):
     """run(code, kind="stdio", tests=..., **job) -> Verdict, then check the host: the worker's uid
-    runs exactly its fork-server (IDLE_PROCESSES: 3 processes) and that fork-server is the same, alive process."""
+    runs exactly its fork-server (IDLE_PROCESSES: bwrap, monitor, zygote, next task) and that fork-server is the same, alive process."""
     worker = sb._workers[0]
 
     def _run(code, kind="stdio", tests=None, **kw):
@@ -46,7 +46,9 @@ def run(sb):
         v = sb.run([Job(code=code, kind=kind, tests=tests, **kw)])[0]
         if worker.proc is not None:
             assert worker.proc.poll() is None
-            assert uid_processes(worker.uid) == IDLE_PROCESSES, "something the task started is still running"
+            assert settled_processes(worker.uid) == IDLE_PROCESSES, (
+                "something the task started is still running"
+            )
         return v
 
     return _run

@@ -235,6 +235,48 @@ def test_tmp_is_wiped_between_tasks(run, same_server):
     assert v.status is Status.PASS, v.cases[0].actual
 
 
+def test_flags_and_leftover_output_do_not_reach_the_next_task(run, same_server):
+    """stdout/stderr/results are pipes shared by every task of a fork-server: a task that sets
+    O_NONBLOCK on them and leaves a writer behind must change nothing for the next task."""
+    spoil = (
+        "import fcntl, os\n"
+        "for fd in (1, 2, 3):\n    fcntl.fcntl(fd, fcntl.F_SETFL, os.O_NONBLOCK | os.O_APPEND)\n"
+        "parent = os.getpid()\n"
+        "for _ in range(4):\n"
+        "    if os.fork() == 0:\n"
+        "        while os.getppid() == parent:\n            pass\n"  # write only once the task has ended
+        "        while True:\n            try:\n                os.write(1, b'LEAK\\n' * 8000)\n"
+        "            except OSError:\n                pass\n"
+    )
+    assert run(spoil).status in (Status.PASS, Status.OLE)  # OLE if the writers outran the final read
+    big = "x" * 200_000  # over a pipe's 64 KiB: a non-blocking stdout would raise BlockingIOError
+    v = run(f"print('{big}')", tests=[Case(expected=big)])
+    assert v.status is Status.PASS, v.stderr[-300:]
+    assert "LEAK" not in v.stdout
+
+
+def test_a_new_process_group_does_not_escape(run):
+    """setpgid(0, 0) is allowed (each task makes its own group that way); a descendant that uses it to
+    leave the task's group is still killed: the monitor kills everything in the pid namespace."""
+    code = (
+        "import os, time\n"
+        "if os.fork() == 0:\n    os.setpgid(0, 0)\n    time.sleep(3600)\n"
+        "print('parent done')\n"
+    )
+    t0 = time.monotonic()
+    assert run(code, tests=[Case(expected="parent done")]).status is Status.PASS
+    assert time.monotonic() - t0 < 2.0
+    assert run("print(1)", tests=[Case(expected="1")]).status is Status.PASS
+
+
+def test_a_locked_workdir_is_restored(run, same_server):
+    assert (
+        run("import os\nos.chmod('/tmp', 0)\nprint('ok')", tests=[Case(expected="ok")]).status is Status.PASS
+    )
+    v = run("open('/tmp/f', 'w').write('x')\nprint(open('/tmp/f').read())", tests=[Case(expected="x")])
+    assert v.status is Status.PASS, v.stderr[-300:]
+
+
 def _rss_kb():
     with open("/proc/self/status") as f:
         return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from sandbox import Case, Isolation, Job, Limits, Sandbox, SandboxUnavailable, Status
-from sandbox.harness import IDLE_PROCESSES, uid_processes
+from sandbox.harness import IDLE_PROCESSES, settled_processes, uid_processes
 
 pytestmark = pytest.mark.isolated
 OK_JOB = Job(code="print('ok')", kind="stdio", tests=[Case(expected="ok")])
@@ -98,7 +98,7 @@ def test_close_leaves_no_processes_and_releases_uids():
     sb = Sandbox(Limits(wall_s=1), workers=2)
     sb.run([OK_JOB, OK_JOB])
     uids = sb.uids
-    assert all(uid_processes(u) == IDLE_PROCESSES for u in uids)
+    assert all(settled_processes(u) == IDLE_PROCESSES for u in uids)
     sb.close()
     assert all(uid_processes(u) == 0 for u in uids)
     with Sandbox(Limits(wall_s=1), workers=2) as again:
