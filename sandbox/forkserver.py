@@ -35,7 +35,13 @@ import time
 import traceback
 import types
 
-PR_SET_DUMPABLE, PR_SET_SECCOMP, PR_SET_NO_NEW_PRIVS, PR_SET_CHILD_SUBREAPER = 4, 22, 38, 36
+PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_SET_SECCOMP, PR_SET_NO_NEW_PRIVS, PR_SET_CHILD_SUBREAPER = (
+    1,
+    4,
+    22,
+    38,
+    36,
+)
 SECCOMP_MODE_FILTER = 2
 RESULT_FD = 3  # in the child: framed per-case results; 0/1/2 are the task's stdin/stdout/stderr
 CHILD_SETUP_FAILED = 125  # exit code of a child whose isolation could not be applied
@@ -163,8 +169,9 @@ def split_frames(buf):
 
 # ---- the monitor: talks to the harness and watches each task; never forks one itself ----
 
-PID = struct.Struct("<i")  # zygote -> monitor after fork: the next task's pid, or -errno if fork failed
-DONE = struct.Struct("<idq")  # zygote -> monitor after reaping it: wait status, CPU s, max RSS kB
+# zygote -> monitor: (b"P", pid of the task forked ahead or -errno, 0, 0) and, once a task is reaped,
+# (b"D", wait status, CPU s, max RSS kB). P for the next task always precedes D for the current one.
+MSG = struct.Struct("<cidq")
 SETUP_OK = b"\x01"  # the first byte a task writes on RESULT_FD, once isolated and before its code runs
 KILL_GRACE_S = 5.0  # after SIGKILL, how long the zygote may take to report the task reaped
 
@@ -176,8 +183,8 @@ class ZygoteGone(Exception):
 class Monitor:
     """One per sandbox. Forks the zygote once, then per request: hand the request to the task the zygote
     forked ahead, read the task's output under caps and a wall-clock deadline, kill its process group,
-    kill everything else alive in the pid namespace, empty the shared pipes, wipe the workdirs, and
-    only then let the zygote fork the next task (while this response travels to the harness)."""
+    kill everything else in the pid namespace (but the next task, forked meanwhile), empty the shared
+    pipes and wipe the workdirs. Orphans of a task are reparented to us (subreaper) and reaped here."""
 
     def __init__(self, init, rfd, wfd):
         self.rfd, self.wfd = rfd, wfd
@@ -185,22 +192,23 @@ class Monitor:
         self.modes = {d: os.stat(d).st_mode & 0o7777 for d in self.workdirs}
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)  # tasks share our uid: no /proc/<us>/mem, no fds
+        libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
         task_pipes = [os.pipe() for _ in range(3)]  # stdout, stderr, results: every task writes to these
         req_r, self.req_w = os.pipe()  # monitor -> the waiting task: its request
-        go_r, self.go_w = os.pipe()  # monitor -> zygote: the last task is cleaned up, fork the next
-        self.ctl_r, ctl_w = os.pipe()  # zygote -> monitor: PID, DONE
+        self.ctl_r, ctl_w = os.pipe()  # zygote -> monitor: MSG
         self.zygote = os.fork()
         if self.zygote == 0:
-            for fd in (rfd, wfd, self.req_w, self.go_w, self.ctl_r, *(r for r, _ in task_pipes)):
+            for fd in (rfd, wfd, self.req_w, self.ctl_r, *(r for r, _ in task_pipes)):
                 os.close(fd)
-            Zygote(init, libc, [w for _, w in task_pipes], req_r, go_r, ctl_w).serve()  # never returns
-        for fd in (req_r, go_r, ctl_w, *(w for _, w in task_pipes)):
+            Zygote(init, libc, [w for _, w in task_pipes], req_r, ctl_w).serve()  # never returns
+        for fd in (req_r, ctl_w, *(w for _, w in task_pipes)):
             os.close(fd)
         self.out_r, self.err_r, self.res_r = (r for r, _ in task_pipes)
         for fd in (self.out_r, self.err_r, self.res_r):
             os.set_blocking(fd, False)
         signal.signal(signal.SIGIO, signal.SIG_IGN)  # F_SETOWN on a shared pipe is denied, and moot
-        os.write(self.go_w, b"g")
+        self.next_pid = None
+        self._message(time.monotonic() + KILL_GRACE_S)  # P: the first task, forked ahead
 
     def serve(self):
         write_frame(self.wfd, {"ready": True, "pid": os.getpid(), "uid": os.getuid(), "python": sys.version})
@@ -214,7 +222,7 @@ class Monitor:
         req = json.loads(body)
         msg = marshal.dumps(req)  # trusted both ends; far cheaper than JSON to load in the task
         lim = req["limits"]
-        pid = PID.unpack(self._ctl_read(PID.size, time.monotonic() + KILL_GRACE_S))[0]
+        pid, self.next_pid = self.next_pid, None
         if pid < 0:
             raise OSError(-pid, "the zygote could not fork a task")
         t0 = time.monotonic()
@@ -232,14 +240,15 @@ class Monitor:
                 break
             for fd in select.select([*caps, self.ctl_r], [], [], left)[0]:
                 if fd == self.ctl_r:
-                    done = DONE.unpack(self._ctl_read(DONE.size, time.monotonic() + KILL_GRACE_S))
+                    done = self._message(time.monotonic() + KILL_GRACE_S)
                 else:
                     over = over or self._pump(fd, bufs, caps, names)
         if done is None:
             for kill in (os.killpg, os.kill):  # kill: in case the task died before its setpgid
                 with contextlib.suppress(OSError):
                     kill(pid, signal.SIGKILL)
-            done = DONE.unpack(self._ctl_read(DONE.size, time.monotonic() + KILL_GRACE_S))
+        while done is None:
+            done = self._message(time.monotonic() + KILL_GRACE_S)
         wall = time.monotonic() - t0
         for fd in caps:  # the task is reaped: all it wrote is in the pipes
             if over is None:
@@ -247,7 +256,6 @@ class Monitor:
         escaped = self.sweep(pid)
         self._discard()  # whatever its killed descendants wrote is not the next task's output
         wiped = self.wipe()
-        os.write(self.go_w, b"g")
         status, cpu_s, maxrss = done
         res = bytes(bufs[self.res_r])
         results, results_ok = split_frames(res[len(SETUP_OK) :])
@@ -267,6 +275,14 @@ class Monitor:
             "escaped": escaped,
             "anomaly": None if escaped == 0 and wiped else f"escaped={escaped} wiped={wiped}",
         }
+
+    def _message(self, deadline):
+        """Read one MSG: a P sets next_pid and returns None; a D returns (status, cpu_s, maxrss_kb)."""
+        kind, value, cpu_s, maxrss = MSG.unpack(self._ctl_read(MSG.size, deadline))
+        if kind == b"P":
+            self.next_pid = value
+            return None
+        return value, cpu_s, maxrss
 
     def _ctl_read(self, n, deadline):
         buf = b""
@@ -300,21 +316,24 @@ class Monitor:
                     pass
 
     def sweep(self, pgid):
-        """Kill every process in our pid namespace but bwrap (1), us and the zygote; wait until each is a
-        zombie (the zygote, their subreaper, reaps them before its next fork). Returns how many lived
-        outside the task's process group (0 unless one escaped the group kill), -1 if some would not die."""
+        """Kill every process in our pid namespace but bwrap (1), us, the zygote and the next task, and
+        reap them (orphans come to us), so none counts against the next task's RLIMIT_NPROC. Returns how
+        many lived outside the task's process group (0 unless one left it), -1 if some would not die."""
+        _reap()
         if not self.sandboxed:
             return 0
-        keep, escaped = {1, os.getpid(), self.zygote}, set()
+        keep, escaped = {1, os.getpid(), self.zygote, self.next_pid}, set()
         for attempt in range(400):  # <= ~4 s: a fork bomb's members take a moment to die
-            alive = {p: g for p, g in map(_state, _pids()) if p not in keep and g is not None}
-            escaped |= {p for p, g in alive.items() if g != pgid}
-            if not alive:
+            others = [p for p in _pids() if p not in keep]
+            if not others:
                 return len(escaped)
+            alive = {p: g for p, g in map(_state, others) if g is not None}
+            escaped |= {p for p, g in alive.items() if g != pgid}
             for p in alive:
                 with contextlib.suppress(OSError):
                     os.kill(p, signal.SIGKILL)
             time.sleep(0.0005 * min(attempt, 20))
+            _reap()
         return -1
 
     def wipe(self):
@@ -334,22 +353,25 @@ class Monitor:
 class Zygote:
     """Holds the task's fds in place (0 /dev/null, 1 stdout, 2 stderr, 3 results pipe), its cwd, umask,
     stdio objects and the seccomp filter, installed once here: every forked task inherits all of it.
-    Between forks it only waits for "go", forks, reports the pid and waits for the task: few pages
-    written, so few copy-on-write faults, and no kill() needed (the monitor kills), so the filter can
-    apply to it too. The task is forked ahead and reads its own request."""
 
-    def __init__(self, init, libc, task_writers, req_r, go_r, ctl_w):
-        high = [fcntl.fcntl(fd, fcntl.F_DUPFD, 10) for fd in (*task_writers, req_r, go_r, ctl_w, 2)]
-        for fd in (*task_writers, req_r, go_r, ctl_w):
+    Always one task ahead: the next task is forked while the current one runs (on another core), and
+    waits for its request. The filter denies every syscall that could reach another process by pid, so
+    the running task cannot touch it. The zygote writes few pages between forks (few copy-on-write
+    faults) and never kills (the monitor does), so the filter can apply to it too."""
+
+    def __init__(self, init, libc, task_writers, req_r, ctl_w):
+        go_r, go_w = os.pipe()  # task -> zygote: "I have read my request": only then fork the next
+        high = [fcntl.fcntl(fd, fcntl.F_DUPFD, 10) for fd in (*task_writers, req_r, ctl_w, go_r, go_w, 2)]
+        for fd in (*task_writers, req_r, ctl_w, go_r, go_w):
             os.close(fd)
         for target, fd in zip((1, 2, RESULT_FD), high[:3], strict=True):
             os.dup2(fd, target)
             os.close(fd)
-        self.req_r, self.go_r, self.ctl_w, self.errlog = high[3:]  # errlog: the fork-server's own stderr
+        self.req_r, self.ctl_w, self.go_r, self.go_w, self.errlog = high[3:]  # errlog: our own stderr
         os.chdir(init["workdirs"][0])
         os.umask(0o077)
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-        libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)  # orphans of a task come back here to be reaped
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)  # no monitor, no zygote
         sys.stdin = open(0, encoding="utf-8", errors="surrogateescape", closefd=False)  # noqa: SIM115
         sys.stdout = open(1, "w", encoding="utf-8", errors="backslashreplace", closefd=False)  # noqa: SIM115
         sys.stderr = open(2, "w", encoding="utf-8", errors="backslashreplace", closefd=False, buffering=1)  # noqa: SIM115
@@ -360,32 +382,40 @@ class Zygote:
 
     def serve(self):
         try:
-            while os.read(self.go_r, 1):
-                self._reap()  # zombies of the last task's tree still count against RLIMIT_NPROC
-                gc.freeze()  # a collection in the task must not write to (= copy) our objects
-                try:
-                    pid = os.fork()
-                except OSError as e:
-                    os.write(self.ctl_w, PID.pack(-e.errno))
-                    continue
-                if pid == 0:
-                    task_main(read_frame_bytes(self.req_r))  # never returns
-                os.write(self.ctl_w, PID.pack(pid))
-                _, status, ru = os.wait4(pid, 0)
-                os.write(self.ctl_w, DONE.pack(status, ru.ru_utime + ru.ru_stime, ru.ru_maxrss))
+            current = self._fork()
+            while current > 0 and os.read(self.go_r, 1) == b"g":  # the current task has its request
+                nxt = self._fork()
+                _, status, ru = os.wait4(current, 0)
+                os.write(self.ctl_w, MSG.pack(b"D", status, ru.ru_utime + ru.ru_stime, ru.ru_maxrss))
+                if nxt < 0:
+                    break
+                current = nxt
             os._exit(0)
         except BaseException:
             os.write(self.errlog, ("sandbox: zygote failed: " + traceback.format_exc()).encode())
             os._exit(1)
 
-    @staticmethod
-    def _reap():
-        while True:
-            try:
-                if os.waitpid(-1, os.WNOHANG)[0] == 0:
-                    return
-            except ChildProcessError:
+    def _fork(self):
+        gc.freeze()  # a collection in the task must not write to (= copy) our objects
+        try:
+            pid = os.fork()
+        except OSError as e:
+            pid = -e.errno
+        if pid == 0:
+            body = read_frame_bytes(self.req_r)
+            os.write(self.go_w, b"g" if body is not None else b"q")  # q: the monitor is gone
+            task_main(body)  # never returns
+        os.write(self.ctl_w, MSG.pack(b"P", pid, 0.0, 0))
+        return pid
+
+
+def _reap():
+    while True:
+        try:
+            if os.waitpid(-1, os.WNOHANG)[0] == 0:
                 return
+        except ChildProcessError:
+            return
 
 
 def _warm_up():

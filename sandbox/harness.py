@@ -28,6 +28,7 @@ from pathlib import Path
 
 from sandbox import forkserver, isolation, static_checks
 from sandbox.compare import decode  # noqa: F401  (re-exported for callers judging their own values)
+from sandbox.dispatch import Dispatcher, JobRun
 from sandbox.jobs import Job
 from sandbox.judge import judge
 from sandbox.limits import Limits
@@ -46,11 +47,15 @@ class InfraError(Exception):
 class Worker:
     """One worker slot: a uid lease and (lazily) a running fork-server."""
 
-    def __init__(self, limits: Limits, found: dict | None, iso: isolation.Isolation):
+    def __init__(
+        self, limits: Limits, found: dict | None, iso: isolation.Isolation, launcher: ThreadPoolExecutor
+    ):
         self.limits, self.found, self.iso = limits, found, iso
+        self.launcher = launcher  # the thread every fork-server is started from: see start()
         self.lease = isolation.UidLease(iso) if found is not None and os.geteuid() == 0 else None
         self.proc: subprocess.Popen | None = None
         self.executions = 0  # since the last (re)start
+        self._rbuf = bytearray()  # bytes read from the fork-server past the last frame
         self.starts = 0
         self._unsafe_dir: str | None = None
 
@@ -61,6 +66,7 @@ class Worker:
     def start(self) -> None:
         self.starts += 1
         self.executions = 0
+        self._rbuf = bytearray()
         errfile = tempfile.TemporaryFile()  # noqa: SIM115  (the fork-server's stderr; closed in close())
         if self.found is not None:  # isolated: setpriv + bwrap, source passed as a pipe (< 64 KiB)
             r, w = os.pipe()
@@ -75,7 +81,10 @@ class Worker:
             init = {"workdirs": [self._unsafe_dir], "sandboxed": False, "bpf": _bpf_or_empty().hex()}
             pass_fds = ()
         try:
-            self.proc = subprocess.Popen(
+            # bwrap --die-with-parent is PR_SET_PDEATHSIG, which fires when the *thread* that forked
+            # bwrap exits: start it from the Sandbox's long-lived launcher thread, never from a caller's
+            self.proc = self.launcher.submit(
+                subprocess.Popen,
                 argv,
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
@@ -83,7 +92,7 @@ class Worker:
                 pass_fds=pass_fds,
                 env={"PATH": "/usr/bin:/bin"},  # bwrap's own environ is readable at /proc/1/environ
                 start_new_session=True,  # its own process group: killpg reaches setpriv/bwrap
-            )
+            ).result()
         except OSError as e:
             raise InfraError(f"cannot launch the sandbox ({e}). {isolation.HINT}") from e
         finally:
@@ -100,12 +109,20 @@ class Worker:
             self.close()
             raise InfraError(f"fork-server runs as uid {ready.get('uid')}, expected {self.uid}")
 
-    def execute(self, request: dict, wall_s: float) -> dict:
+    def send(self, frame: bytes) -> None:
+        """One request frame (see dispatch: at most two in flight). Starts the fork-server if needed."""
         if self.proc is None or self.proc.poll() is not None:
             self.start()
         self.executions += 1
         try:
-            self._send(request)
+            self._send_bytes(frame)
+        except InfraError:
+            self.close()
+            raise
+
+    def receive(self, wall_s: float) -> dict:
+        """The answer to the oldest request in flight."""
+        try:
             resp = self._recv(time.monotonic() + wall_s + GRACE_S)
         except InfraError:
             self.close()
@@ -116,24 +133,27 @@ class Worker:
         return resp
 
     def _send(self, obj: dict) -> None:
+        self._send_bytes(forkserver.pack_frame(obj))
+
+    def _send_bytes(self, frame: bytes) -> None:
         try:
-            self.proc.stdin.write(forkserver.pack_frame(obj))
+            self.proc.stdin.write(frame)
             self.proc.stdin.flush()
         except (BrokenPipeError, OSError, ValueError) as e:
             raise InfraError(f"fork-server gone ({e}); stderr: {self._stderr_tail()}") from None
 
     def _recv(self, deadline: float) -> dict:
-        """One frame. The server writes nothing unasked, so one read usually holds the whole frame."""
-        fd = self.proc.stdout.fileno()
-        buf = self._read_more(fd, bytearray(), 4, deadline)
+        """One frame. Reads in large chunks: bytes past the frame (the next answer, when requests are
+        pipelined) stay in self._rbuf for the next call."""
+        fd, buf = self.proc.stdout.fileno(), self._rbuf
+        self._read_more(fd, buf, 4, deadline)
         n = 4 + struct.unpack(">I", buf[:4])[0]
-        if len(buf) < n:
-            buf = self._read_more(fd, buf, n, deadline)
-        if len(buf) != n:
-            raise InfraError(f"fork-server sent {len(buf) - n} bytes beyond its frame")
-        return json.loads(bytes(buf[4:]))
+        self._read_more(fd, buf, n, deadline)
+        frame = bytes(buf[4:n])
+        del buf[:n]
+        return json.loads(frame)
 
-    def _read_more(self, fd: int, buf: bytearray, n: int, deadline: float) -> bytearray:
+    def _read_more(self, fd: int, buf: bytearray, n: int, deadline: float) -> None:
         while len(buf) < n:
             left = deadline - time.monotonic()
             if left <= 0 or not select.select([fd], [], [], left)[0]:
@@ -142,7 +162,6 @@ class Worker:
             if not chunk:
                 raise InfraError(f"fork-server exited; stderr: {self._stderr_tail()}")
             buf += chunk
-        return buf
 
     def _stderr_tail(self) -> str:
         try:
@@ -236,7 +255,8 @@ class Sandbox:
                 raise
             self.found = None
         self.isolated = self.found is not None
-        self._workers = [Worker(self.limits, self.found, self.iso) for _ in range(workers)]
+        self._launcher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sandbox-launcher")
+        self._workers = [Worker(self.limits, self.found, self.iso, self._launcher) for _ in range(workers)]
         self._idle: queue.Queue[Worker] = queue.Queue()
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sandbox")
         self._lock = threading.Lock()
@@ -257,20 +277,32 @@ class Sandbox:
             job.validate()
         if self._closed:
             raise RuntimeError("Sandbox is closed")
-        # min(workers, jobs) drainers pull jobs in order; the calling thread is one of them, so a
-        # 1-worker Sandbox runs jobs with no thread hand-off at all (hand-offs cost on a busy host)
+        # min(workers, jobs) drainers, each holding one worker, pull jobs in order; the calling thread
+        # is one of them, so a 1-worker Sandbox runs jobs with no thread hand-off at all
         verdicts: list[Verdict | None] = [None] * len(jobs)
         todo, lock = iter(enumerate(jobs)), threading.Lock()
+        drainers = min(len(self._workers), len(jobs))
+        taken = [0]
+
+        def pull(ahead: bool) -> JobRun | None:
+            with lock:
+                if ahead and len(jobs) - taken[0] < drainers:
+                    return None  # queueing it behind a running job would leave a worker idle
+                item = next(todo, None)
+                taken[0] += item is not None
+            return None if item is None else self._prepare(*item)
+
+        def finish(run: JobRun) -> None:
+            verdicts[run.index] = self._verdict(run)
 
         def drain() -> None:
-            while True:
-                with lock:
-                    item = next(todo, None)
-                if item is None:
-                    return
-                verdicts[item[0]] = self._run_one(item[1])
+            worker = self._idle.get()
+            try:
+                Dispatcher(worker, self.retries, self.recycle_every).run(pull, finish)
+            finally:
+                self._idle.put(worker)
 
-        helpers = [self._pool.submit(drain) for _ in range(min(len(self._workers), len(jobs)) - 1)]
+        helpers = [self._pool.submit(drain) for _ in range(drainers - 1)]
         drain()
         for h in helpers:
             h.result()
@@ -298,6 +330,7 @@ class Sandbox:
         self._pool.shutdown(wait=True)
         for w in self._workers:
             w.release()
+        self._launcher.shutdown(wait=True)
 
     def __enter__(self) -> Sandbox:
         return self
@@ -309,39 +342,25 @@ class Sandbox:
         with contextlib.suppress(Exception):
             self.close()
 
-    # ---- one job on one worker ----
+    # ---- one job: what enters the sandbox, and the verdict from what came back ----
 
-    def _run_one(self, job: Job) -> Verdict:
+    def _prepare(self, index: int, job: Job) -> JobRun:
         limits = replace(job.limits, tmp_mb=self.limits.tmp_mb) if job.limits else self.limits
-        flags = static_checks.flags(job.code)
-        requests = _requests(job, limits)
-        worker = self._idle.get()
-        try:
-            error = None
-            for attempt in range(1, self.retries + 2):
-                try:
-                    responses = [self._execute(worker, r, limits) for r in requests]
-                except InfraError as e:
-                    error = e
-                    continue
-                verdict = judge(job, responses, limits, flags)
-                verdict.attempts = attempt
-                return verdict
+        frames = [forkserver.pack_frame(r) for r in _requests(job, limits)]
+        return JobRun(index, job, limits, static_checks.flags(job.code), frames)
+
+    def _verdict(self, run: JobRun) -> Verdict:
+        if run.error is not None and len(run.responses) < len(run.frames):
             return Verdict(
                 status=Status.SANDBOX_ERROR,
-                detail=f"sandbox infrastructure failed {self.retries + 1} times: {error}",
-                flags=flags,
-                attempts=self.retries + 1,
-                job_id=job.id,
+                detail=f"sandbox infrastructure failed {run.failures} times: {run.error}",
+                flags=run.flags,
+                attempts=run.failures,
+                job_id=run.job.id,
             )
-        finally:
-            self._idle.put(worker)
-
-    def _execute(self, worker: Worker, request: dict, limits: Limits) -> dict:
-        resp = worker.execute(request, limits.wall_s)
-        if resp.get("anomaly") or worker.executions >= self.recycle_every:
-            worker.close()  # e.g. a process outlived its group kill, or /tmp could not be wiped
-        return resp
+        verdict = judge(run.job, [run.responses[k] for k in range(len(run.frames))], run.limits, run.flags)
+        verdict.attempts = run.failures + 1
+        return verdict
 
 
 def _requests(job: Job, limits: Limits) -> list[dict]:

@@ -16,7 +16,7 @@ import tempfile
 # namespaces and mounts, and kernel surfaces a test program never needs.
 DENIED = (
     "kill", "tkill", "tgkill", "rt_sigqueueinfo", "rt_tgsigqueueinfo",
-    "pidfd_open", "pidfd_send_signal", "pidfd_getfd",
+    "pidfd_open", "pidfd_send_signal", "pidfd_getfd", "process_mrelease",
     "ptrace", "process_vm_readv", "process_vm_writev", "process_madvise", "kcmp",
     "setsid",
     "mount", "umount2", "pivot_root", "chroot", "unshare", "setns",
@@ -29,6 +29,19 @@ DENIED = (
     "settimeofday", "clock_settime", "clock_adjtime", "adjtimex",
 )  # fmt: skip
 AF_UNIX = 1  # the only socket family allowed: AF_INET, AF_INET6, AF_NETLINK, AF_PACKET, ... get EPERM
+PRIO_PROCESS, IOPRIO_WHO_PROCESS = 0, 1
+SELF_ONLY = {  # syscall -> the leading argument values meaning "this process"; any other value: EPERM
+    "setpgid": (0, 0),
+    "prlimit64": (0,),
+    "setpriority": (PRIO_PROCESS, 0),
+    "ioprio_set": (IOPRIO_WHO_PROCESS, 0),
+    "sched_setaffinity": (0,),
+    "sched_setscheduler": (0,),
+    "sched_setparam": (0,),
+    "sched_setattr": (0,),
+    "migrate_pages": (0,),
+    "move_pages": (0,),
+}
 # fcntl commands that would aim SIGIO/SIGURG at another process (the monitor shares the task's uid)
 F_SETOWN, F_SETSIG, F_SETOWN_EX = 8, 10, 15
 FIOSETOWN, SIOCSPGRP = 0x8901, 0x8902  # the same through ioctl
@@ -47,10 +60,12 @@ def build_bpf() -> bytes:
             f.add_rule(deny, name)
     for call in ("socket", "socketpair"):
         f.add_rule(deny, call, sc.Arg(0, sc.NE, AF_UNIX))
-    # setpgid(0, 0) only: each task makes itself a new group once; joining or moving groups (an escape
-    # from the group kill) is denied
-    f.add_rule(deny, "setpgid", sc.Arg(0, sc.NE, 0))
-    f.add_rule(deny, "setpgid", sc.Arg(1, sc.NE, 0))
+    # Calls that take a pid act on the caller only (pid 0): the next task, forked while this one runs,
+    # and the fork-server share its uid. setpgid(0, 0) is how each task makes its own group; joining or
+    # moving groups (an escape from the group kill) is denied.
+    for call, self_only in SELF_ONLY.items():
+        for arg, value in enumerate(self_only):
+            f.add_rule(deny, call, sc.Arg(arg, sc.NE, value))
     for cmd in (F_SETOWN, F_SETSIG, F_SETOWN_EX):
         f.add_rule(deny, "fcntl", sc.Arg(1, sc.EQ, cmd))
     for req in (FIOSETOWN, SIOCSPGRP):

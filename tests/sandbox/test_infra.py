@@ -125,6 +125,23 @@ def test_concurrent_run_calls_are_thread_safe():
         assert all(v.status is Status.PASS for vs in results.values() for v in vs) and len(results) == 4
 
 
+def test_a_fork_server_outlives_the_thread_that_started_it():
+    """bwrap --die-with-parent fires when the *thread* that forked it exits. A fork-server started
+    lazily from a caller's short-lived thread must stay up after that thread ends."""
+    with Sandbox(Limits(wall_s=2), workers=1) as sb:
+        sb.recycle()  # the next job starts a fresh fork-server, from the thread below
+        first = []
+        t = threading.Thread(target=lambda: first.extend(sb.run([OK_JOB])))
+        t.start()
+        t.join()
+        assert first[0].status is Status.PASS
+        worker = sb._workers[0]
+        time.sleep(0.3)
+        assert worker.proc.poll() is None, "the fork-server died with the thread that started it"
+        starts = worker.starts
+        assert sb.run([OK_JOB])[0].status is Status.PASS and worker.starts == starts
+
+
 def test_cli_selftest_and_run(tmp_path):
     root = Path(__file__).resolve().parents[2]
     env = {**os.environ, "PYTHONPATH": str(root)}
