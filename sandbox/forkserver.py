@@ -5,17 +5,20 @@ Runs as `python3 -I -S -B forkserver.py`, stdlib only (it is copied into the san
 4-byte big-endian length, then UTF-8 JSON. First frame in: init {bpf, workdirs, sandboxed}; first
 frame out: ready. Then one request per execution, one response each.
 
-Two processes (three with the task):
-- the monitor (this process) talks to the harness. Per request it hands the request to the zygote,
-  reads the task's stdout/stderr/result pipes under caps and a wall-clock deadline, then kills the
-  task's process group, kills everything else alive in the pid namespace, empties the pipes and wipes
-  the workdirs. It never forks a task: memory shared copy-on-write with a task makes every page the
-  parent writes afterwards fault, and on a VM each fault costs microseconds. It stays unfiltered so
-  that it can kill, and non-dumpable so that a task (same uid) cannot open /proc/<pid>/mem or fds.
+Two long-lived processes, plus the tasks:
+- the monitor (this process) talks to the harness. Per request it hands the request to the task the
+  zygote forked ahead, reads the task's stdout/stderr/result pipes under caps and a wall-clock
+  deadline, then kills the task's process group, kills everything else in the pid namespace but the
+  next task, empties the pipes and wipes the workdirs. It never forks a task: memory shared
+  copy-on-write with a task makes every page the parent writes afterwards fault, and on a VM each
+  fault costs microseconds. It stays unfiltered so that it can kill, and non-dumpable so that a task
+  (same uid) cannot open /proc/<pid>/mem or its fds.
 - the zygote, forked once, installs the seccomp filter on itself and holds everything a task
-  inherits (fds, cwd, umask, stdio objects, the filter: attaching a filter costs ~0.5 ms, so it is
-  done once, not per task). Per request: fork; the task takes a new process group, rlimits, and runs
-  the code in-process (no exec: a warm interpreter is what makes hundreds of runs per second).
+  inherits (fds, cwd, umask, stdio objects, warmed-up compiler, the filter: attaching a filter costs
+  ~0.5 ms, so it is done once). It keeps one task forked ahead: the next task is forked, on another
+  core, while the current one runs, and waits for its request. A task takes a new process group and
+  its rlimits, then runs the code in-process (no exec: a warm interpreter is what makes hundreds of
+  runs per second).
 """
 
 import builtins

@@ -30,7 +30,7 @@ def _stdout_is(expected: str) -> Callable[[Verdict], bool]:
 
 
 PROBE_DENIED = """
-import os, socket, ctypes, fcntl
+import os, socket, ctypes, fcntl, resource
 def denied(fn):
     try:
         fn()
@@ -42,6 +42,9 @@ print(all([
     denied(lambda: os.kill(1, 0)), denied(lambda: os.kill(os.getppid(), 9)), denied(lambda: os.killpg(os.getpgid(0), 9)),
     denied(os.setsid), denied(lambda: os.setpgid(0, os.getppid())), denied(lambda: os.setpgid(os.getpid(), 0)),
     denied(lambda: fcntl.fcntl(1, fcntl.F_SETOWN, os.getppid())),
+    denied(lambda: resource.prlimit(os.getppid(), resource.RLIMIT_NPROC, (0, 0))),
+    denied(lambda: os.setpriority(os.PRIO_PROCESS, os.getppid(), 19)), denied(lambda: os.setpriority(os.PRIO_USER, 0, 19)),
+    denied(lambda: os.sched_setaffinity(os.getppid(), {0})),
     denied(lambda: os.unshare(os.CLONE_NEWNS)) if hasattr(os, "unshare") else True,
     libc.ptrace(0, 0, 0, 0) == -1, libc.mount(b"none", b"/tmp", b"tmpfs", 0, None) == -1,
 ]))

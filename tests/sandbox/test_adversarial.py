@@ -277,6 +277,25 @@ def test_a_locked_workdir_is_restored(run, same_server):
     assert v.status is Status.PASS, v.stderr[-300:]
 
 
+def test_a_task_cannot_reach_the_task_forked_after_it(run, same_server):
+    """The next task is forked while this one runs (same uid). Lowering every other process's rlimits
+    and priority must fail, and the next task starts with its own limits and niceness."""
+    sabotage = (
+        "import os, resource\n"
+        "hits = 0\n"
+        "for p in [int(p) for p in os.listdir('/proc') if p.isdigit() and int(p) != os.getpid()]:\n"
+        "    for fn in (lambda: resource.prlimit(p, resource.RLIMIT_AS, (1 << 20, 1 << 20)),\n"
+        "               lambda: os.setpriority(os.PRIO_PROCESS, p, 19),\n"
+        "               lambda: os.sched_setaffinity(p, {0})):\n"
+        "        try:\n            fn()\n            hits += 1\n        except OSError:\n            pass\n"
+        "print(hits)\n"
+    )
+    assert run(sabotage, tests=[Case(expected="0")]).status is Status.PASS
+    probe = "import os, resource\nprint(resource.getrlimit(resource.RLIMIT_AS)[0] >> 20, os.getpriority(os.PRIO_PROCESS, 0))"
+    v = run(probe, tests=[Case(expected=f"{LIMITS.memory_mb} 0")])
+    assert v.status is Status.PASS, v.stdout
+
+
 def _rss_kb():
     with open("/proc/self/status") as f:
         return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
