@@ -7,12 +7,13 @@ frame out: ready. Then one request per execution, one response each.
 
 Two long-lived processes, plus the tasks:
 - the monitor (this process) talks to the harness. Per request it hands the request to the task the
-  zygote forked ahead, reads the task's stdout/stderr/result pipes under caps and a wall-clock
-  deadline, then kills the task's process group, kills everything else in the pid namespace but the
-  next task, empties the pipes and wipes the workdirs. It never forks a task: memory shared
-  copy-on-write with a task makes every page the parent writes afterwards fault, and on a VM each
-  fault costs microseconds. It stays unfiltered so that it can kill, and non-dumpable so that a task
-  (same uid) cannot open /proc/<pid>/mem or its fds.
+  zygote forked ahead and sleeps until the task ends or its wall-clock deadline passes (checking the
+  output against its caps now and then); then it kills the task's process group and everything else
+  in the pid namespace but the next task, reads the task's stdout/stderr/results files, empties them
+  and wipes the workdirs. A short task wakes it once: on a VM every cross-process wakeup costs. It
+  never forks a task: memory shared copy-on-write with a task makes every page the parent writes
+  afterwards fault, and each fault costs microseconds there. It stays unfiltered so that it can
+  kill, and non-dumpable so that a task (same uid) cannot open /proc/<pid>/mem or its fds.
 - the zygote, forked once, installs the seccomp filter on itself and holds everything a task
   inherits (fds, cwd, umask, stdio objects, warmed-up compiler, the filter: attaching a filter costs
   ~0.5 ms, so it is done once). It keeps one task forked ahead: the next task is forked, on another
@@ -173,10 +174,11 @@ def split_frames(buf):
 # ---- the monitor: talks to the harness and watches each task; never forks one itself ----
 
 # zygote -> monitor: (b"P", pid of the task forked ahead or -errno, 0, 0) and, once a task is reaped,
-# (b"D", wait status, CPU s, max RSS kB). P for the next task always precedes D for the current one.
+# (b"D", wait status, CPU s, max RSS kB). P for the next task comes with D for the current one.
 MSG = struct.Struct("<cidq")
 SETUP_OK = b"\x01"  # the first byte a task writes on RESULT_FD, once isolated and before its code runs
 KILL_GRACE_S = 5.0  # after SIGKILL, how long the zygote may take to report the task reaped
+CAP_CHECK_S = 0.02  # while a task runs, how often the monitor checks its output against the caps (s)
 
 
 class ZygoteGone(Exception):
@@ -184,10 +186,8 @@ class ZygoteGone(Exception):
 
 
 class Monitor:
-    """One per sandbox. Forks the zygote once, then per request: hand the request to the task the zygote
-    forked ahead, read the task's output under caps and a wall-clock deadline, kill its process group,
-    kill everything else in the pid namespace (but the next task, forked meanwhile), empty the shared
-    pipes and wipe the workdirs. Orphans of a task are reparented to us (subreaper) and reaped here."""
+    """One per sandbox: forks the zygote, then runs one request at a time (see the module docstring).
+    Orphans of a task are reparented to us (subreaper) and reaped in the sweep."""
 
     def __init__(self, init, rfd, wfd):
         self.rfd, self.wfd = rfd, wfd
@@ -196,20 +196,21 @@ class Monitor:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)  # tasks share our uid: no /proc/<us>/mem, no fds
         libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
-        task_pipes = [os.pipe() for _ in range(3)]  # stdout, stderr, results: every task writes to these
+        # stdout, stderr, results: in-memory files every task appends to (not pipes: a write to a file
+        # wakes nobody; the monitor reads them once the task is done, and empties them after)
+        self.outs = [os.memfd_create(name) for name in ("stdout", "stderr", "results")]  # no sealing
+        for fd in self.outs:
+            fcntl.fcntl(fd, fcntl.F_SETFL, os.O_APPEND)  # shared with every task: offsets do not matter
         req_r, self.req_w = os.pipe()  # monitor -> the waiting task: its request
         self.ctl_r, ctl_w = os.pipe()  # zygote -> monitor: MSG
         self.zygote = os.fork()
         if self.zygote == 0:
-            for fd in (rfd, wfd, self.req_w, self.ctl_r, *(r for r, _ in task_pipes)):
+            for fd in (rfd, wfd, self.req_w, self.ctl_r):
                 os.close(fd)
-            Zygote(init, libc, [w for _, w in task_pipes], req_r, ctl_w).serve()  # never returns
-        for fd in (req_r, ctl_w, *(w for _, w in task_pipes)):
+            Zygote(init, libc, self.outs, req_r, ctl_w).serve()  # never returns
+        for fd in (req_r, ctl_w):
             os.close(fd)
-        self.out_r, self.err_r, self.res_r = (r for r, _ in task_pipes)
-        for fd in (self.out_r, self.err_r, self.res_r):
-            os.set_blocking(fd, False)
-        signal.signal(signal.SIGIO, signal.SIG_IGN)  # F_SETOWN on a shared pipe is denied, and moot
+        signal.signal(signal.SIGIO, signal.SIG_IGN)  # F_SETOWN is denied to tasks, and moot
         self.next_pid = None
         self._message(time.monotonic() + KILL_GRACE_S)  # P: the first task, forked ahead
 
@@ -230,22 +231,18 @@ class Monitor:
             raise OSError(-pid, "the zygote could not fork a task")
         t0 = time.monotonic()
         _write_all(self.req_w, struct.pack(">I", len(msg)) + msg)
-        caps = {self.out_r: lim["output_bytes"], self.err_r: lim["output_bytes"]}
-        caps[self.res_r] = lim["result_bytes"] + len(SETUP_OK)
-        names = {self.out_r: "stdout", self.err_r: "stderr", self.res_r: "results"}
-        bufs = {fd: bytearray() for fd in caps}
+        caps = (lim["output_bytes"], lim["output_bytes"], lim["result_bytes"] + len(SETUP_OK))
         over, timed_out, done = None, False, None
         deadline = t0 + lim["wall_s"]
-        while done is None and over is None:
+        while done is None and over is None:  # asleep until the task ends, checking caps now and then
             left = deadline - time.monotonic()
             if left <= 0:
                 timed_out = True
                 break
-            for fd in select.select([*caps, self.ctl_r], [], [], left)[0]:
-                if fd == self.ctl_r:
-                    done = self._message(time.monotonic() + KILL_GRACE_S)
-                else:
-                    over = over or self._pump(fd, bufs, caps, names)
+            if select.select([self.ctl_r], [], [], min(left, CAP_CHECK_S))[0]:
+                done = self._message(time.monotonic() + KILL_GRACE_S)
+            else:
+                over = self._over(caps)
         if done is None:
             for kill in (os.killpg, os.kill):  # kill: in case the task died before its setpgid
                 with contextlib.suppress(OSError):
@@ -253,14 +250,13 @@ class Monitor:
         while done is None:
             done = self._message(time.monotonic() + KILL_GRACE_S)
         wall = time.monotonic() - t0
-        for fd in caps:  # the task is reaped: all it wrote is in the pipes
-            if over is None:
-                over = self._pump(fd, bufs, caps, names)
-        escaped = self.sweep(pid)
-        self._discard()  # whatever its killed descendants wrote is not the next task's output
+        escaped = self.sweep(pid)  # nothing of the task is left to write: read its files
+        over = over or self._over(caps)
+        out, err, res = (os.pread(fd, cap, 0) for fd, cap in zip(self.outs, caps, strict=True))
+        for fd in self.outs:
+            os.ftruncate(fd, 0)
         wiped = self.wipe()
         status, cpu_s, maxrss = done
-        res = bytes(bufs[self.res_r])
         results, results_ok = split_frames(res[len(SETUP_OK) :])
         return {
             "exit": os.WEXITSTATUS(status) if os.WIFEXITED(status) else None,
@@ -270,8 +266,8 @@ class Monitor:
             "cpu_s": cpu_s,
             "maxrss_kb": maxrss,
             "wall_s": wall,
-            "stdout": bufs[self.out_r].decode("utf-8", "replace"),
-            "stderr": bufs[self.err_r].decode("utf-8", "replace"),
+            "stdout": out.decode("utf-8", "replace"),
+            "stderr": err.decode("utf-8", "replace"),
             "results": results,
             "results_ok": results_ok,
             "setup_ok": res[: len(SETUP_OK)] == SETUP_OK,
@@ -299,24 +295,12 @@ class Monitor:
             buf += chunk
         return buf
 
-    @staticmethod
-    def _pump(fd, bufs, caps, names):
-        """Read what `fd` holds now into its buffer; the stream's name once over its cap."""
-        while True:
-            try:
-                chunk = os.read(fd, 1 << 16)
-            except BlockingIOError:
-                return None
-            bufs[fd] += chunk
-            if len(bufs[fd]) > caps[fd]:
-                del bufs[fd][caps[fd] :]
-                return names[fd]
-
-    def _discard(self):
-        for fd in (self.out_r, self.err_r, self.res_r):
-            with contextlib.suppress(BlockingIOError):
-                while os.read(fd, 1 << 16):
-                    pass
+    def _over(self, caps):
+        """The first stream over its cap (bytes), else None."""
+        for fd, cap, name in zip(self.outs, caps, ("stdout", "stderr", "results"), strict=True):
+            if os.fstat(fd).st_size > cap:
+                return name
+        return None
 
     def sweep(self, pgid):
         """Kill every process in our pid namespace but bwrap (1), us, the zygote and the next task, and
@@ -354,7 +338,7 @@ class Monitor:
 
 
 class Zygote:
-    """Holds the task's fds in place (0 /dev/null, 1 stdout, 2 stderr, 3 results pipe), its cwd, umask,
+    """Holds the task's fds in place (0 /dev/null, 1 stdout, 2 stderr, 3 results file), its cwd, umask,
     stdio objects and the seccomp filter, installed once here: every forked task inherits all of it.
 
     Always one task ahead: the next task is forked while the current one runs (on another core), and
@@ -386,12 +370,12 @@ class Zygote:
     def serve(self):
         try:
             current = self._fork()
+            os.write(self.ctl_w, MSG.pack(b"P", current, 0.0, 0))
             while current > 0 and os.read(self.go_r, 1) == b"g":  # the current task has its request
                 nxt = self._fork()
                 _, status, ru = os.wait4(current, 0)
-                os.write(self.ctl_w, MSG.pack(b"D", status, ru.ru_utime + ru.ru_stime, ru.ru_maxrss))
-                if nxt < 0:
-                    break
+                done = MSG.pack(b"D", status, ru.ru_utime + ru.ru_stime, ru.ru_maxrss)
+                os.write(self.ctl_w, MSG.pack(b"P", nxt, 0.0, 0) + done)  # one write: one wakeup
                 current = nxt
             os._exit(0)
         except BaseException:
@@ -408,7 +392,6 @@ class Zygote:
             body = read_frame_bytes(self.req_r)
             os.write(self.go_w, b"g" if body is not None else b"q")  # q: the monitor is gone
             task_main(body)  # never returns
-        os.write(self.ctl_w, MSG.pack(b"P", pid, 0.0, 0))
         return pid
 
 
@@ -498,8 +481,8 @@ def task_main(body):
             os.lseek(fd, 0, os.SEEK_SET)
             os.dup2(fd, 0)
             os.close(fd)
-        for fd in (1, 2, RESULT_FD):  # shared pipes: undo any O_NONBLOCK / O_APPEND a previous task set
-            fcntl.fcntl(fd, fcntl.F_SETFL, 0)
+        for fd in (1, 2, RESULT_FD):  # shared files: undo any flag a previous task changed
+            fcntl.fcntl(fd, fcntl.F_SETFL, os.O_APPEND)
         os.closerange(RESULT_FD + 1, 1 << 20)  # the zygote's control pipes and log
         lim = req["limits"]
         resource.setrlimit(resource.RLIMIT_CPU, tuple(lim["cpu"]))

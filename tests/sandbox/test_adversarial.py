@@ -255,6 +255,14 @@ def test_flags_and_leftover_output_do_not_reach_the_next_task(run, same_server):
     assert "LEAK" not in v.stdout
 
 
+def test_growing_the_stdout_file_is_ole_and_the_next_task_starts_empty(run, same_server):
+    """stdout is an in-memory file shared by the fork-server's tasks: a task that stretches it
+    (ftruncate, no writes) is over the output cap, and the next task sees only its own output."""
+    assert run("import os\nos.ftruncate(1, 8 << 20)").status is Status.OLE
+    v = run("print('mine')", tests=[Case(expected="mine")])
+    assert v.status is Status.PASS and v.stdout == "mine\n"
+
+
 def test_a_new_process_group_does_not_escape(run):
     """setpgid(0, 0) is allowed (each task makes its own group that way); a descendant that uses it to
     leave the task's group is still killed: the monitor kills everything in the pid namespace."""
