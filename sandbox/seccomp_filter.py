@@ -27,6 +27,9 @@ DENIED = (
     "syslog", "acct", "quotactl", "swapon", "swapoff", "reboot", "kexec_load", "kexec_file_load",
     "init_module", "finit_module", "delete_module", "sethostname", "setdomainname",
     "settimeofday", "clock_settime", "clock_adjtime", "adjtimex",
+    # SysV IPC and POSIX message queues outlive a task (the sandbox's IPC namespace is shared by its
+    # tasks, and /tmp and /dev/shm wiping does not reach them): no channel from one task to the next
+    "shmget", "semget", "msgget", "mq_open",
 )  # fmt: skip
 AF_UNIX = 1  # the only socket family allowed: AF_INET, AF_INET6, AF_NETLINK, AF_PACKET, ... get EPERM
 PRIO_PROCESS, IOPRIO_WHO_PROCESS = 0, 1
