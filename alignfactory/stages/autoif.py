@@ -73,13 +73,13 @@ class AutoIF(cu.SandboxStage):
         convs_c = [self.conversation(p.cases_template, t) for t in prompts]
         s_f = cu.sampling_with(base, n=p.m, max_tokens=p.max_tokens, temperature=p.temperature)
         s_c = cu.sampling_with(base, n=1, max_tokens=p.max_tokens, temperature=p.temperature)
-        outs_f = cu.keyed_complete(self, convs_f, rows, s_f, "verifiers")
-        outs_c = cu.keyed_complete(self, convs_c, rows, s_c, "cases")
+        outs_f = self.complete(convs_f, rows, s_f, what="verifiers")
+        outs_c = self.complete(convs_c, rows, s_c, what="cases")
         states = [
             self.verifiers(r, f.texts, c.texts[0]) for r, f, c in zip(rows, outs_f, outs_c, strict=True)
         ]
-        self.run_jobs([s["cv_jobs"] for s in states], states, "cv_verdicts")
-        for s in states:
+        for s, verdicts in zip(states, self.run_groups([s["cv_jobs"] for s in states]), strict=True):
+            s["cv_verdicts"] = verdicts
             self.cross_validate(s)
 
         # phase 2: responses for rows with a kept function -> scoring (one sandbox call)
@@ -87,25 +87,18 @@ class AutoIF(cu.SandboxStage):
         if live:
             s_r = cu.sampling_with(base, n=p.n, max_tokens=p.response_max_tokens, temperature=p.temperature)
             convs_r = [records.prompt_messages(rows[i]) for i in live]
-            outs_r = cu.keyed_complete(self, convs_r, [rows[i] for i in live], s_r, "responses")
+            outs_r = self.complete(convs_r, [rows[i] for i in live], s_r, what="responses")
             for i, out in zip(live, outs_r, strict=True):
                 states[i]["responses"] = out.texts
                 states[i]["score_jobs"] = self.score_jobs(states[i])
-            self.run_jobs(
-                [states[i]["score_jobs"] for i in live], [states[i] for i in live], "score_verdicts"
-            )
+            scored = self.run_groups([states[i]["score_jobs"] for i in live])
+            for i, verdicts in zip(live, scored, strict=True):
+                states[i]["score_verdicts"] = verdicts
         return [self.finish(r, s) for r, s in zip(rows, states, strict=True)]
 
     def conversation(self, template: str, instruction: str) -> list[dict]:
         text = render(template, instruction=instruction, n_cases=self.params.max_cases)
         return [{"role": "user", "content": text}]
-
-    def run_jobs(self, job_lists: list[list], states: list[dict], key: str) -> None:
-        """All jobs of the batch in one sandbox.run; verdicts handed back to each row's state[key]."""
-        flat = [j for jobs in job_lists for j in jobs]
-        verdicts = iter(self.sandbox.run(flat) if flat else ())
-        for jobs, state in zip(job_lists, states, strict=True):
-            state[key] = [next(verdicts) for _ in jobs]
 
     # ---- phase 1 --------------------------------------------------------------------------------
 
@@ -226,29 +219,11 @@ def parse_cases(text: str) -> list[tuple[str, bool]]:
                 label = next((case[k] for k in ("label", "pass", "expected", "follows") if k in case), None)
                 if isinstance(label, bool):
                     found.append((case["response"], label))
-    out, seen = [], set()
-    for body, label in found:
-        if body not in seen:
-            seen.add(body)
-            out.append((body, label))
-    return out
+    return cu.first_of_each(found, key=lambda case: case[0])
 
 
 def build_pairs(responses: list[str], rates: list[float], stage: str, max_pairs: int) -> list[dict]:
-    """(pass rate >= 0.5, pass rate == 0) pairs, best chosen first; identical texts skipped."""
+    """(pass rate >= 0.5, pass rate == 0) pairs, best chosen first."""
     good = sorted((j for j, r in enumerate(rates) if r >= 0.5), key=lambda j: (-rates[j], j))
     bad = [j for j, r in enumerate(rates) if r == 0.0]
-    pairs = []
-    for i in good:
-        for j in bad:
-            if responses[i] != responses[j] and len(pairs) < max_pairs:
-                pairs.append(
-                    {
-                        "chosen": responses[i],
-                        "rejected": responses[j],
-                        "stage": stage,
-                        "chosen_score": rates[i],
-                        "rejected_score": rates[j],
-                    }
-                )
-    return pairs
+    return cu.preference_pairs(responses, rates, good, bad, stage, max_pairs)

@@ -80,12 +80,21 @@ class LLMStage(Stage):
             engine = make_engine(ctx.model, batch_size=ctx.batch_size)
         self.engine = engine
 
-    def seeds(self, rows: list[dict]) -> list[int]:
-        return [request_seed(self.ctx.seed, f"{self.ctx.name}:{r['id']}") for r in rows]
+    def seeds(self, rows: list[dict], what: str | None = None) -> list[int]:
+        """One seed per row, keyed by (stage, row id[, what]): a stage that prompts a row several times
+        names each call (`what`) so they draw different samples; a re-run draws the same ones."""
+        suffix = f":{what}" if what else ""
+        return [request_seed(self.ctx.seed, f"{self.ctx.name}:{r['id']}{suffix}") for r in rows]
 
-    def complete(self, conversations: list[list[dict]], rows: list[dict], sampling: Sampling | None = None):
+    def complete(
+        self,
+        conversations: list[list[dict]],
+        rows: list[dict],
+        sampling: Sampling | None = None,
+        what: str | None = None,
+    ):
         """engine.chat over rows, counting tokens; returns Completions in row order."""
-        outs = self.engine.chat(conversations, sampling or self.ctx.sampling, self.seeds(rows))
+        outs = self.engine.chat(conversations, sampling or self.ctx.sampling, self.seeds(rows, what))
         for out in outs:
             self.tokens_in += out.prompt_tokens
             self.tokens_out += out.completion_tokens

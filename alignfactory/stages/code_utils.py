@@ -4,8 +4,10 @@ code_blocks(text)             -> ["def f(x): ...", ...]    fenced blocks, else t
 pick_function(text, name)     -> "def name(...): ..." | None
 parse_call_tests(text, name)  -> [(args, expected), ...]  from assert lines or a JSON list
 seed_fields(row, keys)        -> {key: value}             extra fields of the seed line (entry_point, tests, ...)
+first_of_each(items, key)     -> items, the first of each key kept
+preference_pairs(...)         -> [{"chosen", "rejected", "stage", "chosen_score", "rejected_score"}, ...]
 SandboxParams / open_sandbox  -> the sandbox params every code stage takes, and the Sandbox they build
-keyed_complete(stage, ...)    -> engine.chat with seeds keyed by (row id, what), tokens counted
+SandboxStage.run_groups       -> one sandbox.run for a batch's jobs, verdicts handed back per group
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ import re
 
 from pydantic import BaseModel, Field, field_validator
 
-from alignfactory.llm.base import request_seed
 from alignfactory.stages.base import LLMStage
 
 FENCE = re.compile(r"```[ \t]*([\w+-]*)[^\n]*\n(.*?)(?:```|\Z)", re.S)  # an unclosed last fence counts
@@ -90,13 +91,38 @@ def parse_call_tests(text: str, name: str) -> list[tuple[list, object]]:
         if case is not None:
             found.append(case)
     found += _json_cases(text)
+    return first_of_each(found, key=lambda case: repr(case[0]))
+
+
+def first_of_each(items: list, key) -> list:
+    """`items` in order, keeping only the first of those with the same key(item)."""
     out, seen = [], set()
-    for args, expected in found:
-        key = repr(args)
-        if key not in seen:
-            seen.add(key)
-            out.append((args, expected))
+    for item in items:
+        k = key(item)
+        if k not in seen:
+            seen.add(k)
+            out.append(item)
     return out
+
+
+def preference_pairs(texts, scores, chosen, rejected, stage: str, max_pairs: int) -> list[dict]:
+    """(chosen, rejected) pairs in `chosen` order, at most max_pairs; identical texts and repeated
+    pairs are skipped."""
+    pairs, seen = [], set()
+    for i in chosen:
+        for j in rejected:
+            if texts[i] != texts[j] and (texts[i], texts[j]) not in seen and len(pairs) < max_pairs:
+                seen.add((texts[i], texts[j]))
+                pairs.append(
+                    {
+                        "chosen": texts[i],
+                        "rejected": texts[j],
+                        "stage": stage,
+                        "chosen_score": scores[i],
+                        "rejected_score": scores[j],
+                    }
+                )
+    return pairs
 
 
 def _assert_case(line: str, name: str):
@@ -213,17 +239,6 @@ def open_sandbox(p: SandboxParams):
     return Sandbox(Limits(**p.limits), workers=p.workers, allow_unsafe=p.allow_unsafe)
 
 
-def keyed_complete(stage, conversations: list[list[dict]], rows: list[dict], sampling, what: str):
-    """stage.engine.chat with per-request seeds keyed by (row id, what): several calls per row draw
-    different samples, and a re-run draws the same ones. Counts tokens like LLMStage.complete."""
-    seeds = [request_seed(stage.ctx.seed, f"{stage.ctx.name}:{r['id']}:{what}") for r in rows]
-    outs = stage.engine.chat(conversations, sampling, seeds)
-    for out in outs:
-        stage.tokens_in += out.prompt_tokens
-        stage.tokens_out += out.completion_tokens
-    return outs
-
-
 def sampling_with(sampling, **override):
     """A copy of a Sampling with the non-None overrides applied."""
     return type(sampling)(**sampling.to_dict() | {k: v for k, v in override.items() if v is not None})
@@ -236,6 +251,12 @@ class SandboxStage(LLMStage):
         super().__init__(params, ctx, engine)
         self.owns_sandbox = sandbox is None  # a sandbox handed in (tests) is its giver's to close
         self.sandbox = sandbox if sandbox is not None else open_sandbox(params)
+
+    def run_groups(self, groups: list[list]) -> list[list]:
+        """All jobs of a batch (a list of jobs per row) in one sandbox.run; verdicts in the same shape."""
+        flat = [job for jobs in groups for job in jobs]
+        verdicts = iter(self.sandbox.run(flat) if flat else ())
+        return [[next(verdicts) for _ in jobs] for jobs in groups]
 
     def close(self) -> None:
         sb, self.sandbox = getattr(self, "sandbox", None), None

@@ -63,14 +63,13 @@ class ExecFeedback(cu.SandboxStage):
         test_sampling = cu.sampling_with(self.ctx.sampling, n=1, max_tokens=p.max_tokens)
         sol_convs = [self.conversation(p.solution_template, t) for t in tasks]
         test_convs = [self.conversation(p.tests_template, t) for t in tasks]
-        sols = cu.keyed_complete(self, sol_convs, rows, sol_sampling, "solutions")
-        tests = cu.keyed_complete(self, test_convs, rows, test_sampling, "tests")
+        sols = self.complete(sol_convs, rows, sol_sampling, what="solutions")
+        tests = self.complete(test_convs, rows, test_sampling, what="tests")
 
         plans = [self.plan(t, s.texts, tt.texts[0]) for t, s, tt in zip(tasks, sols, tests, strict=True)]
-        jobs = [job for plan in plans for job in plan["jobs"].values()]
-        verdicts = iter(self.sandbox.run(jobs)) if jobs else iter(())
-        for plan in plans:
-            plan["verdicts"] = {i: next(verdicts) for i in plan["jobs"]}
+        verdicts = self.run_groups([list(plan["jobs"].values()) for plan in plans])
+        for plan, vs in zip(plans, verdicts, strict=True):
+            plan["verdicts"] = dict(zip(plan["jobs"], vs, strict=True))
         return [self.finish(row, plan) for row, plan in zip(rows, plans, strict=True)]
 
     def task(self, row: dict) -> dict:
@@ -163,7 +162,9 @@ class ExecFeedback(cu.SandboxStage):
         failing = [i for i, s in enumerate(scores) if s is not None and s < 1.0]
         meta.update(chosen=passing[0], scores=scores)
         out = records.derive(row, self.ctx.name, records.with_response(row, texts[passing[0]]), meta)
-        out["pairs"] = build_pairs(texts, scores, passing, failing, self.ctx.name, self.params.max_pairs)
+        out["pairs"] = cu.preference_pairs(
+            texts, scores, passing, failing, self.ctx.name, self.params.max_pairs
+        )
         return out
 
 
@@ -183,25 +184,6 @@ def consensus(matrix: list[list[bool] | None], reference: list[bool]) -> dict:
     must = {j for j, is_ref in enumerate(reference) if is_ref}
     best = next((i for i, g in enumerate(groups) if g["tests"] and must <= set(g["tests"])), None)
     return {"groups": groups, "best": best, "trusted": groups[best]["tests"] if best is not None else []}
-
-
-def build_pairs(texts, scores, passing, failing, stage: str, max_pairs: int) -> list[dict]:
-    """(passing, failing) solution pairs, chosen in `passing` order; identical texts are skipped."""
-    pairs, seen = [], set()
-    for i in passing:
-        for j in failing:
-            if texts[i] != texts[j] and (texts[i], texts[j]) not in seen and len(pairs) < max_pairs:
-                seen.add((texts[i], texts[j]))
-                pairs.append(
-                    {
-                        "chosen": texts[i],
-                        "rejected": texts[j],
-                        "stage": stage,
-                        "chosen_score": scores[i],
-                        "rejected_score": scores[j],
-                    }
-                )
-    return pairs
 
 
 def _entry_from_text(text: str) -> str | None:
