@@ -88,9 +88,8 @@ def dataset_card(run_dir: str | Path) -> str:
     reasons = Counter()
     for p in sorted((run_dir / "rejected").glob("*.jsonl")):
         for r in io.read_jsonl(p):
-            reasons[(r["reject"]["stage"], r["reject"]["reason"].split(":")[0].split(" of ")[0])] += (
-                1  # kind, not detail
-            )
+            kind = r["reject"]["reason"].split(":")[0].split(" of ")[0]  # the kind, not the detail
+            reasons[(r["reject"]["stage"], kind)] += 1
     lines += ["", "## Rejected (rejected/)", "", "| stage | reason | rows |", "|---|---|---:|"]
     lines += [f"| {stage} | {reason} | {n} |" for (stage, reason), n in reasons.most_common()]
     for fmt in ("sft", "preference"):
