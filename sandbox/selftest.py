@@ -65,7 +65,7 @@ CHECKS = [
         _stdout_is("True"),
     ),
     Check(
-        "kill, ptrace, setsid, joining another process group, F_SETOWN, unshare, mount denied",
+        "kill, ptrace, setsid, other processes' groups/rlimits/priority, F_SETOWN, SysV IPC, unshare, mount denied",
         PROBE_DENIED,
         _stdout_is("True"),
     ),
