@@ -67,6 +67,32 @@ class Stage:
         return []
 
 
+class CorpusStage(Stage):
+    """A corpus stage that scales past one process: map -> small summary -> combine -> apply.
+
+    summarize(rows, shard) runs once per input shard, row-parallel on Ray Data (signatures, n-gram
+    sets, tag counts, embeddings); combine(summaries) runs in one place and sees only those summaries,
+    in shard order, returning a plan (candidate pairs -> clusters, a tag mapping, a selection);
+    apply(rows, plan, shard) runs per shard and marks/annotates its rows. `shard` is the input shard's
+    index, so "first in input order" is (shard, position). Called on a plain list, it is one shard.
+    """
+
+    kind = "corpus"
+    distributed: ClassVar[bool] = True
+
+    def summarize(self, rows: list[dict], shard: int):
+        raise NotImplementedError
+
+    def combine(self, summaries: list):
+        raise NotImplementedError
+
+    def apply(self, rows: list[dict], plan, shard: int) -> list[dict]:
+        raise NotImplementedError
+
+    def __call__(self, rows: list[dict]) -> list[dict]:
+        return self.apply(rows, self.combine([self.summarize(rows, 0)]), 0)
+
+
 class LLMStage(Stage):
     """A row stage that calls an engine: build_messages -> engine.chat -> parse."""
 
