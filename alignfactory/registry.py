@@ -9,12 +9,12 @@ import difflib
 import importlib
 
 STAGES = {
-    "generate": "alignfactory.stages.generate:Generate",
-    "filter": "alignfactory.stages.filter:Filter",
-    "dedup": "alignfactory.stages.dedup:Dedup",
-    "export": "alignfactory.stages.export:Export",
-    "exec_feedback": "alignfactory.stages.exec_feedback:ExecFeedback",
-    "autoif": "alignfactory.stages.autoif:AutoIF",
+    "generate": "alignfactory.stages.synthesize.generate:Generate",
+    "filter": "alignfactory.stages.assemble.filter:Filter",
+    "dedup": "alignfactory.stages.curate.dedup:Dedup",
+    "export": "alignfactory.stages.assemble.export:Export",
+    "exec_feedback": "alignfactory.stages.verify.exec_feedback:ExecFeedback",
+    "autoif": "alignfactory.stages.verify.autoif:AutoIF",
 }
 
 

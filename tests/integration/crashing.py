@@ -4,7 +4,7 @@ batch ever: the runner must get the actor restarted and the batch retried, not f
 import os
 from pathlib import Path
 
-from alignfactory.stages.generate import Generate
+from alignfactory.stages.synthesize.generate import Generate
 
 
 class CrashOnceGenerate(Generate):

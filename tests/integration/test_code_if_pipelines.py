@@ -77,7 +77,7 @@ def test_code_data_spec(local_ray, tmp_path):
             assert all(chosen[j] for j in meta["trusted"]) and set(range(len(refs))) <= set(meta["trusted"])
             assert r["messages"][-1]["content"].startswith("```python")
 
-    from alignfactory.stages.code_utils import pick_function
+    from alignfactory.stages.verify.code_utils import pick_function
     from sandbox import Case, Job, Limits, Sandbox
 
     kept = [r for r in rows if not r["reject"]]

@@ -9,7 +9,7 @@ import pytest
 
 from alignfactory import io as af_io
 from alignfactory import records
-from alignfactory.stages.autoif import AutoIF, evaluate_code, parse_cases
+from alignfactory.stages.verify.autoif import AutoIF, evaluate_code, parse_cases
 from alignfactory.stages.base import StageContext
 from tests.unit.scripted import ScriptedEngine
 from tests.unit.test_exec_feedback import CountingSandbox

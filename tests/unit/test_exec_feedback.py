@@ -9,8 +9,8 @@ import pytest
 from alignfactory import io as af_io
 from alignfactory import records
 from alignfactory.stages.base import StageContext
-from alignfactory.stages.code_utils import code_blocks, parse_call_tests, pick_function, seed_fields
-from alignfactory.stages.exec_feedback import ExecFeedback, consensus
+from alignfactory.stages.verify.code_utils import code_blocks, parse_call_tests, pick_function, seed_fields
+from alignfactory.stages.verify.exec_feedback import ExecFeedback, consensus
 from tests.unit.scripted import ScriptedEngine
 
 TASK = "Write a Python function `sum_to(n)` that returns 1 + 2 + ... + n."

@@ -18,8 +18,8 @@ from alignfactory import records, run
 from alignfactory.llm.base import EngineError, Sampling
 from alignfactory.spec import validate
 from alignfactory.stages.base import Stage, StageContext
-from alignfactory.stages.filter import Filter
-from alignfactory.stages.generate import Generate
+from alignfactory.stages.assemble.filter import Filter
+from alignfactory.stages.synthesize.generate import Generate
 from tests.unit.scripted import ScriptedEngine, count_tokens
 
 ZH = "解释一下什么是递归。"

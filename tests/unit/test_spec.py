@@ -8,8 +8,8 @@ import pytest
 import yaml
 
 from alignfactory.spec import PipelineSpec, SpecError, apply_set, load_spec, validate
-from alignfactory.stages.filter import Filter
-from alignfactory.stages.generate import Generate
+from alignfactory.stages.assemble.filter import Filter
+from alignfactory.stages.synthesize.generate import Generate
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -129,7 +129,7 @@ def test_unimportable_stage_class_path_is_a_spec_error():
 
 def test_stage_named_by_import_path_resolves():
     t = tree()
-    t["stages"][2]["name"] = "alignfactory.stages.filter:Filter"
+    t["stages"][2]["name"] = "alignfactory.stages.assemble.filter:Filter"
     spec = validate(t)
     assert isinstance(spec.stage_params(2), Filter.Params)
 

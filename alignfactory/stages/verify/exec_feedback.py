@@ -28,7 +28,7 @@ import re
 from pydantic import Field
 
 from alignfactory import records
-from alignfactory.stages import code_utils as cu
+from alignfactory.stages.verify import code_utils as cu
 from alignfactory.stages.base import RUBRICS, render
 
 UNPARSEABLE = "UNPARSEABLE"

@@ -1,0 +1,1 @@
+"""Assembly: filters, preference pairs, export."""

@@ -1,0 +1,1 @@
+"""Curation: tagging, tag normalization, selection, dedup, decontamination, evolution."""

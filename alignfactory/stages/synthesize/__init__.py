@@ -1,0 +1,1 @@
+"""Synthesis: generation, rejection sampling, judges, reward models, constitution, repurposing."""
