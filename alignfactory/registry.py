@@ -15,6 +15,7 @@ STAGES = {
     "export": "alignfactory.stages.assemble.export:Export",
     "exec_feedback": "alignfactory.stages.verify.exec_feedback:ExecFeedback",
     "autoif": "alignfactory.stages.verify.autoif:AutoIF",
+    "reject_sample": "alignfactory.stages.synthesize.reject_sample:RejectSample",
 }
 
 

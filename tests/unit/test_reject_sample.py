@@ -1,0 +1,192 @@
+"""reject_sample on a scripted engine: reference mode, self-consistency, min share, pairs, rejects."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from pydantic import ValidationError
+
+from alignfactory import records, registry
+from alignfactory.stages.base import RUBRICS, StageContext
+from alignfactory.stages.synthesize.reject_sample import RejectSample
+from tests.unit.scripted import ScriptedEngine
+
+Q = "Tom has 3 apples and buys 4 more. How many apples does he have?"
+ZH = "小明有3个苹果，又买了4个。他现在有几个苹果？"
+
+
+def row(question: str, **seed) -> dict:
+    r = records.new_row([{"role": "user", "content": question}], {"file": "t.jsonl", "line": 1})
+    if seed:
+        r["seed"] = seed
+    return r
+
+
+def make(samples: dict[str, list[str]] | list[str], truncated=(), **params):
+    """samples: question -> the n texts the engine returns (or one list for every question)."""
+
+    def rule(conv, k, seed):
+        text = conv[-1]["content"]
+        if isinstance(samples, list):
+            return samples[k]
+        return next(v[k] for q, v in samples.items() if text.startswith(q))
+
+    engine = ScriptedEngine(rule=rule)
+    engine.truncated = set(truncated)
+    params.setdefault("n", len(samples) if isinstance(samples, list) else len(next(iter(samples.values()))))
+    stage = RejectSample(
+        RejectSample.Params(**params), StageContext("reject_sample", 1, seed=5), engine=engine
+    )
+    return stage, engine
+
+
+RIGHT_LONG = "3 + 4 = 7, because we add the apples he had to the apples he bought. The answer is 7."
+RIGHT_SHORT = "3 + 4 = 7. The answer is 7 apples."
+WRONG = "3 * 4 = 12. The answer is 12."
+SILENT = "Apples are a healthy fruit."
+
+
+def test_reference_mode_one_call_shortest_chosen_pairs_and_meta():
+    stage, engine = make([RIGHT_LONG, WRONG, RIGHT_SHORT, SILENT])
+    rows = [row(Q, answer="7"), row("Other: 2 + 5?", answer=7)]  # an int reference is fine too
+    out = stage(rows)
+
+    assert len(engine.calls) == 1  # all rows, all samples: one engine call
+    call = engine.calls[0]
+    assert call["sampling"].n == 4 and len(call["conversations"]) == 2  # each prompt sent once, n samples
+    assert all(not r["reject"] for r in out)
+
+    r = out[0]
+    assert r["messages"][-1] == {"role": "assistant", "content": RIGHT_SHORT}  # shortest correct
+    assert r["messages"][0]["content"] == Q  # SFT prompt = the row's own question, not the template
+    assert r["lineage"] == {"parents": [rows[0]["id"]], "stage": "reject_sample"} and r["id"] != rows[0]["id"]
+    meta = r["meta"]["reject_sample"]
+    assert meta["mode"] == "reference" and meta["reference"] == "7" and meta["chosen"] == 2
+    assert [s["answer"] for s in meta["samples"]] == ["7", "12", "7 apples", None]
+    assert [s["verdict"] for s in meta["samples"]] == ["correct", "incorrect", "correct", "no_answer"]
+    # (correct, incorrect) pairs, the chosen one first: 2 correct x 2 incorrect
+    assert [(p["chosen"], p["rejected"]) for p in r["pairs"]] == [
+        (RIGHT_SHORT, WRONG),
+        (RIGHT_SHORT, SILENT),
+        (RIGHT_LONG, WRONG),
+        (RIGHT_LONG, SILENT),
+    ]
+    assert all(
+        p["stage"] == "reject_sample" and p["chosen_score"] == 1.0 == 1 - p["rejected_score"]
+        for p in r["pairs"]
+    )
+
+
+def test_prompt_template_asks_for_a_final_answer_in_the_rows_language():
+    stage, engine = make({Q: [RIGHT_SHORT], ZH: ["3+4=7。答案是 7。"]})
+    out = stage([row(Q, answer="7"), row(ZH, answer="七")])
+    en, zh = (c[-1]["content"] for c in engine.calls[0]["conversations"])
+    assert en.startswith(Q) and "The answer is <final answer>" in en
+    assert zh.startswith(ZH) and "答案是" in zh
+    assert not out[1]["reject"] and out[1]["meta"]["reject_sample"]["samples"][0]["verdict"] == "correct"
+    assert RejectSample.template_files(stage.params) == [RUBRICS / "prompts" / "math_solution.jinja"]
+    bare, engine2 = make([RIGHT_SHORT], template=None)
+    bare([row(Q, answer="7")])
+    assert engine2.calls[0]["conversations"][0] == [{"role": "user", "content": Q}]
+
+
+def test_no_correct_sample_is_rejected_with_the_raw_samples():
+    stage, _ = make([WRONG, SILENT])
+    [r] = stage([row(Q, answer="7")])
+    assert r["reject"]["stage"] == "reject_sample" and r["reject"]["reason"].startswith("no_correct_sample")
+    assert json.loads(r["reject"]["raw"]) == [WRONG, SILENT]
+    assert [s["verdict"] for s in r["meta"]["reject_sample"]["samples"]] == ["incorrect", "no_answer"]
+
+
+def test_truncated_samples_are_never_chosen_or_paired():
+    stage, _ = make([RIGHT_SHORT, WRONG], truncated={Q}, template=None)  # every sample hit max_tokens
+    [r] = stage([row(Q, answer="7")])
+    assert r["reject"]["reason"].startswith("no_correct_sample")
+    assert [s["verdict"] for s in r["meta"]["reject_sample"]["samples"]] == ["truncated", "truncated"]
+    kept, _ = make([RIGHT_SHORT, WRONG], truncated={Q}, template=None, drop_truncated=False)
+    [k] = kept([row(Q, answer="7")])
+    assert not k["reject"] and [(p["chosen"], p["rejected"]) for p in k["pairs"]] == [(RIGHT_SHORT, WRONG)]
+
+
+def test_self_consistency_majority_is_correct_and_share_kept():
+    samples = ["The answer is 5.", "It is 5.0 in the end.", "The answer is 6.", "The answer is five."]
+    stage, _ = make(samples)
+    [r] = stage([row(Q)])  # no reference answer: majority vote
+    meta = r["meta"]["reject_sample"]
+    assert not r["reject"] and meta["mode"] == "consistency" and meta["reference"] is None
+    assert meta["vote"]["answer"] == "5" and meta["vote"]["votes"] == 3 and meta["vote"]["share"] == 0.75
+    assert [c["size"] for c in meta["vote"]["clusters"]] == [3, 1]
+    assert [s["verdict"] for s in meta["samples"]] == ["correct", "correct", "incorrect", "correct"]
+    assert r["messages"][-1]["content"] == "The answer is 5."  # shortest of the majority
+    assert {p["rejected"] for p in r["pairs"]} == {"The answer is 6."} and len(r["pairs"]) == 3
+
+
+def test_self_consistency_min_share_min_votes_and_ties_reject():
+    spread = ["The answer is 5.", "The answer is 6.", "The answer is 7.", "The answer is 5."]
+    stage, _ = make(spread, min_share=0.6)
+    [r] = stage([row(Q)])
+    assert r["reject"]["reason"].startswith("low_agreement: share 0.50")
+    assert r["meta"]["reject_sample"]["vote"]["share"] == 0.5
+    ok, _ = make(spread, min_share=0.5)  # the same samples pass a lower bar
+    assert not ok([row(Q)])[0]["reject"]
+
+    lone, _ = make(["The answer is 5."], min_votes=2)  # n=1 agrees with itself: not evidence
+    assert lone([row(Q)])[0]["reject"]["reason"].startswith("low_agreement")
+
+    tie, _ = make(["The answer is 5.", "The answer is 6."])
+    assert tie([row(Q)])[0]["reject"]["reason"].startswith("tie")
+    silent, _ = make([SILENT, SILENT])
+    assert silent([row(Q)])[0]["reject"]["reason"].startswith("no_answer")
+
+
+def test_mode_reference_needs_one_and_consistency_ignores_it():
+    stage, _ = make([RIGHT_SHORT, RIGHT_SHORT], mode="reference")
+    [r] = stage([row(Q)])
+    assert r["reject"]["reason"] == "no_reference: seed field 'answer' missing"
+    cons, _ = make([WRONG, WRONG], mode="consistency")
+    [c] = cons([row(Q, answer="7")])  # the samples agree on 12; the reference is not consulted
+    assert not c["reject"] and c["meta"]["reject_sample"]["vote"]["answer"] == "12"
+
+
+def test_only_with_reference_passes_other_rows_through_untouched():
+    stage, engine = make([RIGHT_SHORT, WRONG], only_with_reference=True)
+    plain = row("Write a haiku about rain.")
+    before = json.loads(json.dumps(plain))
+    out = stage([plain, row(Q, answer="7")])
+    assert out[0] is plain and plain == before  # not sampled, no meta, no new id
+    assert len(engine.calls[0]["conversations"]) == 1  # only the row with a reference was sampled
+    assert not out[1]["reject"] and out[1]["pairs"]
+    idle, idle_engine = make([RIGHT_SHORT], only_with_reference=True)
+    assert idle([plain]) == [plain] and idle_engine.calls == []  # nothing to sample: no engine call
+
+
+def test_reference_solution_and_existing_response_are_candidates():
+    solution = "3 + 4 = 7 apples. The answer is 7."
+    stage, _ = make([WRONG, SILENT], reference_as_candidate=True)
+    [r] = stage([row(Q, answer="7", solution=solution)])
+    samples = r["meta"]["reject_sample"]["samples"]
+    assert [s["source"] for s in samples] == ["sample", "sample", "reference"]
+    assert r["messages"][-1]["content"] == solution
+    assert [(p["chosen"], p["rejected"]) for p in r["pairs"]] == [(solution, WRONG), (solution, SILENT)]
+
+    answered = row(Q, answer="7")
+    answered["messages"].append({"role": "assistant", "content": "He has 7."})
+    stage2, _ = make([WRONG])
+    [r2] = stage2([answered])
+    assert [s["source"] for s in r2["meta"]["reject_sample"]["samples"]] == ["sample", "input"]
+    assert r2["messages"][-1]["content"] == "He has 7." and len(r2["messages"]) == 2
+    earlier = row(Q, answer="7")
+    earlier["pairs"] = [{"chosen": "x", "rejected": "y", "stage": "exec_feedback"}]
+    stage3, _ = make([RIGHT_SHORT, WRONG])
+    assert [p["stage"] for p in stage3([earlier])[0]["pairs"]] == ["exec_feedback", "reject_sample"]
+
+
+def test_registry_and_params():
+    assert registry.resolve("reject_sample") is RejectSample
+    with pytest.raises(ValidationError):
+        RejectSample.Params(n=0)
+    with pytest.raises(ValidationError):
+        RejectSample.Params(min_share=1.5)
+    with pytest.raises(ValidationError):
+        RejectSample.Params(samples=3)  # unknown key
