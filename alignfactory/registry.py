@@ -15,6 +15,11 @@ STAGES = {
     "export": "alignfactory.stages.assemble.export:Export",
     "exec_feedback": "alignfactory.stages.verify.exec_feedback:ExecFeedback",
     "autoif": "alignfactory.stages.verify.autoif:AutoIF",
+    "judge": "alignfactory.stages.synthesize.judge:Judge",
+    "reward": "alignfactory.stages.synthesize.reward:Reward",
+    "constitution": "alignfactory.stages.synthesize.constitution:Constitution",
+    "repurpose": "alignfactory.stages.synthesize.repurpose:Repurpose",
+    "pairs": "alignfactory.stages.assemble.pairs:Pairs",
     "reject_sample": "alignfactory.stages.synthesize.reject_sample:RejectSample",
 }
 
