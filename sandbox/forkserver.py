@@ -38,6 +38,8 @@ import sys
 import time
 import traceback
 import types
+from _blake2 import blake2b
+from _operator import _compare_digest as compare_digest
 
 PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_SET_SECCOMP, PR_SET_NO_NEW_PRIVS, PR_SET_CHILD_SUBREAPER = (
     1,
@@ -50,6 +52,7 @@ SECCOMP_MODE_FILTER = 2
 RESULT_FD = 3  # in the child: framed per-case results; 0/1/2 are the task's stdin/stdout/stderr
 CHILD_SETUP_FAILED = 125  # exit code of a child whose isolation could not be applied
 MAX_MSG = 1000  # characters of an exception message that are framed back
+KEY_BYTES, MAC_BYTES = 32, 16  # per-execution results key (monitor -> task); tag on every result frame
 
 
 # ---- wire values: Python values <-> plain JSON with "$tag" objects (shared with sandbox.compare) ----
@@ -171,6 +174,49 @@ def split_frames(buf):
     return out, ok and pos == len(buf)
 
 
+INCOMPLETE = "incomplete frame"  # what a task killed mid-write (timeout, output cap) leaves
+
+
+def read_results(buf, key):
+    """The task's result frames -> (records as dicts, None) if every frame is authentic and whole, else
+    (the authentic prefix, why not). A frame is 4-byte length, MAC_BYTES tag, marshal payload; the tag
+    is keyed BLAKE2b over (frame number, payload) with this execution's key, so a frame cannot be
+    forged, replayed, reordered or dropped without the next one failing. Payloads are unmarshalled only
+    once authenticated: they were written by the task's guard (install_guard), never by its code."""
+    out, pos, seq = [], 0, 0
+    while pos < len(buf):
+        n = struct.unpack(">I", buf[pos : pos + 4])[0] if pos + 4 <= len(buf) else None
+        if n is None or n < MAC_BYTES or pos + 4 + n > len(buf):
+            return out, f"{INCOMPLETE} at frame {seq} ({len(buf) - pos} bytes)"
+        body = buf[pos + 4 + MAC_BYTES : pos + 4 + n]
+        tag = blake2b(struct.pack(">I", seq) + body, key=key, digest_size=MAC_BYTES).digest()
+        if not compare_digest(tag, buf[pos + 4 : pos + 4 + MAC_BYTES]):
+            return out, f"frame {seq}: not written by the runner (authentication failed)"
+        out.append(_record(marshal.loads(body)))
+        pos, seq = pos + 4 + n, seq + 1
+    return out, None
+
+
+def _record(rec):
+    """A guard record (a tuple, see run_task) -> the dict the harness judges."""
+    kind, what = rec[0], rec[1]
+    if kind == "case":  # ("case", i, "v", value, t) | ("case", i, "ok", t) | ("case", i, "exc", name, msg, t)
+        if rec[2] == "v":
+            return {"i": what, "v": rec[3], "t": rec[4]}
+        if rec[2] == "ok":
+            return {"i": what, "ok": True, "t": rec[3]}
+        if rec[2] == "ole":  # ("case", i, "ole"): written by the guard in place of an oversized record
+            return {"i": what, "ole": True}
+        return {"i": what, "exc": rec[3], "msg": rec[4], "t": rec[5]}
+    if kind == "load":  # ("load", "exit", code) | ("load", "exc", name, msg)
+        return (
+            {"load": "exit", "exit": rec[2]}
+            if what == "exit"
+            else {"load": "exc", "exc": rec[2], "msg": rec[3]}
+        )
+    return {"end": True, "cases": what, "exit": rec[2], "denied": rec[3]}  # ("end", n, exit, denied)
+
+
 # ---- the monitor: talks to the harness and watches each task; never forks one itself ----
 
 # zygote -> monitor: (b"P", pid of the task forked ahead or -errno, 0, 0) and, once a task is reaped,
@@ -225,12 +271,13 @@ class Monitor:
     def execute(self, body):
         req = json.loads(body)
         msg = marshal.dumps(req)  # trusted both ends; far cheaper than JSON to load in the task
+        key = os.urandom(KEY_BYTES)  # this execution's results key: see run_task and read_results
         lim = req["limits"]
         pid, self.next_pid = self.next_pid, None
         if pid < 0:
             raise OSError(-pid, "the zygote could not fork a task")
         t0 = time.monotonic()
-        _write_all(self.req_w, struct.pack(">I", len(msg)) + msg)
+        _write_all(self.req_w, struct.pack(">I", KEY_BYTES + len(msg)) + key + msg)
         caps = (lim["output_bytes"], lim["output_bytes"], lim["result_bytes"] + len(SETUP_OK))
         over, timed_out, done = None, False, None
         deadline = t0 + lim["wall_s"]
@@ -257,7 +304,9 @@ class Monitor:
             os.ftruncate(fd, 0)
         wiped = self.wipe()
         status, cpu_s, maxrss = done
-        results, results_ok = split_frames(res[len(SETUP_OK) :])
+        results, channel = read_results(res[len(SETUP_OK) :], key)
+        if channel and channel.startswith(INCOMPLETE) and (timed_out or over):
+            channel = None  # the monitor stopped the task, perhaps mid-frame: the frames before count
         return {
             "exit": os.WEXITSTATUS(status) if os.WIFEXITED(status) else None,
             "signal": os.WTERMSIG(status) if os.WIFSIGNALED(status) else None,
@@ -269,7 +318,8 @@ class Monitor:
             "stdout": out.decode("utf-8", "replace"),
             "stderr": err.decode("utf-8", "replace"),
             "results": results,
-            "results_ok": results_ok,
+            "results_ok": channel is None,
+            "channel": channel,  # None, or why the results channel cannot be trusted
             "setup_ok": res[: len(SETUP_OK)] == SETUP_OK,
             "escaped": escaped,
             "anomaly": None if escaped == 0 and wiped else f"escaped={escaped} wiped={wiped}",
@@ -362,9 +412,13 @@ class Zygote:
         sys.stdin = open(0, encoding="utf-8", errors="surrogateescape", closefd=False)  # noqa: SIM115
         sys.stdout = open(1, "w", encoding="utf-8", errors="backslashreplace", closefd=False)  # noqa: SIM115
         sys.stderr = open(2, "w", encoding="utf-8", errors="backslashreplace", closefd=False, buffering=1)  # noqa: SIM115
+        # non-dumpable: /proc/<task>/mem (and the rest of /proc/<task>) belongs to root, so a task
+        # cannot read its own memory for the results key either
+        libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
         bpf = bytes.fromhex(init["bpf"]) if init.get("bpf") else b""
         if bpf:
             install_seccomp(libc, bpf)
+        install_guard()
         _warm_up()
 
     def serve(self):
@@ -389,10 +443,25 @@ class Zygote:
         except OSError as e:
             pid = -e.errno
         if pid == 0:
-            body = read_frame_bytes(self.req_r)
+            body = _read_request(self.req_r)
             os.write(self.go_w, b"g" if body is not None else b"q")  # q: the monitor is gone
             task_main(body)  # never returns
         return pid
+
+
+def _read_request(fd):
+    """One request frame into a bytearray (not bytes: the key it starts with is zeroed once taken)."""
+    head = _read_exact(fd, 4)
+    if head is None:
+        return None
+    buf = bytearray(struct.unpack(">I", head)[0])
+    view, pos = memoryview(buf), 0
+    while pos < len(buf):
+        n = os.readv(fd, [view[pos:]])
+        if not n:
+            return None
+        pos += n
+    return buf
 
 
 def _reap():
@@ -473,7 +542,7 @@ def task_main(body):
     code = CHILD_SETUP_FAILED
     try:
         os.setpgid(0, 0)  # the one setpgid the filter allows: a new group of its own
-        req = marshal.loads(body)
+        req = marshal.loads(memoryview(body)[KEY_BYTES:])
         stdin = req.get("stdin")
         if stdin:
             fd = os.memfd_create("stdin")  # a file, not a pipe: no deadlock on large inputs
@@ -495,66 +564,187 @@ def task_main(body):
         os.write(2, ("sandbox: task setup failed: " + traceback.format_exc()).encode())
         os._exit(code)
     try:
-        code = run_task(req)
+        code = run_task(req, body)
     except BaseException:
         code = 1
     finally:
         os._exit(code)
 
 
-# ---- the task's code and cases. References are taken before user code can patch them. ----
+# ---- the results channel: only the runner can speak on it ----
+
+# Armed in a task, these audit events are refused (RuntimeError) and counted; a count > 0 makes the
+# verdict SUSPICIOUS. They are the ways Python code reaches objects it was not handed (the guard's
+# closure, the runner's state) or rewrites running code: a test program needs none of them.
+DENIED_EVENTS = frozenset(
+    {
+        "gc.get_objects", "gc.get_referrers", "gc.get_referents", "sys._current_frames",
+        "sys._current_exceptions", "sys.settrace", "sys.setprofile",
+    }
+)  # fmt: skip
+DENIED_SETATTR = frozenset({"__code__"})  # rewriting a function the runner calls
+# Frames stay reachable (ordinary libraries call sys._getframe): through CPython 3.12 frame.f_locals is
+# a snapshot, so a frame of the runner shows its state but cannot change it. From 3.13 (PEP 667) it
+# writes through, so there the ways to get a frame are denied too (a signal handler's frame argument
+# is not an audit event: on 3.13+ a handler could still rebind the runner's locals).
+DENIED_GETATTR = frozenset({"tb_frame", "gi_frame", "cr_frame", "ag_frame", "f_back"})
+FRAMES_WRITE_THROUGH = sys.version_info >= (3, 13)
 
 
-def run_task(req, _write=os.write, _pack=pack_frame, _encode=encode, _decode=decode, _time=time.perf_counter):
-    """Run the program, then its cases; frame results on RESULT_FD. Returns the exit code."""
-    budget = [req["limits"]["result_bytes"] - 64]  # bytes of result frames left
+def install_guard():
+    """Install, once in the zygote, the audit hook that owns the results channel of every task.
 
-    def emit(obj):
-        data = _pack(obj)
-        if len(data) > budget[0]:
-            data = _pack({"i": obj.get("i"), "ole": True})
-        budget[0] -= len(data)
+    A task's code runs in the runner's process, so anything the runner can write on RESULT_FD the
+    code could write too. The guard makes the channel something it cannot speak for:
+    - the monitor sends each execution a fresh key ahead of the request; the runner hands it to the
+      guard (event "sandbox.arm") before any task code runs and zeroes its own copy. The key then lives
+      only in the guard's closure: an audit hook cannot be removed or listed, and the ways to reach a
+      closure (gc, frames of other threads, trace functions, ctypes, /proc/self/mem: the task is not
+      dumpable) are denied below;
+    - the guard writes every frame itself, tagged with keyed BLAKE2b over (frame number, payload), so
+      frames the code writes, replays, reorders or removes fail authentication in the monitor;
+    - it writes only for the runner's own frame, registered at arm time: the same code called again,
+      from the task's code, a thread, a signal handler or an audit hook of its own, is refused and
+      counted. Records are tuples of immutable values serialized by marshal (exact built-in types, so
+      no code of the task runs inside the guard);
+    - it numbers case records and writes the end marker itself, with the count of denied operations.
+    The harness then requires: authentic frames, cases once each and in order, the end marker, an exit
+    status equal to the one it states, and nothing denied; anything else is SUSPICIOUS, never PASS."""
+    state = {
+        "mac": None,
+        "frame": None,
+        "seq": 0,
+        "cases": 0,
+        "denied": 0,
+        "budget": 0,
+        "busy": False,
+        "probe": False,
+    }
+    getframe, dumps, pack, write, runtime_error = (
+        sys._getframe,
+        marshal.dumps,
+        struct.pack,
+        os.write,
+        RuntimeError,
+    )
+    denied_events, denied_setattr, frames_write_through = DENIED_EVENTS, DENIED_SETATTR, FRAMES_WRITE_THROUGH
+
+    def send(payload):
+        mac = state["mac"].copy()
+        mac.update(pack(">I", state["seq"]) + payload)
+        data = pack(">I", MAC_BYTES + len(payload)) + mac.digest() + payload
+        state["seq"] += 1
         view = memoryview(data)
         while view:
-            view = view[_write(RESULT_FD, view) :]
+            view = view[write(RESULT_FD, view) :]
 
-    def failure(e):
-        return {"exc": type(e).__name__, "msg": str(e)[:MAX_MSG]}
+    def refuse(what):
+        state["denied"] += 1
+        raise runtime_error(f"sandbox: {what} is not allowed here")
 
-    mode, exit_code, run_cases = req["mode"], 0, req["mode"] != "stdio"
+    def guard(event, args):
+        if state["mac"] is None:
+            if event == "sandbox.arm":  # (key view, result byte budget): once, before task code runs
+                state["mac"] = blake2b(key=args[0], digest_size=MAC_BYTES)
+                state["busy"] = True
+                state["frame"], state["budget"], state["probe"] = getframe(1), args[1], args[2]
+                state["busy"] = False
+            return
+        if event.startswith("sandbox."):
+            state["busy"] = True  # our own getframe is not the task's (3.13+ denies the task's)
+            caller = getframe(1)
+            state["busy"] = False
+            if caller is not state["frame"] or event == "sandbox.arm":
+                refuse(f"{event} from outside the runner")
+            if event == "sandbox.end":  # (exit code,): the runner's last word before os._exit
+                send(dumps(("end", state["cases"], args[0], state["denied"])))
+                return
+            rec = args[0]
+            payload = dumps(rec)
+            if len(payload) > state["budget"]:
+                payload = dumps(("case", rec[1], "ole"))
+            state["budget"] -= 4 + MAC_BYTES + len(payload)
+            state["cases"] += rec[0] == "case"
+            send(payload)
+        elif event in denied_events or (event.startswith("ctypes.") and not state["probe"]):
+            refuse(event)
+        elif event == "object.__setattr__" and args[1] in denied_setattr:
+            refuse(f"setting {args[1]}")
+        elif (
+            frames_write_through
+            and not state["busy"]
+            and (event == "sys._getframe" or (event == "object.__getattr__" and args[1] in DENIED_GETATTR))
+        ):
+            refuse(event)
+
+    sys.addaudithook(guard)
+
+
+# ---- the task's code and cases. References are taken before task code can patch them. ----
+
+
+def run_task(
+    req,
+    body,
+    _audit=sys.audit,
+    _exec=exec,
+    _compile=compile,
+    _type=type,
+    _str=str,
+    _callable=callable,
+    _dumps=marshal.dumps,
+    _loads=marshal.loads,
+    _encode=encode,
+    _decode=decode,
+    _time=time.perf_counter,
+    _print_exc=traceback.print_exc,
+):
+    """Run the program, then its cases; each outcome goes to the guard as an immutable record.
+    Returns the exit code. Nothing the task's code can reach decides a record: the cases are frozen
+    to bytes before it runs, and each record is built from this frame's own locals."""
+    mode, code, entry = req["mode"], req["code"], req.get("entry") or ""
+    cases = tuple(_dumps(c) for c in req.get("cases", ())) if mode != "stdio" else ()
+    key = memoryview(body)[:KEY_BYTES]
+    # probe: the selftest's probe of the kernel layer under the guard may use ctypes (never a job's)
+    _audit("sandbox.arm", key, req["limits"]["result_bytes"] - 64, bool(req.get("probe")))
+    body[:KEY_BYTES] = bytes(KEY_BYTES)  # the guard has the key; no copy stays in the task
+    del key, req
+
+    exit_code, run_cases = 0, mode != "stdio"
     module = types.ModuleType("__main__" if mode == "stdio" else "__solution__")
     module.__builtins__ = builtins
+    sys.modules["__main__"] = module  # not the fork-server's own module
     sys.modules[module.__name__] = module
     try:
-        exec(compile(req["code"], "<solution>", "exec"), module.__dict__)
+        _exec(_compile(code, "<solution>", "exec"), module.__dict__)
     except SystemExit as e:  # sys.exit() before the tests: the cases get no result
         exit_code, run_cases = _exit_code(e.code), False
-        emit({"load": "exit", "exit": exit_code})
+        _audit("sandbox.emit", ("load", "exit", exit_code))
     except BaseException as e:
-        traceback.print_exc()
+        _print_exc()
         exit_code, run_cases = 1, False
-        emit({"load": "exc", **failure(e)})
-    fn = module.__dict__.get(req.get("entry") or "")
-    if run_cases and mode == "call" and not callable(fn):
+        _audit("sandbox.emit", ("load", "exc", _type(e).__name__, _str(e)[:MAX_MSG]))
+    fn = module.__dict__.get(entry)
+    if run_cases and mode == "call" and not _callable(fn):
         run_cases = False
-        emit({"load": "exc", "exc": "NameError", "msg": f"entry point {req['entry']!r} is not defined"})
-    for i, case in enumerate(req.get("cases", ()) if run_cases else ()):
+        _audit("sandbox.emit", ("load", "exc", "NameError", f"entry point {entry!r} is not defined"))
+    for i in range(len(cases) if run_cases else 0):
+        case = _loads(cases[i])
         t0 = _time()
         try:
             if mode == "call":
-                args, kwargs = _decode(case.get("args", [])), _decode(case.get("kwargs", {}))
-                r = {"i": i, "v": _encode(fn(*args, **kwargs))}
+                value = _encode(fn(*_decode(case.get("args", [])), **_decode(case.get("kwargs", {}))))
+                rec = ("case", i, "v", value, _time() - t0)
             else:
-                exec(compile(case["code"], f"<test {i}>", "exec"), module.__dict__)
-                r = {"i": i, "ok": True}
+                _exec(_compile(case["code"], f"<test {i}>", "exec"), module.__dict__)
+                rec = ("case", i, "ok", _time() - t0)
         except BaseException as e:
-            r = {"i": i, **failure(e)}
-        r["t"] = _time() - t0
-        emit(r)
+            rec = ("case", i, "exc", _type(e).__name__, _str(e)[:MAX_MSG], _time() - t0)
+        _audit("sandbox.emit", rec)
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(BaseException):
             stream.flush()
-    emit({"done": True})
+    _audit("sandbox.end", exit_code)
     return exit_code
 
 

@@ -366,6 +366,8 @@ class Sandbox:
 def _requests(job: Job, limits: Limits) -> list[dict]:
     """What enters the sandbox: code, inputs, limits. Never the expected values."""
     base = {"mode": job.kind, "code": job.code, "entry": job.entry_point, "limits": limits.to_wire()}
+    if job.probe:
+        base["probe"] = True
     if job.kind == "stdio":
         return [{**base, "stdin": c.stdin} for c in job.tests] or [{**base, "stdin": ""}]
     if job.kind == "call":

@@ -60,6 +60,7 @@ class Job:
     float_tol: float = 0.0  # call: absolute+relative tolerance for floats; types stay strict either way
     limits: Limits | None = None  # overrides the Sandbox's limits for this job (tmp_mb excepted)
     id: str | None = None  # free-form, copied into the Verdict
+    probe: bool = False  # selftest only: ctypes allowed, to probe the kernel layer (seccomp) under the guard
 
     def validate(self) -> None:
         """Raise ValueError with a message a caller can act on."""

@@ -122,6 +122,35 @@ def overall(cases: list[CaseResult], resp: dict, limits: Limits) -> tuple[Status
     return (Status.ERROR if Status.ERROR in statuses else Status.FAIL), summary
 
 
+def channel_problem(job: Job, resp: dict) -> str | None:
+    """Why one execution's results cannot be taken as the runner's word, or None.
+
+    The fork-server has already checked that every frame is authentic (see forkserver.install_guard);
+    here the sequence is checked against the job: case results once each, in order, none beyond the
+    job's cases, the guard's end marker last with the same count, nothing denied, and the process's
+    exit status equal to the one the marker states."""
+    if resp.get("channel"):
+        return resp["channel"]
+    records = resp["results"]
+    cases = [r["i"] for r in records if "i" in r]
+    expected = len(job.tests) if job.kind != "stdio" else 0
+    if cases != list(range(len(cases))) or len(cases) > expected:
+        return f"case results {cases[:10]} are not cases 0..{expected - 1} once each, in order"
+    if sum("load" in r for r in records) > 1 or (cases and any("load" in r for r in records)):
+        return "a load result next to case results"
+    ends = [k for k, r in enumerate(records) if "end" in r]
+    if not ends:
+        return None
+    end = records[ends[0]]
+    if ends != [len(records) - 1] or end["cases"] != len(cases):
+        return "results after the end marker, or a count that does not match it"
+    if end["denied"]:
+        return f"the program tried {end['denied']} operation(s) the sandbox denies (introspection, tracing, ctypes, forged results)"
+    if resp["signal"] is not None or resp["exit"] != end["exit"]:
+        return f"the process ended (exit={resp['exit']} signal={resp['signal']}) unlike the runner's end marker (exit={end['exit']})"
+    return None
+
+
 def judge(job: Job, responses: list[dict], limits: Limits, flags: list[str]) -> Verdict:
     if job.kind == "stdio":
         cases = [
@@ -132,7 +161,16 @@ def judge(job: Job, responses: list[dict], limits: Limits, flags: list[str]) -> 
     else:
         cases = judge_assert(job, responses[0], limits)
     status, detail = overall(cases, responses[0], limits)
-    if job.kind == "assert" and status is Status.PASS and flags:
+    problem = next(filter(None, (channel_problem(job, r) for r in responses)), None)
+    ended = any("end" in r for r in responses[0]["results"])
+    if problem is None and status is Status.PASS and job.kind != "stdio" and not ended:
+        problem = "the runner did not reach its end marker"
+    if problem is not None:  # whatever the cases say, they are not the runner's word
+        status, detail = Status.SUSPICIOUS, f"results channel: {problem}"
+        for c in cases:
+            if c.status is Status.PASS:
+                c.status = Status.SUSPICIOUS
+    elif job.kind == "assert" and status is Status.PASS and flags:
         status, detail = Status.SUSPICIOUS, "assert-style tests passed, but: " + "; ".join(flags)
         for c in cases:
             c.status = Status.SUSPICIOUS
