@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
 from alignfactory import io as af_io
 from alignfactory import records
 from alignfactory.stages.base import StageContext
-from alignfactory.stages.verify.code_utils import code_blocks, parse_call_tests, pick_function, seed_fields
+from alignfactory.stages.verify.code_utils import code_blocks, parse_tests, pick_function, seed_fields
 from alignfactory.stages.verify.exec_feedback import ExecFeedback, consensus
 from tests.unit.scripted import ScriptedEngine
+
+REPO_SEEDS = Path(__file__).resolve().parents[2] / "pipelines" / "seeds" / "code_seed.jsonl"
 
 TASK = "Write a Python function `sum_to(n)` that returns 1 + 2 + ... + n."
 CORRECT_A = "```python\ndef sum_to(n):\n    return n * (n + 1) // 2\n```"
@@ -76,6 +79,15 @@ def test_code_extraction_from_fences_prose_and_broken_fences():
     assert pick_function(other, "sum_to") == "def helper(n):\n    return n"  # runs, and fails as ERROR
 
 
+def calls(text, name):
+    """The call cases parse_tests finds, as (args, kwargs, expected)."""
+    return [(t["args"], t["kwargs"], t["expected"]) for t in parse_tests(text, name) if t["kind"] == "call"]
+
+
+def asserts(text, name):
+    return [t["code"] for t in parse_tests(text, name) if t["kind"] == "assert"]
+
+
 def test_test_parsing_assert_forms_json_and_junk():
     text = """```python
 def is_even(n):
@@ -89,9 +101,69 @@ assert is_even(len("ab")) == True
 assert is_even(
 ```
 [{"args": [10], "expected": true}, {"args": [11]}]"""
-    assert parse_call_tests(text, "is_even") == [([2], True), ([3], False), ([4], True), ([10], True)]
-    assert parse_call_tests("assert other(1) == 2\nno tests here", "is_even") == []
-    assert parse_call_tests("assert f((1, 2)) == {'a': [1]}", "f") == [([(1, 2)], {"a": [1]})]
+    assert calls(text, "is_even") == [([2], {}, True), ([10], {}, True)]
+    # truthiness is not `== True` (1 and [0] are truthy): those stay the program's own word
+    assert asserts(text, "is_even") == [
+        "assert not is_even(3)",
+        "assert is_even(4)",
+        'assert is_even(len("ab")) == True',
+    ]
+    assert parse_tests("assert other(1) == 2\nno tests here\nassert True", "is_even") == []
+    assert calls("assert f((1, 2)) == {'a': [1]}", "f") == [([(1, 2)], {}, {"a": [1]})]
+
+
+@pytest.mark.parametrize(
+    "line, converted",
+    [
+        ("assert f(1, 2) == 3", ([1, 2], {}, 3)),
+        ("assert 3 == f(1, 2)", ([1, 2], {}, 3)),  # mirrored
+        ("f(1, 2) == 3", ([1, 2], {}, 3)),  # no `assert`
+        ("assert f(-1, -2.5) == -3.5", ([-1, -2.5], {}, -3.5)),  # negative numbers
+        ("assert f(1, b=2) == 3", ([1], {"b": 2}, 3)),  # keyword args
+        ("assert f((1, (2, 3))) == ((1,), [2, 3])", ([(1, (2, 3))], {}, ((1,), [2, 3]))),  # nested tuples
+        ("assert f({1, 2}) == {2, 1}", ([{1, 2}], {}, {1, 2})),  # sets
+        ("assert f(0.1, 0.2) == 0.30000000000000004", ([0.1, 0.2], {}, 0.30000000000000004)),
+        ("assert f(b'x') == {'k': None}", ([b"x"], {}, {"k": None})),
+        ("assert f(3) is True", ([3], {}, True)),
+        ("assert f(3) is None, 'message'", ([3], {}, None)),
+        ("assert f() == []", ([], {}, [])),
+    ],
+)
+def test_literal_comparisons_become_call_cases(line, converted):
+    assert calls(line, "f") == [converted] and asserts(line, "f") == []
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "assert f(x) == y",  # names: the values are not in the line
+        "assert f(1) == [i for i in range(3)]",  # computed expectation
+        "assert abs(f(0.1) - 0.3) < 1e-9",  # float comparison with a tolerance
+        "assert math.isclose(f(0.1), 0.3)",
+        "assert round(f(2), 2) == 1.41",  # the call is not the compared value
+        "assert not f(1)",
+        "assert f(1)",  # truthy is not True
+        "assert f(1) != 2",
+        "assert f(1) is 1",  # identity of an int: not a value the harness can compare
+        "assert f(*[1, 2]) == 3",
+        "assert f(**{'a': 1}) == 3",
+        "assert f(1) == 2 == 2",
+        "assert f(10**2) == 100",  # an expression, not a literal
+        "assert f(1) < 2",
+        "assert sorted(f([3, 1])) == [1, 3]",
+    ],
+)
+def test_other_asserts_stay_assert_style(line):
+    assert parse_tests(line, "f") == [{"kind": "assert", "code": line}]
+
+
+def test_non_tests_and_duplicates_are_dropped():
+    text = "f(1)\nprint(f(1))\nx = f(1)\nassert g(1) == 2\nassert f(1) == 2\nassert f(1) == 3\nassert not f(2)\nassert not f(2)"
+    assert parse_tests(text, "f") == [
+        {"kind": "call", "args": [1], "kwargs": {}, "expected": 2},  # the first expectation for f(1)
+        {"kind": "assert", "code": "assert not f(2)"},
+    ]
+    assert calls('[{"args": [1], "kwargs": {"b": 2}, "expected": 3}]', "f") == [([1], {"b": 2}, 3)]
 
 
 def test_seed_fields_come_from_the_row_or_the_seed_line(tmp_path):
@@ -262,3 +334,119 @@ def test_params_validate_sandbox_limits():
     with pytest.raises(ValueError, match="sandbox.Limits"):
         ExecFeedback.Params(limits={"wall_seconds": 2})
     assert ExecFeedback.Params().k == 4 and ExecFeedback.Params().allow_unsafe is False
+
+
+# ---- both kinds of test in one pass matrix ---------------------------------------------------------
+
+MIXED = """assert sum_to(3) == 6
+assert 10 == sum_to(4)
+assert sum_to(n=2) == 3
+assert not sum_to(0)
+assert sum_to(5) > 14
+assert sum_to(2) == [1, 2][0] + 2
+"""
+TRUTHY_ZERO = "```python\ndef sum_to(n):\n    return n * (n + 1) // 2 if n else None\n```"
+EXITS = "```python\nimport sys\ndef sum_to(n):\n    sys.exit(0)\n```"
+
+
+def test_call_and_assert_tests_feed_one_matrix(sandbox):
+    sols = [CORRECT_A, OFF_BY_ONE, TRUTHY_ZERO, EXITS]
+    stage, _ = make(scripted(sols, MIXED), sandbox, k=4)
+    (out,) = stage([row()])
+    meta = out["meta"]["exec_feedback"]
+    assert meta["test_kinds"] == {"reference": 0, "call": 3, "assert": 3}
+    assert [t["kind"] for t in meta["tests"]] == ["call", "call", "call", "assert", "assert", "assert"]
+    assert meta["tests"][2] == {"kind": "call", "call": "sum_to(n=2)", "expected": "3", "source": "model"}
+    assert meta["tests"][3] == {"kind": "assert", "code": "assert not sum_to(0)", "source": "model"}
+    assert meta["pass_matrix"][0] == [True] * 6
+    assert meta["pass_matrix"][1] == [False, False, False, True, False, False]  # sum_to(0) is 0 either way
+    # returns None for 0: `assert not` passes it, the call cases judge the values
+    assert meta["pass_matrix"][2] == [True] * 6
+    # sys.exit: no call case passes, and its assert "passes" are SUSPICIOUS (static flag), not PASS
+    assert meta["pass_matrix"][3] == [False] * 6 and meta["statuses"][3] in ("SUSPICIOUS", "FAIL", "ERROR")
+    assert meta["trusted"] == [0, 1, 2, 3, 4, 5] and meta["chosen"] == 0
+    assert stage.sandbox.calls == [8]  # a call Job and an assert Job per solution, one sandbox call
+    assert json.dumps(out)
+
+
+def test_expected_values_of_converted_tests_stay_out_of_the_sandbox(sandbox):
+    seen = []
+
+    class Spy(CountingSandbox):
+        def run(self, jobs):
+            seen.extend(jobs)
+            return super().run(jobs)
+
+    engine = ScriptedEngine(rule=lambda conv, k, seed: scripted([CORRECT_A], MIXED)(conv[-1]["content"], k))
+    stage = ExecFeedback(
+        ExecFeedback.Params(k=1), StageContext("exec_feedback", 1), engine=engine, sandbox=Spy(sandbox)
+    )
+    stage([row()])
+    call_jobs = [j for j in seen if j.kind == "call"]
+    assert_jobs = [j for j in seen if j.kind == "assert"]
+    assert [c.expected for c in call_jobs[0].tests] == [6, 10, 3]  # held by the harness
+    assert [c.code for c in assert_jobs[0].tests] == MIXED.splitlines()[3:]
+    assert all("== 6" not in c.code and "10 ==" not in c.code for c in assert_jobs[0].tests)
+
+
+def test_only_assert_tests_still_run_and_agree(sandbox):
+    stage, _ = make(
+        scripted([CORRECT_A, OFF_BY_ONE], "assert sum_to(5) > 14\nassert not sum_to(0)\n"), sandbox, k=2
+    )
+    (out,) = stage([row()])
+    meta = out["meta"]["exec_feedback"]
+    assert meta["test_kinds"] == {"reference": 0, "call": 0, "assert": 2}
+    assert meta["pass_matrix"] == [[True, True], [False, True]] and meta["chosen"] == 0
+    assert stage.sandbox.calls == [2]
+
+
+# ---- the seed's reference solution as a candidate ------------------------------------------------
+
+
+def seeded_row(tmp_path, **extra):
+    seed = tmp_path / "code.jsonl"
+    line = {"instruction": TASK, "entry_point": "sum_to", "tests": [{"args": [3], "expected": 6}], **extra}
+    seed.write_text(json.dumps(line) + "\n")
+    return list(af_io.read_inputs([seed]))
+
+
+def test_include_reference_makes_a_row_certain(sandbox, tmp_path):
+    solution = (
+        "def sum_to(n):\n    total = 0\n    for i in range(n + 1):\n        total += i\n    return total"
+    )
+    rows = seeded_row(tmp_path, solution=solution)
+    stage, _ = make(scripted([OFF_BY_ONE, PROSE], "assert sum_to(4) == 10\n"), sandbox, k=2)
+    (without,) = stage([dict(r) for r in seeded_row(tmp_path, solution=solution)])
+    assert without["reject"]["reason"] == "no_passing_solution"  # the param is off by default
+
+    stage, _ = make(
+        scripted([OFF_BY_ONE, PROSE], "assert sum_to(4) == 10\n"), sandbox, k=2, include_reference=True
+    )
+    (out,) = stage(rows)
+    meta = out["meta"]["exec_feedback"]
+    assert out["reject"] is None and meta["candidates"] == ["model", "model", "reference"]
+    assert meta["chosen"] == 2 and meta["pass_matrix"][2] == [True, True]
+    assert out["messages"][-1]["content"] == f"```python\n{solution}\n```"
+    assert [p["rejected"] for p in out["pairs"]] == [OFF_BY_ONE, PROSE]
+
+
+def test_include_reference_prefers_a_passing_model_solution(sandbox, tmp_path):
+    rows = seeded_row(tmp_path, solution="def sum_to(n):\n    return sum(range(n + 1))")
+    stage, _ = make(scripted([CORRECT_A]), sandbox, k=1, include_reference=True)
+    (out,) = stage(rows)
+    assert out["meta"]["exec_feedback"]["chosen"] == 0 and out["messages"][-1]["content"] == CORRECT_A
+
+
+def test_every_code_seed_solution_passes_its_reference_tests(sandbox):
+    from sandbox import Case, Job
+
+    lines = [json.loads(x) for x in REPO_SEEDS.read_text().splitlines() if x.strip()]
+    assert lines and all(x.get("solution") for x in lines)
+    jobs = [
+        Job(code=x["solution"], entry_point=x["entry_point"], tests=[Case.from_dict(t) for t in x["tests"]])
+        for x in lines
+    ]
+    verdicts = sandbox.run(jobs)
+    assert [(x["entry_point"], v.status.value) for x, v in zip(lines, verdicts, strict=True)] == [
+        (x["entry_point"], "PASS") for x in lines
+    ]

@@ -2,7 +2,7 @@
 
 code_blocks(text)             -> ["def f(x): ...", ...]    fenced blocks, else the text if it parses
 pick_function(text, name)     -> "def name(...): ..." | None
-parse_call_tests(text, name)  -> [(args, expected), ...]  from assert lines or a JSON list
+parse_tests(text, name)       -> [{"kind": "call", args, kwargs, expected} | {"kind": "assert", code}]
 seed_fields(row, keys)        -> {key: value}             extra fields of the seed line (entry_point, tests, ...)
 first_of_each(items, key)     -> items, the first of each key kept
 preference_pairs(...)         -> [{"chosen", "rejected", "stage", "chosen_score", "rejected_score"}, ...]
@@ -73,25 +73,86 @@ def _parses(src: str) -> bool:
 # ---- tests written by the model -----------------------------------------------------------------
 
 
-def parse_call_tests(text: str, name: str) -> list[tuple[list, object]]:
-    """(args, expected) pairs for calls of `name`, from whatever the model wrote:
+def parse_tests(text: str, name: str) -> list[dict]:
+    """Tests of `name` from whatever the model wrote, in order, each of one of two kinds:
 
-        assert f(1, 2) == 3     assert f("a") is True     assert f(x) -> True     assert not f(x) -> False
-        f(1, 2) == 3            [{"args": [1, 2], "expected": 3}, ...]  (JSON, anywhere in the text)
+        {"kind": "call", "args": [...], "kwargs": {...}, "expected": value}   judged outside the sandbox
+        {"kind": "assert", "code": "assert ..."}                               the program's own word
 
-    Only literal arguments and expectations count (ast.literal_eval): a test that computes its answer
-    would run our code outside the sandbox. Duplicate argument lists keep their first expectation.
+    A line converts to a call case when it is `assert name(<literals>) == <literal>` (either side),
+    `assert name(<literals>) is True|False|None`, the same comparison without `assert`, or a JSON
+    `[{"args": [...], "kwargs"?: {...}, "expected": ...}]` anywhere in the text. Literals are what
+    ast.literal_eval reads (negative numbers, nested tuples, sets, dicts, bytes); a test that computes
+    its arguments or answer would run our code outside the sandbox, so it does not convert. Converted
+    cases are compared with the sandbox's strict types (2 != 2.0, 1 != True; list == tuple).
+    Any other one-line `assert` that calls `name` stays assert-style (`assert not f(1)`, `assert f(x)
+    == y`, `assert abs(f(0.1) - 0.3) < 1e-9`, `assert f(1) == [i for i in ...]`). Duplicates (same
+    arguments, same assert text) keep the first.
     """
-    found: list[tuple[list, object]] = []
+    found: list[dict] = []
     for line in text.replace("\r", "").split("\n"):
         line = line.strip().strip("`").strip()
         if line.startswith(">>>"):
             line = line[3:].strip()
-        case = _assert_case(line, name)
-        if case is not None:
-            found.append(case)
+        test = _line_test(line, name)
+        if test is not None:
+            found.append(test)
     found += _json_cases(text)
-    return first_of_each(found, key=lambda case: repr(case[0]))
+    return first_of_each(found, key=case_key)
+
+
+def case_key(test: dict) -> str:
+    """Two tests with the same key are the same test: a call's arguments, or an assert's text."""
+    if test["kind"] == "call":
+        return repr(("call", list(test["args"]), sorted(test["kwargs"].items())))
+    return repr(("assert", test["code"]))
+
+
+def call_text(name: str, args, kwargs: dict) -> str:
+    return f"{name}({', '.join([repr(a) for a in args] + [f'{k}={v!r}' for k, v in kwargs.items()])})"
+
+
+def _line_test(line: str, name: str) -> dict | None:
+    if not line or name not in line:
+        return None
+    try:
+        body = ast.parse(line).body
+    except (SyntaxError, ValueError, MemoryError, RecursionError):
+        return None
+    if len(body) != 1:
+        return None
+    node = body[0]
+    if isinstance(node, ast.Assert):
+        case = _call_case(node.test, name)
+        if case is None and any(_is_call(n, name, literal=False) for n in ast.walk(node.test)):
+            return {"kind": "assert", "code": line}
+        return case
+    if isinstance(node, ast.Expr):  # `f(1) == 2` written without `assert`
+        return _call_case(node.value, name)
+    return None
+
+
+def _call_case(expr, name: str) -> dict | None:
+    """`name(<literals>) == <literal>` (either side) or `name(<literals>) is True|False|None` -> a call case."""
+    if not isinstance(expr, ast.Compare) or len(expr.ops) != 1:
+        return None
+    op, left, right = expr.ops[0], expr.left, expr.comparators[0]
+    if isinstance(op, ast.Eq) and not _is_call(left, name) and _is_call(right, name):
+        left, right = right, left
+    if not _is_call(left, name):
+        return None
+    if isinstance(op, ast.Is):
+        if not (isinstance(right, ast.Constant) and any(right.value is c for c in (True, False, None))):
+            return None  # `is` on anything else asks about identity, which a value cannot carry
+    elif not isinstance(op, ast.Eq):
+        return None
+    try:
+        args = [ast.literal_eval(a) for a in left.args]
+        kwargs = {k.arg: ast.literal_eval(k.value) for k in left.keywords}
+        expected = ast.literal_eval(right)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return None
+    return {"kind": "call", "args": args, "kwargs": kwargs, "expected": expected}
 
 
 def first_of_each(items: list, key) -> list:
@@ -125,55 +186,36 @@ def preference_pairs(texts, scores, chosen, rejected, stage: str, max_pairs: int
     return pairs
 
 
-def _assert_case(line: str, name: str):
-    if not line or name not in line:
-        return None
-    try:
-        node = ast.parse(line).body[0]
-    except (SyntaxError, ValueError, IndexError):
-        return None
-    expr = node.test if isinstance(node, ast.Assert) else node.value if isinstance(node, ast.Expr) else None
-    negate = isinstance(expr, ast.UnaryOp) and isinstance(expr.op, ast.Not)
-    if negate:
-        expr = expr.operand
-    if _is_call(expr, name) and isinstance(node, ast.Assert):
-        call, expected = expr, not negate
-    elif (
-        isinstance(expr, ast.Compare)
-        and len(expr.ops) == 1
-        and isinstance(expr.ops[0], (ast.Eq, ast.Is))
-        and _is_call(expr.left, name)
-        and not negate
-    ):
-        call = expr.left
-        try:
-            expected = ast.literal_eval(expr.comparators[0])
-        except (ValueError, SyntaxError, TypeError):
-            return None
-    else:
-        return None
-    try:
-        return [ast.literal_eval(a) for a in call.args], expected
-    except (ValueError, SyntaxError, TypeError):
-        return None
-
-
-def _is_call(expr, name: str) -> bool:
-    return (
-        isinstance(expr, ast.Call)
-        and isinstance(expr.func, ast.Name)
-        and expr.func.id == name
-        and not expr.keywords
+def _is_call(expr, name: str, literal: bool = True) -> bool:
+    """A call of `name` itself; with `literal`, one whose arguments could all be literals
+    (no *args, no **kwargs)."""
+    if not (isinstance(expr, ast.Call) and isinstance(expr.func, ast.Name) and expr.func.id == name):
+        return False
+    return not literal or (
+        all(k.arg is not None for k in expr.keywords)
         and not any(isinstance(a, ast.Starred) for a in expr.args)
     )
 
 
-def _json_cases(text: str) -> list[tuple[list, object]]:
+def _json_cases(text: str) -> list[dict]:
     out = []
     for item in json_values(text):
         for case in item if isinstance(item, list) else [item]:
-            if isinstance(case, dict) and "expected" in case and isinstance(case.get("args", []), list):
-                out.append((case.get("args", []), case["expected"]))
+            if (
+                isinstance(case, dict)
+                and "expected" in case
+                and isinstance(case.get("args", []), list)
+                and isinstance(case.get("kwargs", {}), dict)
+            ):
+                kwargs = case.get("kwargs", {})
+                out.append(
+                    {
+                        "kind": "call",
+                        "args": case.get("args", []),
+                        "kwargs": kwargs,
+                        "expected": case["expected"],
+                    }
+                )
     return out
 
 

@@ -1,20 +1,28 @@
 """exec_feedback: keep code that runs correctly, judged by tests the solutions agree on (CodeT-style).
 
 For each code instruction the model writes K candidate solutions (one function `entry_point`, in a
-```python block) and, in a second prompt, test cases as assert lines. Every solution runs against
-every test in the sandbox (one kind="call" Job per solution) -> a K x T pass matrix. Generated tests
-may be wrong, so they are scored by dual agreement: solutions are grouped by the exact set of tests
-they pass, a group scores |solutions| x |tests passed|, and the best group's tests are the trusted
-ones. Reference tests from the seed line (`tests: [{"args", "expected"}]`) are ground truth: always
-trusted, and a group must pass all of them to be picked.
+```python block) and, in a second prompt, test cases as assert lines. The tests become two kinds of
+sandbox case (code_utils.parse_tests): `assert f(<literals>) == <literal>` and the like become
+function-call cases whose expected value stays in the harness (the program cannot speak for them);
+other asserts that call `entry_point` stay assert-style (the program's own word: static red flags make
+them SUSPICIOUS, which counts as not passed). Every solution runs against every test (one call Job
+and one assert Job per solution) -> a K x T pass matrix over both kinds. Generated tests may be
+wrong, so they are scored by dual agreement: solutions are grouped by the exact set of tests they
+pass, a group scores |solutions| x |tests passed|, and the best group's tests are the trusted ones.
+Reference tests from the seed line (`tests: [{"args", "kwargs"?, "expected"}]`) are ground truth:
+always trusted, and a group must pass all of them to be picked. With `include_reference`, the seed
+line's `solution` joins the K candidates (last): a row whose seed carries a correct solution always
+has a group that passes the reference tests.
 
-    row in:  messages [..., user]  (+ seed line fields entry_point, tests; else entry_point is read
-             from the instruction's first `name(` in backticks, else "solution")
+    row in:  messages [..., user]  (+ seed line fields entry_point, tests, solution; else entry_point
+             is read from the instruction's first `name(` in backticks, else "solution")
     row out: messages [..., user, assistant = the best solution's code]
              pairs [{"chosen": passing code, "rejected": failing code, "stage", "chosen_score",
                      "rejected_score"}]  scores = fraction of trusted tests passed
-             meta.exec_feedback = {entry_point, tests, pass_matrix (K x T, None = SANDBOX_ERROR row),
-                     statuses, trusted, groups, chosen, scores, solutions_raw, tests_raw, sandbox_errors}
+             meta.exec_feedback = {entry_point, tests [{kind, call|code, expected, source}],
+                     test_kinds {reference, call, assert} (model-written ones by kind), candidates,
+                     pass_matrix (K x T, None = SANDBOX_ERROR row), statuses, trusted, groups,
+                     chosen, scores, solutions_raw, tests_raw, sandbox_errors}
     rejects: no_tests | sandbox_error | no_passing_solution | too_few_trusted_tests: n < m
 
 An unparseable solution counts as failing every test (status UNPARSEABLE, raw text kept). A
@@ -28,8 +36,8 @@ import re
 from pydantic import Field
 
 from alignfactory import records
-from alignfactory.stages.verify import code_utils as cu
 from alignfactory.stages.base import RUBRICS, render
+from alignfactory.stages.verify import code_utils as cu
 
 UNPARSEABLE = "UNPARSEABLE"
 
@@ -42,6 +50,8 @@ class ExecFeedback(cu.SandboxStage):
         max_pairs: int = Field(8, ge=0)
         max_tokens: int | None = Field(None, ge=1)  # overrides sampling.max_tokens for both prompts
         temperature: float | None = Field(None, ge=0)  # for solutions (tests use the spec's sampling)
+        # the seed line's `solution` as one more candidate (after the model's K)
+        include_reference: bool = False
         solution_template: str = "prompts/code_solution.jinja"
         tests_template: str = "prompts/code_tests.jinja"
 
@@ -74,12 +84,26 @@ class ExecFeedback(cu.SandboxStage):
 
     def task(self, row: dict) -> dict:
         instruction = records.instruction(row)
-        seed = cu.seed_fields(row, ("entry_point", "tests"))
+        seed = cu.seed_fields(row, ("entry_point", "tests", "solution"))
         entry = seed.get("entry_point") or _entry_from_text(instruction) or "solution"
         ref = [
-            (_as_args(t.get("args", [])), t["expected"]) for t in seed.get("tests") or [] if "expected" in t
+            {
+                "kind": "call",
+                "args": _as_args(t.get("args", [])),
+                "kwargs": dict(t.get("kwargs") or {}),
+                "expected": t["expected"],
+                "source": "reference",
+            }
+            for t in seed.get("tests") or []
+            if "expected" in t
         ]
-        return {"instruction": instruction, "entry_point": entry, "reference": ref}
+        solution = seed.get("solution") if self.params.include_reference else None
+        return {
+            "instruction": instruction,
+            "entry_point": entry,
+            "reference": ref,
+            "solution": solution if isinstance(solution, str) and solution.strip() else None,
+        }
 
     def conversation(self, template: str, task: dict) -> list[dict]:
         values = {"instruction": task["instruction"], "entry_point": task["entry_point"]}
@@ -87,51 +111,77 @@ class ExecFeedback(cu.SandboxStage):
         return [{"role": "user", "content": text}]
 
     def plan(self, task: dict, solution_texts: list[str], tests_text: str) -> dict:
-        """Parse the model's texts into tests (reference first) and one sandbox Job per parseable solution."""
+        """Parse the model's texts into tests (reference first) and, per parseable solution, one call
+        Job (the call cases) and one assert Job (the assert cases); jobs are keyed (solution, kind)."""
         from sandbox import Case, Job
 
         entry = task["entry_point"]
-        tests = [(a, e, "reference") for a, e in task["reference"]]
-        seen = {repr(a) for a, _, _ in tests}
-        generated = [(a, e) for a, e in cu.parse_call_tests(tests_text, entry) if repr(a) not in seen]
-        tests += [(a, e, "model") for a, e in generated[: self.params.max_tests]]
-        codes = [cu.pick_function(t, entry) for t in solution_texts]
-        cases = [Case(args=a, expected=e) for a, e, _ in tests]
-        jobs = {i: Job(code=c, kind="call", entry_point=entry, tests=cases) for i, c in enumerate(codes) if c}
+        tests = list(task["reference"])
+        seen = {cu.case_key(t) for t in tests}
+        generated = [t for t in cu.parse_tests(tests_text, entry) if cu.case_key(t) not in seen]
+        tests += [t | {"source": "model"} for t in generated[: self.params.max_tests]]
+        raw = list(solution_texts)
+        if task["solution"]:
+            raw.append(f"```python\n{task['solution'].strip()}\n```")
+        codes = [cu.pick_function(t, entry) for t in raw]
+        call = [
+            Case(args=t["args"], kwargs=t["kwargs"], expected=t["expected"])
+            for t in tests
+            if t["kind"] == "call"
+        ]
+        asserts = [Case(code=t["code"]) for t in tests if t["kind"] == "assert"]
+        jobs = {}
+        for i, code in enumerate(codes):
+            if code and call:
+                jobs[(i, "call")] = Job(code=code, kind="call", entry_point=entry, tests=call)
+            if code and asserts:
+                jobs[(i, "assert")] = Job(code=code, kind="assert", tests=asserts)
         return {
             "task": task,
             "tests": tests,
             "codes": codes,
-            "raw": solution_texts,
+            "raw": raw,
+            "candidates": ["model"] * len(solution_texts) + ["reference"] * (len(raw) - len(solution_texts)),
             "tests_raw": tests_text,
-            "jobs": jobs if tests else {},
+            "jobs": jobs,
         }
 
     # ---- scoring one row ------------------------------------------------------------------------
 
     def finish(self, row: dict, plan: dict) -> dict:
         tests, codes, verdicts = plan["tests"], plan["codes"], plan.get("verdicts", {})
-        n_tests = len(tests)
-        matrix, statuses = [], []
+        # column j of the matrix is case `at[j]` of solution i's Job of kind tests[j]["kind"]
+        at, seen_kind = [], {"call": 0, "assert": 0}
+        for t in tests:
+            at.append(seen_kind[t["kind"]])
+            seen_kind[t["kind"]] += 1
+        matrix, statuses, details = [], [], []
         for i, code in enumerate(codes):  # K x T; None = SANDBOX_ERROR (not the candidate's fault)
-            v = verdicts.get(i)
-            status = UNPARSEABLE if code is None else v.status.value if v else "NOT_RUN"
+            vs = {kind: verdicts[(i, kind)] for kind in ("call", "assert") if (i, kind) in verdicts}
+            status = _status(code, list(vs.values()))
             statuses.append(status)
-            vector = (list(v.pass_vector) + [False] * n_tests)[:n_tests] if v else [False] * n_tests
+            details.append("; ".join(f"{k}: {v.detail}" for k, v in vs.items()) or None)
+            vector = [
+                bool(t["kind"] in vs and j < len(vs[t["kind"]].cases) and vs[t["kind"]].pass_vector[j])
+                for t, j in zip(tests, at, strict=True)
+            ]
             matrix.append(None if status == "SANDBOX_ERROR" else vector)
-        reference = [src == "reference" for _, _, src in tests]
+        reference = [t["source"] == "reference" for t in tests]
         c = consensus(matrix, reference)
         meta = self.meta(row)
         meta.update(
             model=getattr(self.engine, "model_id", None),
             entry_point=plan["task"]["entry_point"],
-            tests=[
-                {"call": _call_text(plan["task"]["entry_point"], a), "expected": repr(e), "source": s}
-                for a, e, s in tests
-            ],
+            tests=[_test_meta(plan["task"]["entry_point"], t) for t in tests],
+            test_kinds={
+                "reference": sum(t["source"] == "reference" for t in tests),
+                "call": sum(t["source"] == "model" and t["kind"] == "call" for t in tests),
+                "assert": sum(t["kind"] == "assert" for t in tests),
+            },
+            candidates=plan["candidates"],
             pass_matrix=matrix,
             statuses=statuses,
-            details=[verdicts[i].detail if i in verdicts else None for i in range(len(codes))],
+            details=details,
             sandbox_errors=[i for i, m in enumerate(matrix) if m is None],
             groups=c["groups"],
             trusted=c["trusted"],
@@ -195,5 +245,20 @@ def _as_args(args) -> list:
     return list(args) if isinstance(args, (list, tuple)) else [args]  # a lone value is one argument
 
 
-def _call_text(name: str, args: list) -> str:
-    return f"{name}({', '.join(repr(a) for a in args)})"
+def _status(code: str | None, verdicts: list) -> str:
+    """One status per solution over its call and assert Jobs: the first that is not PASS."""
+    if code is None:
+        return UNPARSEABLE
+    if not verdicts:
+        return "NOT_RUN"
+    statuses = [v.status.value for v in verdicts]
+    if "SANDBOX_ERROR" in statuses:
+        return "SANDBOX_ERROR"
+    return next((s for s in statuses if s != "PASS"), "PASS")
+
+
+def _test_meta(entry: str, t: dict) -> dict:
+    if t["kind"] == "assert":
+        return {"kind": "assert", "code": t["code"], "source": t["source"]}
+    call = cu.call_text(entry, t["args"], t["kwargs"])
+    return {"kind": "call", "call": call, "expected": repr(t["expected"]), "source": t["source"]}
