@@ -1,65 +1,396 @@
-"""A run directory as pandas, for notebooks, and its dataset card (runs/<name>/README.md).
+"""A run directory as pandas frames, for notebooks, the HTML report and the dataset card.
 
-from alignfactory import inspect
-inspect.manifest("runs/sft_data")           # dict
-inspect.stage_rows("runs/sft_data", "generate")   # DataFrame of one stage's output rows
-inspect.rejected("runs/sft_data")           # DataFrame: stage, reason, source, raw
-inspect.exported("runs/sft_data", "sft")    # DataFrame of sft/train.jsonl
+    from alignfactory import inspect
+    inspect.manifest("runs/sft_data")              # dict
+    inspect.stages("runs/sft_data")                # one row per stage: rows in/out/rejected, tokens, seconds
+    inspect.stage_rows("runs/sft_data", "generate")    # one stage's output rows (+ instruction, response)
+    inspect.final_rows("runs/sft_data")            # rows that reached the end (all their meta), + lengths
+    inspect.rejected("runs/sft_data")              # stage, reason, kind, file, line, id, raw
+    inspect.outcomes("runs/sft_data")              # every input line -> exported | rejected (stage, reason)
+    inspect.lineage("runs/sft_data")               # edges parent -> id with stage, operation, round
+    inspect.tags("runs/sft_data")                  # long frame: id, tag, kind (canonical | raw)
+    inspect.scores("runs/sft_data")                # judge / reward scores, verifier pass rates
+    inspect.verdicts("runs/sft_data")              # sandbox statuses per candidate
+    inspect.pairs("runs/sft_data")                 # preference pairs: lengths, ratio, score margin
+    inspect.duplicates("runs/sft_data")            # near/exact duplicate clusters with examples
+    inspect.exported("runs/sft_data", "sft")       # sft/train.jsonl as written
+    inspect.missing("runs/sft_data")               # {view: one line saying what the run lacks}
+
+Every function returns an empty frame (with its columns) when the run lacks that data: a run without
+tags or pairs is not an error. Only a directory that is not a run directory raises (FileNotFoundError).
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
+from functools import lru_cache
 from pathlib import Path
 
 from alignfactory import io, records
 
+DUPLICATE = re.compile(r"duplicate of ([0-9a-f]{16})")  # dedup's reject reason names the kept row
+
 
 def manifest(run_dir: str | Path) -> dict:
-    return json.loads((Path(run_dir) / "manifest.json").read_text("utf-8"))
+    path = Path(run_dir) / "manifest.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{run_dir}: not a run directory (no manifest.json)")
+    return json.loads(path.read_text("utf-8"))
 
 
-def _frame(rows: list[dict]):
+def _frame(rows: list[dict], columns: list[str] | None = None):
     import pandas as pd
 
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=columns) if not rows and columns else pd.DataFrame(rows)
 
 
-def stage_rows(run_dir: str | Path, stage: str, include_rejected: bool = False):
-    """Rows a stage wrote, by stage name ("generate") or dir name ("02-generate")."""
-    stages = Path(run_dir) / "stages"
-    matches = [d for d in sorted(stages.iterdir()) if d.name == stage or d.name.split("-", 1)[1] == stage]
-    if not matches:
-        raise KeyError(f"{run_dir}: no stage {stage!r} (have {[d.name for d in sorted(stages.iterdir())]})")
-    rows = [r for p in sorted(matches[0].glob("shard-*.jsonl")) for r in io.read_jsonl(p)[1:]]
-    rows = rows if include_rejected else [r for r in rows if not r.get("reject")]
-    df = _frame(rows)
+# ---- reading shards (cached per run dir and manifest write) ---------------------------------------
+
+
+def _stage_dirs(run_dir: Path) -> list[Path]:
+    stages = run_dir / "stages"
+    return sorted(d for d in stages.iterdir() if d.is_dir()) if stages.exists() else []
+
+
+@lru_cache(maxsize=4)
+def _load(run_dir: str, stamp: int) -> dict[str, list[dict]]:
+    """{stage dir name: every row its shards hold, kept and rejected}; `stamp` = manifest mtime."""
+    return {
+        d.name: [r for p in sorted(d.glob("shard-*.jsonl")) for r in io.read_jsonl(p)[1:]]
+        for d in _stage_dirs(Path(run_dir))
+    }
+
+
+def _outputs(run_dir: str | Path) -> dict[str, list[dict]]:
+    run_dir = Path(run_dir).resolve()
+    m = run_dir / "manifest.json"
+    if not m.exists():
+        raise FileNotFoundError(f"{run_dir}: not a run directory (no manifest.json)")
+    return _load(str(run_dir), m.stat().st_mtime_ns)
+
+
+def _stage_name(dir_name: str) -> str:
+    return dir_name.split("-", 1)[1] if "-" in dir_name else dir_name
+
+
+def _with_text(df, rows: list[dict]):
     if len(df):
         df["instruction"] = [records.instruction(r) for r in rows]
         df["response"] = [records.response(r) for r in rows]
     return df
 
 
+def stages(run_dir: str | Path):
+    """One row per stage from manifest.json: index, name, dir, rows_in, rows_out, rejected, tokens, seconds."""
+    cols = ["index", "name", "dir", "done", "rows_in", "rows_out", "rejected", "tokens_in", "tokens_out"]
+    rows = [
+        {c: s.get(c, 0) for c in cols} | {"seconds": s.get("seconds", 0.0)}
+        for s in manifest(run_dir)["stages"]
+    ]
+    return _frame(rows, cols + ["seconds"])
+
+
+def stage_rows(run_dir: str | Path, stage: str, include_rejected: bool = False):
+    """Rows a stage wrote, by stage name ("generate") or dir name ("02-generate")."""
+    out = _outputs(run_dir)
+    matches = [d for d in out if d == stage or _stage_name(d) == stage]
+    if not matches:
+        raise KeyError(f"{run_dir}: no stage {stage!r} (have {list(out)})")
+    rows = out[matches[0]]
+    rows = rows if include_rejected else [r for r in rows if not r.get("reject")]
+    return _with_text(_frame(rows), rows)
+
+
+def final_rows(run_dir: str | Path) -> list[dict]:
+    """Rows kept by the last stage (export passes its input through): each with all its meta."""
+    out = _outputs(run_dir)
+    return [r for r in out[list(out)[-1]] if not r.get("reject")] if out else []
+
+
+def final(run_dir: str | Path):
+    """final_rows as a frame, with instruction/response text and their lengths (characters)."""
+    rows = final_rows(run_dir)
+    df = _with_text(_frame(rows, ["id", "messages", "source", "lineage", "meta"]), rows)
+    if len(df):
+        df["instruction_chars"] = df["instruction"].str.len()
+        df["response_chars"] = [len(t) if t is not None else None for t in df["response"]]
+    return df
+
+
+def reason_kind(reason: str) -> str:
+    """'too_short: 3 < 20 chars' -> 'too_short'; 'duplicate of 9f2c...' -> 'duplicate'."""
+    return reason.split(":")[0].split(" of ")[0].strip()
+
+
 def rejected(run_dir: str | Path):
+    """rejected/*.jsonl: stage, reason, kind (the reason without its detail), file, line, id, raw."""
     rows = [r for p in sorted((Path(run_dir) / "rejected").glob("*.jsonl")) for r in io.read_jsonl(p)]
+    cols = ["stage", "reason", "kind", "file", "line", "id", "instruction", "raw"]
     return _frame(
         [
             {
                 "stage": r["reject"]["stage"],
                 "reason": r["reject"]["reason"],
+                "kind": reason_kind(r["reject"]["reason"]),
                 "file": r["source"].get("file"),
                 "line": r["source"].get("line"),
                 "id": r["id"],
+                "instruction": records.instruction(r),
                 "raw": r["reject"].get("raw"),
             }
             for r in rows
-        ]
+        ],
+        cols,
+    )
+
+
+def outcomes(run_dir: str | Path):
+    """Every input line read (file, line) with where it ended: outcome 'exported' (kept by the last
+    stage) or 'rejected' (stage, reason). One line may give several rows (n > 1 samples)."""
+    out = _outputs(run_dir)
+    names = list(out)
+    done = [("exported", None, None, r) for r in out[names[-1]] if not r.get("reject")] if names else []
+    gone = [
+        ("rejected", r["reject"]["stage"], r["reject"]["reason"], r)
+        for d in names
+        for r in out[d]
+        if r.get("reject")
+    ]
+    cols = ["file", "line", "id", "outcome", "stage", "reason"]
+    return _frame(
+        [
+            {"file": r["source"].get("file"), "line": r["source"].get("line"), "id": r["id"], "outcome": o}
+            | {"stage": st, "reason": why}
+            for o, st, why, r in done + gone
+        ],
+        cols,
     )
 
 
 def exported(run_dir: str | Path, fmt: str = "sft"):
-    return _frame(io.read_jsonl(Path(run_dir) / fmt / "train.jsonl"))
+    path = Path(run_dir) / fmt / "train.jsonl"
+    return _frame(io.read_jsonl(path) if path.exists() else [])
+
+
+# ---- lineage, tags, scores, verdicts, pairs, duplicates ------------------------------------------
+
+
+def lineage(run_dir: str | Path):
+    """One edge per (parent -> row) a stage made: id, parent, stage, operation and round (evolution),
+    rejected reason if the child was dropped, and the child's instruction."""
+    edges, seen = [], set()
+    for d, rows in _outputs(run_dir).items():
+        for r in rows:
+            lin = r.get("lineage") or {}
+            if lin.get("stage") != _stage_name(d) or not lin.get("parents"):
+                continue  # a row passed through, not made here
+            for parent in lin["parents"]:
+                key = (r["id"], parent, lin["stage"], lin.get("round"))
+                if key in seen:
+                    continue
+                seen.add(key)
+                edges.append(
+                    {
+                        "id": r["id"],
+                        "parent": parent,
+                        "stage": lin["stage"],
+                        "operation": lin.get("operation"),
+                        "round": lin.get("round"),
+                        "rejected": (r.get("reject") or {}).get("reason"),
+                        "instruction": records.instruction(r),
+                    }
+                )
+    return _frame(edges, ["id", "parent", "stage", "operation", "round", "rejected", "instruction"])
+
+
+def depth(run_dir: str | Path):
+    """Per final row: depth = stage steps that made it from its input line (edges followed back to
+    a root), round = the highest evolution round on that path (0: never evolved)."""
+    up = {}  # id -> (parent id, evolution round of the edge or None)
+    for e in lineage(run_dir).itertuples():
+        up.setdefault(e.id, (e.parent, e.round))
+    rows = []
+    for r in final_rows(run_dir):
+        n, rnd, node, guard = 0, 0, r["id"], set()
+        while node in up and node not in guard:
+            guard.add(node)
+            node, edge_round = up[node]
+            n, rnd = n + 1, max(rnd, int(edge_round) if edge_round == edge_round and edge_round else 0)
+        rows.append({"id": r["id"], "depth": n, "round": rnd})
+    return _frame(rows, ["id", "depth", "round"])
+
+
+def _tag_names(tags) -> list[str]:
+    """Tags as strings: InsTag-style [{"tag", "explanation"}] or plain strings."""
+    out = []
+    for t in tags or []:
+        name = t.get("tag") if isinstance(t, dict) else t
+        if isinstance(name, str) and name.strip():
+            out.append(name.strip())
+    return out
+
+
+def tags(run_dir: str | Path):
+    """Long frame id, tag, kind: 'canonical' (meta.tag_normalize.tags) and 'raw' (meta.instag.tags),
+    from the last version of each row that carries them (rejected rows included, with `rejected`)."""
+    latest = {}
+    for rows in _outputs(run_dir).values():
+        for r in rows:
+            if (r.get("meta") or {}).get("instag") or (r.get("meta") or {}).get("tag_normalize"):
+                latest[(r["id"], json.dumps(r["source"], sort_keys=True))] = r
+    out = []
+    for r in latest.values():
+        reason = (r.get("reject") or {}).get("reason")
+        for kind, key in (("canonical", "tag_normalize"), ("raw", "instag")):
+            for t in _tag_names((r["meta"].get(key) or {}).get("tags")):
+                out.append({"id": r["id"], "tag": t, "kind": kind, "rejected": reason})
+    return _frame(out, ["id", "tag", "kind", "rejected"])
+
+
+def _jsonl_frame(path: Path, cols: list[str]):
+    return _frame(io.read_jsonl(path) if path.exists() else [], cols)
+
+
+def tag_vocabulary(run_dir: str | Path):
+    """tags/vocabulary.jsonl: tag, count, members (raw tags merged into it)."""
+    return _jsonl_frame(Path(run_dir) / "tags" / "vocabulary.jsonl", ["tag", "count", "members"])
+
+
+def tag_mapping(run_dir: str | Path):
+    """tags/mapping.jsonl: raw -> canonical, and the normalization step that merged it."""
+    return _jsonl_frame(Path(run_dir) / "tags" / "mapping.jsonl", ["raw", "canonical", "step"])
+
+
+def scores(run_dir: str | Path):
+    """Per row that carries a score (last version, rejected rows included): judge and reward scores,
+    verifier pass rate (autoif: best response's fraction of kept functions passed; exec_feedback:
+    best solution's fraction of trusted tests passed)."""
+    latest = {}
+    for rows in _outputs(run_dir).values():
+        for r in rows:
+            latest[(r["id"], json.dumps(r["source"], sort_keys=True))] = r
+    out = []
+    for r in latest.values():
+        meta = r.get("meta") or {}
+        rates = [
+            s
+            for key, field in (("autoif", "pass_rates"), ("exec_feedback", "scores"))
+            for s in ((meta.get(key) or {}).get(field) or [])
+            if s is not None
+        ]
+        item = {
+            "id": r["id"],
+            "judge": _num((meta.get("judge") or {}).get("score")),
+            "reward": _num((meta.get("reward") or {}).get("score")),
+            "verifier": max(rates) if rates else None,
+            "rejected": (r.get("reject") or {}).get("reason"),
+        }
+        if any(item[k] is not None for k in ("judge", "reward", "verifier")):
+            out.append(item)
+    return _frame(out, ["id", "judge", "reward", "verifier", "rejected"])
+
+
+def _num(x) -> float | None:
+    return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) else None
+
+
+def verdicts(run_dir: str | Path):
+    """Sandbox verdicts, one per candidate run: stage, id, what ran (solution | verifier | response
+    check), status (PASS FAIL ERROR TLE ... UNPARSEABLE), passed (all its tests)."""
+    out, seen = [], set()
+    for d, rows in _outputs(run_dir).items():
+        for r in rows:
+            meta = r.get("meta") or {}
+            key = (r["id"], json.dumps(r["source"], sort_keys=True))
+            ef, ai = meta.get("exec_feedback"), meta.get("autoif")
+            if _stage_name(d) == "exec_feedback" and ef and ("ef",) + key not in seen:
+                seen.add(("ef",) + key)
+                for i, status in enumerate(ef.get("statuses") or []):
+                    m = (ef.get("pass_matrix") or [None] * (i + 1))[i]
+                    out.append(_verdict("exec_feedback", r, "solution", status, bool(m) and all(m)))
+            if _stage_name(d) == "autoif" and ai and ("ai",) + key not in seen:
+                seen.add(("ai",) + key)
+                for f in ai.get("functions") or []:
+                    out.append(_verdict("autoif", r, "verifier", f.get("status"), bool(f.get("kept"))))
+                for status in ai.get("statuses") or []:
+                    out.append(_verdict("autoif", r, "response check", status, status == "PASS"))
+    return _frame(out, ["stage", "id", "what", "status", "passed"])
+
+
+def _verdict(stage: str, row: dict, what: str, status, passed: bool) -> dict:
+    return {"stage": stage, "id": row["id"], "what": what, "status": status or "NOT_RUN", "passed": passed}
+
+
+def pairs(run_dir: str | Path):
+    """Preference pairs on the final rows: prompt, chosen, rejected, their lengths (chars) and ratio
+    (chosen / rejected), scores and margin (chosen_score - rejected_score) where the stage gave them."""
+    out = []
+    for r in final_rows(run_dir):
+        for p in r.get("pairs") or []:
+            c, j = _num(p.get("chosen_score")), _num(p.get("rejected_score"))
+            out.append(
+                {
+                    "id": r["id"],
+                    "stage": p.get("stage"),
+                    "prompt": records.instruction(r),
+                    "chosen": p["chosen"],
+                    "rejected": p["rejected"],
+                    "chosen_chars": len(p["chosen"]),
+                    "rejected_chars": len(p["rejected"]),
+                    "length_ratio": len(p["chosen"]) / max(1, len(p["rejected"])),
+                    "chosen_score": c,
+                    "rejected_score": j,
+                    "margin": c - j if c is not None and j is not None else None,
+                }
+            )
+    cols = ["id", "stage", "prompt", "chosen", "rejected", "chosen_chars", "rejected_chars"]
+    return _frame(out, cols + ["length_ratio", "chosen_score", "rejected_score", "margin"])
+
+
+def duplicates(run_dir: str | Path):
+    """Duplicate clusters: rows rejected as 'duplicate of <id>' grouped under the row they duplicate.
+    One row per member: cluster (the kept id), id, instruction, kept (True for the representative)."""
+    text = {}
+    for rows in _outputs(run_dir).values():
+        for r in rows:
+            text.setdefault(r["id"], records.instruction(r))
+    members: dict[str, list] = {}
+    for r in rejected(run_dir).itertuples():
+        m = DUPLICATE.search(r.reason)
+        if m:
+            members.setdefault(m.group(1), []).append((r.id, r.instruction, r.reason))
+    out = []
+    for kept, dups in members.items():
+        out.append(
+            {"cluster": kept, "id": kept, "instruction": text.get(kept, ""), "kept": True, "reason": None}
+        )
+        out += [
+            {"cluster": kept, "id": i, "instruction": t, "kept": False, "reason": why} for i, t, why in dups
+        ]
+    return _frame(out, ["cluster", "id", "instruction", "kept", "reason"])
+
+
+def missing(run_dir: str | Path) -> dict[str, str]:
+    """{view: one line} for every kind of data this run lacks (no tags, no pairs, ...)."""
+    run_dir = Path(run_dir)
+    checks = {
+        "tags": (len(tags(run_dir)), "no tags: the run has no instag / tag_normalize stage"),
+        "vocabulary": (len(tag_vocabulary(run_dir)), "no tag vocabulary: tags/vocabulary.jsonl is absent"),
+        "evolution": (
+            int(lineage(run_dir)["operation"].notna().sum()),
+            "no evolution: no row carries lineage.operation (no evolve stage)",
+        ),
+        "scores": (len(scores(run_dir)), "no judge, reward or verifier scores in this run"),
+        "verdicts": (len(verdicts(run_dir)), "no sandbox verdicts: no exec_feedback / autoif stage"),
+        "pairs": (len(pairs(run_dir)), "no preference pairs in this run"),
+        "duplicates": (len(duplicates(run_dir)), "no duplicates were found (or no dedup stage)"),
+        "rejected": (len(rejected(run_dir)), "no rows were rejected"),
+        "final": (len(final_rows(run_dir)), "no rows reached the end of the pipeline"),
+        "sft": (int((run_dir / "sft" / "train.jsonl").exists()), "no sft/ export"),
+    }
+    return {k: msg for k, (n, msg) in checks.items() if not n}
 
 
 def _quantiles(values: list[int]) -> str:
