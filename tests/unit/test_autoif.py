@@ -9,8 +9,8 @@ import pytest
 
 from alignfactory import io as af_io
 from alignfactory import records
-from alignfactory.stages.verify.autoif import AutoIF, evaluate_code, parse_cases
 from alignfactory.stages.base import StageContext
+from alignfactory.stages.verify.autoif import AutoIF, evaluate_code, parse_cases
 from tests.unit.scripted import ScriptedEngine
 from tests.unit.test_exec_feedback import CountingSandbox
 
@@ -240,3 +240,50 @@ def test_code_seed_lines_name_their_function_and_carry_tests():
     for x in lines:
         assert f"`{x['entry_point']}(" in x["instruction"]
         assert len(x["tests"]) >= 3 and all(set(t) == {"args", "expected"} for t in x["tests"])
+
+
+# ---- the seed's check texts with include_reference -------------------------------------------------
+
+CHECK = {"pass": "cats sleep sixteen hours a day.", "fail": "Cats Sleep A Lot."}
+# right on all of CASES and on check.fail (5/6 >= 0.8), wrong on check.pass (too long)
+SHORT_LOWER = (
+    "```python\ndef evaluate(response):\n    return response == response.lower() and len(response) < 20\n```"
+)
+
+
+def checked_row(tmp_path, check=CHECK):
+    path = tmp_path / "if.jsonl"
+    line = {"instruction": TASK, "verifier": GOOD_FN.strip("`").removeprefix("python\n"), "check": check}
+    path.write_text(json.dumps(line) + "\n")
+    (seeded,) = af_io.read_inputs([path])
+    return seeded
+
+
+def test_include_reference_adds_check_examples_and_response(sandbox, tmp_path):
+    upper = ["Cats Are Soft.", "CATS!"]  # no model response passes
+    stage, _ = make(sandbox, [GOOD_FN, SHORT_LOWER], responses=upper)
+    (without,) = stage([checked_row(tmp_path)])
+    assert without["reject"]["reason"] == "no_passing_response"  # off by default: check is unused
+
+    stage, _ = make(sandbox, [GOOD_FN, SHORT_LOWER], responses=upper, include_reference=True)
+    (out,) = stage([checked_row(tmp_path)])
+    meta = out["meta"]["autoif"]
+    assert meta["cases"][:2] == [
+        {"response": CHECK["pass"], "label": True},
+        {"response": CHECK["fail"], "label": False},
+    ]
+    # SHORT_LOWER scores 5/6 >= 0.8 but calls the reference pass text BAD: ground truth drops it
+    assert meta["functions"][1]["accuracy"] == 5 / 6
+    assert [f["kept"] for f in meta["functions"]] == [True, False, True]
+    assert meta["responses"] == upper + [CHECK["pass"]]
+    assert meta["responses_source"] == ["model", "model", "reference"]
+    assert meta["chosen"] == 2 and out["messages"][-1]["content"] == CHECK["pass"]
+    assert out["reject"] is None and all(p["chosen"] == CHECK["pass"] for p in out["pairs"])
+
+
+def test_include_reference_without_check_changes_nothing(sandbox, tmp_path):
+    stage, _ = make(sandbox, [GOOD_FN], include_reference=True)
+    (out,) = stage([seed_row(tmp_path, GOOD_FN)])
+    meta = out["meta"]["autoif"]
+    assert meta["responses"] == RESPONSES and meta["responses_source"] == ["model"] * 4
+    assert meta["chosen"] == 0

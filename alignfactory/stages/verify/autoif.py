@@ -18,7 +18,8 @@ words", "回答中必须包含……"), in two phases per batch:
     row out: messages [..., user, assistant = the first response passing every kept function]
              pairs [{"chosen": pass rate >= 0.5, "rejected": pass rate == 0, ...}]
              meta.autoif = {functions: [{source, code, status, accuracy, kept}], cv_matrix, cases,
-                            kept, responses, pass_matrix, pass_rates, chosen, verifiers_raw, cases_raw}
+                            kept, responses, responses_source, pass_matrix, pass_rates, chosen,
+                            verifiers_raw, cases_raw}
     rejects: no_valid_verifier | sandbox_error | no_passing_response (nothing passes and no pair)
 
 A row with no fully passing response but with pairs keeps its pairs (preference data only, no
@@ -33,8 +34,8 @@ import re
 from pydantic import Field
 
 from alignfactory import records
-from alignfactory.stages.verify import code_utils as cu
 from alignfactory.stages.base import RUBRICS, render
+from alignfactory.stages.verify import code_utils as cu
 
 LABEL = re.compile(
     r"^[\s>*\-\d.)]*\**\s*(GOOD|BAD|PASS|FAIL|FOLLOWS|BREAKS)\s*\**\s*[:：\-]\**\s*(.*)$", re.I | re.M
@@ -53,6 +54,7 @@ class AutoIF(cu.SandboxStage):
         max_tokens: int | None = Field(None, ge=1)  # verifiers and examples; None = spec sampling
         response_max_tokens: int | None = Field(None, ge=1)  # sampled responses
         temperature: float | None = Field(None, ge=0)
+        include_reference: bool = False  # the seed's check.pass/check.fail: examples + one more response
         verifier_template: str = "prompts/autoif_verifier.jinja"
         cases_template: str = "prompts/autoif_cases.jinja"
 
@@ -89,7 +91,9 @@ class AutoIF(cu.SandboxStage):
             convs_r = [records.prompt_messages(rows[i]) for i in live]
             outs_r = self.complete(convs_r, [rows[i] for i in live], s_r, what="responses")
             for i, out in zip(live, outs_r, strict=True):
-                states[i]["responses"] = out.texts
+                ref = [states[i]["reference_response"]] if states[i]["reference_response"] else []
+                states[i]["responses"] = out.texts + ref
+                states[i]["responses_source"] = ["model"] * len(out.texts) + ["reference"] * len(ref)
                 states[i]["score_jobs"] = self.score_jobs(states[i])
             scored = self.run_groups([states[i]["score_jobs"] for i in live])
             for i, verdicts in zip(live, scored, strict=True):
@@ -110,7 +114,10 @@ class AutoIF(cu.SandboxStage):
         reference = cu.seed_fields(row, ("verifier",)).get("verifier")
         if isinstance(reference, str) and reference.strip():
             functions.append({"source": "reference", "code": evaluate_code(reference) or reference})
-        cases = parse_cases(cases_text)[: self.params.max_cases]
+        reference_cases = self.reference_cases(row)
+        known = {t for t, _ in reference_cases}
+        model_cases = [c for c in parse_cases(cases_text) if c[0] not in known]
+        cases = reference_cases + model_cases[: max(self.params.max_cases - len(reference_cases), 0)]
         labels = {label for _, label in cases}
         usable = len(cases) >= self.params.min_cases and labels == {True, False}
         tests = [Case(args=[text], expected=label) for text, label in cases]
@@ -122,12 +129,24 @@ class AutoIF(cu.SandboxStage):
         return {
             "functions": functions,
             "cases": cases,
+            "n_reference_cases": len(reference_cases),
+            "reference_response": self.reference_response(row),
             "cases_usable": usable,
             "cv_jobs": [j for _, j in jobs],
             "cv_index": [i for i, _ in jobs],
             "verifiers_raw": texts,
             "cases_raw": cases_text,
         }
+
+    def reference_cases(self, row: dict) -> list[tuple[str, bool]]:
+        check = cu.seed_fields(row, ("check",)).get("check") if self.params.include_reference else None
+        if not isinstance(check, dict):
+            return []
+        found = [(check.get(k), k == "pass") for k in ("pass", "fail")]
+        return [(t, label) for t, label in found if isinstance(t, str) and t.strip()]
+
+    def reference_response(self, row: dict) -> str | None:
+        return next((t for t, label in self.reference_cases(row) if label), None)
 
     def cross_validate(self, s: dict) -> None:
         by_fn = dict(zip(s["cv_index"], s["cv_verdicts"], strict=True))
@@ -139,6 +158,7 @@ class AutoIF(cu.SandboxStage):
             f["accuracy"] = sum(vector) / len(vector) if vector else None
             s["cv_matrix"].append(vector)
             model_ok = f["accuracy"] is not None and f["accuracy"] >= self.params.threshold
+            model_ok = model_ok and all(vector[: s["n_reference_cases"]])  # ground truth: all right
             f["kept"] = bool(f["code"]) and (f["source"] == "reference" or model_ok)
         s["kept"] = [i for i, f in enumerate(s["functions"]) if f["kept"]]
 
@@ -168,6 +188,7 @@ class AutoIF(cu.SandboxStage):
             cv_matrix=s["cv_matrix"],
             kept=s["kept"],
             responses=responses,
+            responses_source=s.get("responses_source", []),
             pass_matrix=matrix,  # kept functions x responses; None = SANDBOX_ERROR for that function
             statuses=[v.status.value for v in verdicts],
             pass_rates=rates,
