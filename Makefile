@@ -9,7 +9,9 @@ run:
 
 test:
 	bash scripts/setup.sh test
-	HF_HUB_OFFLINE=1 .venv/bin/python -m pytest tests -v --durations=15
+	# SANDBOX_REQUIRED=1: a sandbox that cannot start fails the sandbox tests instead of skipping them.
+	# A per-test timeout (pyproject: timeout) turns a hang into a failure with a stack.
+	SANDBOX_REQUIRED=1 HF_HUB_OFFLINE=1 .venv/bin/python -m pytest tests -v --durations=15
 
 lint:
 	.venv/bin/ruff check . && .venv/bin/ruff format --check .

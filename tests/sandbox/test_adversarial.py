@@ -6,6 +6,7 @@ import os
 import socket
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -326,3 +327,50 @@ def test_jobs_on_other_workers_do_not_share_a_uid(sb):
         code = "import os, time\ntime.sleep(0.3)\nprint(os.getuid())"
         vs = two.run([Job(code=code, kind="stdio", tests=[Case()]) for _ in range(2)])
         assert sorted(int(v.stdout) for v in vs) == sorted(two.uids)
+
+
+def test_host_files_the_uid_could_reach_without_the_mount_namespace(run, sb, same_server):
+    """Targets that ordinary permissions leave open to the sandbox's uid: a world-readable file and a
+    world-writable directory outside the bound paths. Only the mount namespace keeps them out; the host
+    side checks that they were, and that /tmp and /dev/shm writes stayed in the private tmpfs."""
+    import shutil
+    import subprocess
+    import uuid
+
+    tag = uuid.uuid4().hex[:8]
+    readable, writable = Path(f"/var/tmp/af-canary-{tag}"), Path(f"/var/tmp/af-drop-{tag}")
+    readable.mkdir(mode=0o755)
+    (readable / "secret.txt").write_text(f"SECRET-{tag}")
+    os.chmod(readable / "secret.txt", 0o644)
+    writable.mkdir()
+    os.chmod(writable, 0o1777)
+    try:
+        uid = sb._workers[0].uid
+        if uid is not None:  # without namespaces, the worker's uid reads and writes these
+            as_uid = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups"]
+            out = subprocess.run(
+                [*as_uid, "cat", str(readable / "secret.txt")], capture_output=True, text=True
+            )
+            assert out.stdout == f"SECRET-{tag}"
+            probe = writable / "probe"
+            assert subprocess.run([*as_uid, "touch", str(probe)]).returncode == 0
+            probe.unlink()
+        code = (
+            "import os\n"
+            f"for p in ({str(readable / 'secret.txt')!r}, {str(readable)!r}):\n"
+            "    try:\n        print(p, 'READ', open(p).read() if p.endswith('.txt') else os.listdir(p))\n"
+            "    except OSError as e:\n        print(p, 'denied', type(e).__name__)\n"
+            f"for p in ({str(writable / 'pwned')!r}, '/tmp/af-planted-{tag}', '/dev/shm/af-planted-{tag}'):\n"
+            "    try:\n        open(p, 'w').write('pwned')\n        print(p, 'WROTE')\n"
+            "    except OSError as e:\n        print(p, 'denied', type(e).__name__)\n"
+        )
+        v = run(code)
+        assert v.status is Status.PASS, v.detail
+        assert "READ" not in v.stdout and f"SECRET-{tag}" not in v.stdout
+        assert v.stdout.count("denied FileNotFoundError") == 3, v.stdout  # not even there
+        assert f"/tmp/af-planted-{tag} WROTE" in v.stdout  # inside: its own private tmpfs
+        assert os.listdir(writable) == []
+        assert not Path(f"/tmp/af-planted-{tag}").exists() and not Path(f"/dev/shm/af-planted-{tag}").exists()
+    finally:
+        shutil.rmtree(readable, ignore_errors=True)
+        shutil.rmtree(writable, ignore_errors=True)
