@@ -46,7 +46,9 @@ def resolve_backend(cfg: ModelConfig) -> str:
 
 
 def make_engine(cfg: ModelConfig, batch_size: int = 8) -> Engine:
-    """Build the engine for cfg (call inside the worker/actor that will use it)."""
+    """Build the engine for cfg (call inside the worker/actor that will use it). batch_size
+    (resources.batch_size) bounds the sequences decoded together: transformers' micro-batch rows,
+    vLLM's max_num_seqs; an OpenAI-compatible server schedules its own (model.max_concurrency)."""
     backend = resolve_backend(cfg)
     if backend == "transformers":
         from .transformers_engine import TransformersEngine
@@ -55,7 +57,7 @@ def make_engine(cfg: ModelConfig, batch_size: int = 8) -> Engine:
     if backend == "vllm":
         from .vllm_engine import VLLMEngine
 
-        return VLLMEngine(cfg)
+        return VLLMEngine(cfg, batch_size=batch_size)
     if backend == "openai":
         from .openai_engine import OpenAIEngine
 

@@ -36,7 +36,7 @@ class VLLMEngine:
             enforce_eager=cfg.enforce_eager,
             seed=0,
         )
-        if batch_size:
+        if batch_size:  # resources.batch_size: sequences scheduled together (n samples = n sequences)
             kwargs["max_num_seqs"] = max(int(batch_size), 1)
         kwargs.update(llm_kwargs)
         self.llm = LLM(**kwargs)
