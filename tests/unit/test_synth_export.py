@@ -148,9 +148,8 @@ def test_holdout_is_deterministic_by_row_id_and_follows_pairs(tmp_path):
 # ---- reward -------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def tiny_reward_model(tmp_path_factory):
-    """A random 2-layer llama (hidden 64) with num_labels=1 and the SmolLM2 tokenizer."""
+def build_reward_model(path):
+    """A random 2-layer llama (hidden 64) with num_labels=1 and the SmolLM2 tokenizer, saved to `path`."""
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForSequenceClassification
 
@@ -168,10 +167,14 @@ def tiny_reward_model(tmp_path_factory):
         pad_token_id=tok.pad_token_id,
     )
     torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("rm")
     LlamaForSequenceClassification(cfg).save_pretrained(path)
     tok.save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="module")
+def tiny_reward_model(tmp_path_factory):
+    return build_reward_model(tmp_path_factory.mktemp("rm"))
 
 
 def test_reward_scores_batched_like_one_by_one_and_gates(tiny_reward_model):

@@ -1,0 +1,114 @@
+"""pipelines/preference_data.yaml end to end on a real local Ray cluster and the real embedded model,
+with a reward stage (a tiny random reward model built here) inserted after the judge.
+
+Why a pair certainly reaches preference/: after `pairs` keeps one sample per prompt, `constitution`
+critiques and revises each kept row and adds (revised, original) whenever the revision differs from
+the original. Sampling is seeded per (spec seed, row id, call), so a run draws the same texts every
+time; with 3 prompts, all three revisions would have to come back empty or verbatim for no pair to
+be made, and the test prints the counts if that ever happens.
+"""
+
+import json
+
+import pytest
+import yaml
+
+from alignfactory.run import Runner
+from alignfactory.spec import load_spec
+from tests.integration.conftest import REPO, read_jsonl, rejected_rows
+from tests.unit.test_synth_export import build_reward_model
+
+SPEC = REPO / "pipelines" / "preference_data.yaml"
+LIMIT = 3
+N = 3  # samples per prompt (the spec's generate n)
+
+
+def stage_rows(out, name: str) -> list[dict]:
+    return [r for p in sorted((out / "stages" / name).glob("shard-*.jsonl")) for r in read_jsonl(p)[1:]]
+
+
+@pytest.fixture(scope="module")
+def run(local_ray, tmp_path_factory):
+    """One run shared by the tests below: 3 prompts x 3 samples, 48 new tokens."""
+    tmp = tmp_path_factory.mktemp("pref")
+    model_dir = build_reward_model(tmp / "rm")
+    tree = yaml.safe_load(SPEC.read_text("utf-8"))
+    assert [s["name"] for s in tree["stages"]] == ["generate", "judge", "pairs", "constitution", "export"]
+    reward = {
+        "name": "reward",
+        "params": {"model_path": str(model_dir), "batch_size": 4},
+        "resources": {"num_cpus": 0.5},
+    }
+    tree["stages"].insert(2, reward)
+    spec_path = tmp / "preference_data.yaml"
+    spec_path.write_text(yaml.safe_dump(tree, allow_unicode=True), "utf-8")
+    sets = [
+        f"input.path={REPO / 'pipelines' / 'seeds' / 'sft_seed.jsonl'}",
+        "sampling.max_tokens=48",
+        "shard_size=4",
+        "stages.4.params.critique_max_tokens=32",
+    ]
+    spec = load_spec(spec_path, sets, output=str(tmp / "run"), limit=LIMIT)
+    manifest = Runner(spec, str(spec_path)).run()
+    return manifest, tmp / "run"
+
+
+@pytest.mark.slow
+def test_every_row_accounted_for_and_scored(run):
+    manifest, out = run
+    stages = {s["name"]: s for s in manifest["stages"]}
+    assert all(s["done"] for s in manifest["stages"])
+    assert stages["generate"]["rows_in"] == LIMIT and stages["generate"]["rows_out"] == LIMIT * N
+    judged = stage_rows(out, "02-judge")
+    assert len(judged) == LIMIT * N and all("judge" in r["meta"] for r in judged)
+    for r in judged:  # the judge's raw text is kept; its score, when parsed, is in range
+        s = r["meta"]["judge"]["score"]
+        assert r["meta"]["judge"]["raw"]["helpfulness"] and (s is None or 1 <= s <= 10)
+    rewarded = stage_rows(out, "03-reward")
+    assert len(rewarded) == LIMIT * N and all(
+        isinstance(r["meta"]["reward"]["score"], float) for r in rewarded
+    )
+    after_pairs = stage_rows(out, "04-pairs")
+    kept = [r for r in after_pairs if not r["reject"]]
+    assert len(kept) == LIMIT  # one sample per prompt kept
+    assert sum(r["reject"] is not None for r in after_pairs) == LIMIT * (N - 1)
+    assert all(r["reject"]["reason"].startswith("sibling_not_kept") for r in after_pairs if r["reject"])
+    for r in kept:
+        assert r["meta"]["pairs"]["group_size"] == N
+    final = [r for r in stage_rows(out, "05-constitution") if not r["reject"]]
+    rejects = rejected_rows(out)
+    assert len(final) + len([r for r in rejects if r["reject"]["stage"] == "constitution"]) == LIMIT
+
+
+@pytest.mark.slow
+def test_constitution_pair_reaches_preference_in_trl_format(run):
+    import datasets
+
+    _, out = run
+    final = [r for r in stage_rows(out, "05-constitution") if not r["reject"]]
+    revised = [p for r in final for p in r.get("pairs") or [] if p["policy"] == "revised_vs_original"]
+    summary = [
+        (r["meta"]["constitution"].get("changed"), r["meta"]["constitution"]["revisions"]) for r in final
+    ]
+    assert revised, (
+        f"no revision differed from its original: {json.dumps(summary, ensure_ascii=False)[:2000]}"
+    )
+    pref = read_jsonl(out / "preference" / "train.jsonl")
+    assert len(pref) == sum(len(r.get("pairs") or []) for r in final) >= 1
+    assert {p["chosen"] for p in revised} <= {x["chosen"][0]["content"] for x in pref}
+    for fmt, columns in (("preference", ["prompt", "chosen", "rejected"]), ("sft", ["messages"])):
+        d = out / fmt
+        for builder, file in (("json", "train.jsonl"), ("parquet", "train.parquet")):
+            ds = datasets.load_dataset(builder, data_files=str(d / file), split="train")
+            assert ds.column_names == columns and ds.num_rows >= 1
+        assert datasets.load_dataset(str(d))["train"].column_names == columns  # via the card's header
+        assert datasets.load_from_disk(str(d / "dataset")).column_names == columns
+        assert "## Spec" in (d / "README.md").read_text("utf-8")
+    for p in pref:
+        assert (
+            p["prompt"][-1]["role"] == "user"
+            and p["chosen"][0]["role"] == "assistant"
+            and p["chosen"] != p["rejected"]
+        )
+    sft = read_jsonl(out / "sft" / "train.jsonl")
+    assert {r["messages"][-1]["content"] for r in sft} == {r["messages"][-1]["content"] for r in final}
