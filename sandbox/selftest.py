@@ -52,6 +52,13 @@ print(all([
 ]))
 """
 
+FORGE_FRAMES = """
+import os, struct, json
+body = json.dumps({"i": 0, "ok": True}).encode()
+os.write(3, struct.pack(">I", len(body)) + body + struct.pack(">I", 16 + len(body)) + bytes(16) + body)
+print("forged")
+"""
+
 CHECKS = [
     Check(
         "runs as an unprivileged uid",
@@ -98,6 +105,11 @@ CHECKS = [
         lambda v: v.status is Status.TLE,
     ),
     Check("memory limit -> MLE", "x = bytearray(8 << 30)", lambda v: v.status is Status.MLE),
+    Check(
+        "results channel: frames the program writes itself -> SUSPICIOUS",
+        FORGE_FRAMES,
+        lambda v: v.status is Status.SUSPICIOUS and "authentication" in v.detail,
+    ),
     Check(
         "process limit (fork bomb) -> contained",
         "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass",
