@@ -112,3 +112,32 @@ def test_constitution_pair_reaches_preference_in_trl_format(run):
         )
     sft = read_jsonl(out / "sft" / "train.jsonl")
     assert {r["messages"][-1]["content"] for r in sft} == {r["messages"][-1]["content"] for r in final}
+
+
+@pytest.mark.slow
+def test_repurpose_spec_answers_instructions_with_the_source_text(local_ray, tmp_path):
+    """pipelines/repurpose_data.yaml on 2 sources (the English fables), one level, 32 tokens. Certain:
+    an instruction is rejected only when the model's reply is empty, too long or a copy of the text."""
+    import datasets
+
+    spec_path = REPO / "pipelines" / "repurpose_data.yaml"
+    sets = [
+        f"input.path={REPO / 'pipelines' / 'seeds' / 'repurpose' / 'repurpose_en.jsonl'}",
+        "sampling.max_tokens=32",
+        "stages.0.params.levels=[brief]",
+    ]
+    spec = load_spec(spec_path, sets, output=str(tmp_path / "run"), limit=2)
+    Runner(spec, str(spec_path)).run()
+    out = tmp_path / "run"
+    sources = {
+        x["instruction"]
+        for x in read_jsonl(REPO / "pipelines" / "seeds" / "repurpose" / "repurpose_en.jsonl")
+    }
+    sft = read_jsonl(out / "sft" / "train.jsonl")
+    assert len(sft) + len(rejected_rows(out)) == 2 and sft
+    for r in sft:  # the answer is the source text, verbatim; the instruction is the model's
+        assert r["messages"][-1]["content"] in sources and r["messages"][0]["content"] not in sources
+    fire = datasets.load_dataset(str(out / "firefly"))["train"]
+    qwen = datasets.load_dataset("json", data_files=str(out / "qwen" / "train.jsonl"), split="train")
+    assert fire.column_names == ["kind", "input", "target"] and fire.num_rows == len(sft)
+    assert qwen.column_names == ["id", "conversations"] and qwen.num_rows == len(sft)
