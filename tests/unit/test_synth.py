@@ -445,3 +445,20 @@ def test_pairs_verifier_and_carried_pairs():
 def test_pairs_groups_by_prompt_and_rejects_unanswered():
     out = pairs(policies=["carried"])([row("A", "x"), row("B", "y"), row("C")])
     assert reasons(out) == [None, None, "no_response: pairs needs responses"]
+
+
+def test_constitution_fraction_revises_a_deterministic_share():
+    def rule(conv, k, seed):
+        return "Critique: vague." if conv[-1]["content"].startswith("Review") else "Revision: Better."
+
+    rows = [row(f"Question {i}?", f"Answer {i}.") for i in range(40)]
+    out = const(ScriptedEngine(rule=rule), fraction=0.25)(rows)
+    revised = [i for i, r in enumerate(out) if records.response(r) == "Better."]
+    assert 3 <= len(revised) <= 20  # ~10 of 40
+    assert all(
+        out[i] is rows[i] and "constitution" not in rows[i]["meta"] for i in range(40) if i not in revised
+    )
+    again = const(ScriptedEngine(rule=rule), fraction=0.25)(
+        [row(f"Question {i}?", f"Answer {i}.") for i in range(40)]
+    )
+    assert [i for i, r in enumerate(again) if records.response(r) == "Better."] == revised

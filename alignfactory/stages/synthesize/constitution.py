@@ -1,6 +1,7 @@
 """constitution: rewrite responses against principles (rubrics/constitution.yaml), Constitutional-AI style,
 or (mode="contrast") ask for one response that follows a guideline and one that deviates (Qwen2).
 
+params.fraction < 1 revises only that share of rows (by a hash of the row id); the rest pass as they are.
 Which principles apply to a row: those marked `always`, plus those whose keywords appear in the
 instruction or the response; keyword principles come first (they are the specific ones), then the
 `always` ones in an order rotated by the row id so that rows spread over them. At most `per_row`.
@@ -20,6 +21,7 @@ rejects: no_response | unparseable_critique | unparseable_revision | empty_respo
 
 from __future__ import annotations
 
+import hashlib
 import re
 from functools import cache
 from typing import Literal
@@ -83,6 +85,7 @@ class Constitution(LLMStage):
         language: Literal["auto", "en", "zh"] = "auto"
         max_tokens: int | None = Field(None, ge=1)  # overrides sampling.max_tokens
         critique_max_tokens: int | None = Field(None, ge=1)  # default: max_tokens
+        fraction: float = Field(1.0, gt=0, le=1)  # rows revised, chosen by a hash of the row id; others pass
 
     requires = {"messages": "critique_revise: a conversation ending in an assistant turn"}
     adds = ("messages", "lineage", "pairs", "meta.constitution")
@@ -126,7 +129,19 @@ class Constitution(LLMStage):
         return sampling_with(self.ctx.sampling, n=1, max_tokens=max_tokens or self.params.max_tokens)
 
     def __call__(self, rows: list[dict]) -> list[dict]:
-        return self.critique_revise(rows) if self.params.mode == "critique_revise" else self.contrast(rows)
+        picked = [r for r in rows if self.picked(r)]
+        done = (
+            self.critique_revise(picked) if self.params.mode == "critique_revise" else self.contrast(picked)
+        )
+        out = iter(done)  # both modes return one row per input row, in order
+        return [next(out) if self.picked(r) else r for r in rows]
+
+    def picked(self, row: dict) -> bool:
+        """Deterministic sampling: sha256 of the row id below `fraction` (the same rows on every run)."""
+        if self.params.fraction >= 1:
+            return True
+        digest = hashlib.sha256(f"constitution:{row['id']}".encode()).hexdigest()
+        return int(digest[:8], 16) / 16**8 < self.params.fraction
 
     # ---- critique -> revise -------------------------------------------------------------------
 
