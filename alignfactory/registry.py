@@ -12,6 +12,7 @@ STAGES = {
     "generate": "alignfactory.stages.synthesize.generate:Generate",
     "filter": "alignfactory.stages.assemble.filter:Filter",
     "dedup": "alignfactory.stages.curate.dedup:Dedup",
+    "decontaminate": "alignfactory.stages.curate.decontaminate:Decontaminate",
     "instag": "alignfactory.stages.curate.instag:InsTag",
     "tag_normalize": "alignfactory.stages.curate.tag_normalize:TagNormalize",
     "select": "alignfactory.stages.curate.select:Select",

@@ -1,0 +1,276 @@
+"""decontaminate (corpus stage): reject rows that overlap benchmark items the user lists.
+
+Follows the n-gram overlap test of GPT-3 (Brown et al. 2020, appendix C) and Qwen2's report: a row
+is contaminated when it shares at least `min_matches` n-grams (13 by default) with one benchmark
+item, after NFKC + case folding. Word n-grams for space-delimited text; character n-grams for
+Chinese/Japanese (a benchmark item written in CJK is indexed by characters; a row is looked up both
+ways, so mixed text matches either). An item shorter than n units is matched as a whole (its full
+unit sequence inside the row) when it has at least `min_item_tokens` units; shorter items are too
+generic to judge and are skipped (counted in the log). Optional: embedding cosine between the row's
+instruction and each benchmark prompt at or above `embedding` (all-MiniLM-L6-v2 by default).
+
+    benchmarks: [{path: evals/gsm8k_test.jsonl, field: question, answer_field: answer},
+                 {path: evals/ceval.parquet, field: prompt}]
+
+Rejected rows name the file and item: "contaminated: 14 13-grams shared with gsm8k_test.jsonl line 12
+(question)". No benchmark data ships with the project; with an empty list the stage passes every
+row and logs that nothing was checked.
+
+Distributed: summarize(shard) builds the index once per worker process (benchmarks are small next to
+the corpus) and returns only the matches; combine gathers them; apply marks the rows.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, Field, field_validator, model_validator
+
+from alignfactory import records
+from alignfactory.stages.base import CorpusStage
+from alignfactory.stages.curate.dedup import CJK, WORD, normalize
+
+log = logging.getLogger("alignfactory")
+SUFFIXES = (".jsonl", ".json", ".parquet")
+
+
+class Benchmark(BaseModel, extra="forbid"):
+    path: str  # JSONL (one object a line), a JSON array, or Parquet
+    field: str = "prompt"  # the prompt/question text
+    answer_field: str | None = None  # optional reference answer, also indexed
+    name: str | None = None  # shown in reasons; default: the file name
+
+    @field_validator("path")
+    @classmethod
+    def _exists(cls, path: str) -> str:
+        p = Path(path)
+        if not p.is_file():
+            raise ValueError(f"benchmark file not found: {path} (cwd {Path.cwd()})")
+        if not path.endswith(SUFFIXES):
+            raise ValueError(f"benchmark file {path}: expected one of {', '.join(SUFFIXES)}")
+        return path
+
+    @property
+    def label(self) -> str:
+        return self.name or Path(self.path).name
+
+
+def char_units(text: str) -> list[str]:
+    return [c for c in text if c.isalnum()]
+
+
+def grams(units: list[str], n: int, joiner: str) -> set[str]:
+    return {joiner.join(units[i : i + n]) for i in range(len(units) - n + 1)}
+
+
+class Decontaminate(CorpusStage):
+    class Params(BaseModel, extra="forbid"):
+        benchmarks: list[Benchmark] = []
+        ngram: int = Field(13, ge=1)  # words, for space-delimited text
+        char_ngram: int = Field(13, ge=1)  # characters, for CJK text
+        min_matches: int = Field(1, ge=1)  # shared n-grams with one item that make a row contaminated
+        min_item_tokens: int = Field(8, ge=1)  # shorter items are skipped; shorter than n: whole-item match
+        on: Literal["conversation", "instruction"] = "conversation"  # row text checked
+        embedding: float | None = Field(None, gt=0, le=1)  # cosine threshold; None = n-grams only
+        embedder: str | None = None  # local sentence-transformers dir; None = all-MiniLM-L6-v2
+
+        @model_validator(mode="before")
+        @classmethod
+        def _paths_as_strings(cls, data):
+            if isinstance(data, dict) and isinstance(data.get("benchmarks"), list):
+                data = dict(data)
+                data["benchmarks"] = [{"path": b} if isinstance(b, str) else b for b in data["benchmarks"]]
+            return data
+
+    requires = {"messages": "a conversation"}
+    adds = ("reject", "meta.decontaminate")
+
+    @staticmethod
+    def uses_model(params) -> bool:
+        return params.embedding is not None
+
+    @classmethod
+    def data_files(cls, params) -> list[str]:
+        """Benchmark files: their size and mtime go into the stage fingerprint."""
+        return [b.path for b in params.benchmarks]
+
+    def __init__(self, params, ctx):
+        super().__init__(params, ctx)
+        self._index = None
+        self._embedder = None
+
+    # -- benchmark index (built lazily, once per worker)
+
+    def items(self, bench: Benchmark):
+        """(where, text) for each prompt (and answer) of a benchmark file; bad rows raise naming file:line."""
+        path = Path(bench.path)
+        if path.suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            cols = [bench.field] + ([bench.answer_field] if bench.answer_field else [])
+            try:
+                table = pq.read_table(path, columns=cols).to_pylist()
+            except (KeyError, ValueError) as e:
+                raise ValueError(f"{path}: cannot read columns {cols}: {e}") from e
+            found = ((f"row {i}", obj) for i, obj in enumerate(table))
+        elif path.suffix == ".json":
+            found = ((f"item {i}", obj) for i, obj in enumerate(json.loads(path.read_text("utf-8"))))
+        else:
+            with open(path, encoding="utf-8") as f:
+                lines = [(i, line) for i, line in enumerate(f, 1) if line.strip()]
+            found = ((f"line {i}", _json_line(path, i, line)) for i, line in lines)
+        for where, obj in found:
+            for key in filter(None, (bench.field, bench.answer_field)):
+                value = obj.get(key) if isinstance(obj, dict) else None
+                if not isinstance(value, str) or not value.strip():
+                    raise ValueError(f"{path}: {where}: field {key!r} is missing or not a non-empty string")
+                yield where, key, value
+
+    def index(self) -> dict:
+        if self._index is not None:
+            return self._index
+        p = self.params
+        table: dict[str, int] = {}  # n-gram -> item number (first item that has it)
+        short: dict[tuple[int, str], dict[str, int]] = {}  # (length, joiner) -> whole item -> number
+        items: list[dict] = []  # number -> {"file", "item", "field"}
+        prompts: list[str] = []
+        skipped = 0
+        for bench in p.benchmarks:
+            for where, key, text in self.items(bench):
+                number = len(items)
+                items.append({"benchmark": bench.label, "item": where, "field": key})
+                if key == bench.field:
+                    prompts.append(text)
+                else:
+                    prompts.append("")
+                norm = normalize(text)
+                cjk = bool(CJK.search(norm))
+                units, joiner, n = (
+                    (char_units(norm), "", p.char_ngram) if cjk else (WORD.findall(norm), " ", p.ngram)
+                )
+                if len(units) < p.min_item_tokens:
+                    skipped += 1
+                elif len(units) < n:
+                    short.setdefault((len(units), joiner), {}).setdefault(joiner.join(units), number)
+                else:
+                    for g in grams(units, n, joiner):
+                        table.setdefault(g, number)
+        if skipped:
+            log.warning(
+                "decontaminate: %d benchmark texts shorter than %d units skipped", skipped, p.min_item_tokens
+            )
+        self._index = {"grams": table, "short": short, "items": items, "prompts": prompts}
+        if p.embedding is not None:
+            keep = [i for i, t in enumerate(prompts) if t]
+            self._index["emb_items"] = np.array(keep, dtype=np.int64)
+            self._index["emb"] = self.embedder().encode([prompts[i] for i in keep])
+        return self._index
+
+    def embedder(self):
+        if self._embedder is None:
+            import torch
+
+            from alignfactory.llm.embed import Embedder
+
+            device = "cuda" if torch.cuda.is_available() else "cpu"  # a GPU only where Ray gave one
+            self._embedder = Embedder(self.params.embedder, device=device)
+        return self._embedder
+
+    # -- matching
+
+    def text(self, row: dict) -> str:
+        if self.params.on == "instruction":
+            return records.instruction(row)
+        return "\n".join(m["content"] for m in row["messages"])
+
+    def ngram_match(self, text: str) -> dict | None:
+        p, idx = self.params, self.index()
+        norm = normalize(text)
+        views = [(WORD.findall(norm), " ", p.ngram)]
+        if CJK.search(norm):
+            views.append((char_units(norm), "", p.char_ngram))
+        hits: dict[int, int] = {}
+        example: dict[int, tuple[str, str]] = {}  # item -> (an overlapping n-gram, what kind)
+        for units, joiner, n in views:
+            unit = "word" if joiner else "char"
+            for g in grams(units, n, joiner):
+                item = idx["grams"].get(g)
+                if item is not None:
+                    hits[item] = hits.get(item, 0) + 1
+                    example.setdefault(item, (g, f"{n}-{unit} n-grams"))
+            for (length, j), wholes in idx["short"].items():
+                if j != joiner:
+                    continue
+                for g in grams(units, length, joiner):
+                    if g in wholes:  # a short item, whole: counts as min_matches on its own
+                        hits[wholes[g]] = hits.get(wholes[g], 0) + p.min_matches
+                        example.setdefault(wholes[g], (g, f"whole item ({length} {unit}s)"))
+        if not hits:
+            return None
+        item, count = max(hits.items(), key=lambda kv: (kv[1], -kv[0]))
+        if count < p.min_matches:
+            return None
+        gram, kind = example[item]
+        return idx["items"][item] | {"matches": count, "ngram": gram, "kind": kind}
+
+    # -- map -> combine -> apply
+
+    def summarize(self, rows: list[dict], shard: int) -> list[tuple[int, dict]]:
+        if not self.params.benchmarks:
+            return []
+        found = {}
+        for pos, row in enumerate(rows):
+            hit = self.ngram_match(self.text(row))
+            if hit:
+                found[pos] = hit | {"id": row["id"], "method": "ngram"}
+        if self.params.embedding is not None and rows:
+            idx = self.index()
+            if len(idx["emb_items"]):
+                vecs = self.embedder().encode([records.instruction(r) for r in rows])
+                sims = vecs @ idx["emb"].T  # (rows, prompts) cosine
+                best = sims.argmax(1)
+                for pos in np.flatnonzero(sims.max(1) >= self.params.embedding - 1e-6).tolist():
+                    if pos not in found:
+                        item = int(idx["emb_items"][best[pos]])
+                        cos = float(sims[pos, best[pos]])
+                        found[pos] = idx["items"][item] | {
+                            "id": rows[pos]["id"],
+                            "method": "embedding",
+                            "cosine": cos,
+                        }
+        return sorted(found.items())
+
+    def combine(self, summaries: list) -> dict:
+        if not self.params.benchmarks:
+            log.warning("decontaminate: no benchmark files listed (params.benchmarks); no row was checked")
+        shards = {i: dict(s) for i, s in enumerate(summaries) if s}
+        return {"shards": shards, "benchmarks": [b.label for b in self.params.benchmarks]}
+
+    def apply(self, rows: list[dict], plan: dict, shard: int) -> list[dict]:
+        for pos, hit in plan["shards"].get(shard, {}).items():
+            row = rows[pos]
+            if row["id"] != hit["id"]:
+                raise RuntimeError(
+                    f"decontaminate plan does not match shard {shard} at row {pos}: {row['id']}"
+                )
+            where = f"{hit['benchmark']} {hit['item']} ({hit['field']})"
+            if hit["method"] == "embedding":
+                reason = f"contaminated: embedding cosine {hit['cosine']:.2f} with {where}"
+            elif hit["kind"].startswith("whole"):
+                reason = f"contaminated: contains the {hit['kind']} {where}"
+            else:
+                reason = f"contaminated: {hit['matches']} shared {hit['kind']} with {where}"
+            self.meta(row).update({k: v for k, v in hit.items() if k != "id"})
+            self.reject(row, reason)
+        return rows
+
+
+def _json_line(path: Path, line: int, text: str) -> dict:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}:{line}: bad JSON: {e.msg}") from e

@@ -1,0 +1,189 @@
+"""dedup exact / minhash / semantic on plain lists: planted exact, near and paraphrase duplicates in
+English and Chinese; which rows are kept, which rejected, naming the kept id and the similarity."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+from pydantic import ValidationError
+
+from alignfactory import records
+from alignfactory.stages.base import StageContext
+from alignfactory.stages.curate.dedup import Dedup, group_pairs, resolve_clusters, shingles
+
+STORY = (
+    "Write a short story about a lighthouse keeper who finds a message in a bottle that was sent "
+    "fifty years ago by a girl living on the other side of the ocean and decides to answer it"
+)
+EMAIL = (
+    "Draft a polite email to my landlord explaining that the kitchen faucet has been leaking for two "
+    "weeks and asking whether a plumber could come by on Thursday afternoon to repair it"
+)
+ZH = "请写一篇关于秋天的散文，描写落叶、稻田、远山和傍晚的炊烟，表达对家乡的思念，字数在五百字左右。"
+ZH_OTHER = "请写一篇关于春天的诗歌，描写桃花、细雨、燕子和清晨的薄雾，表达对新生活的期待，不少于十二行。"
+MIXED = "用Python写一个函数，读取一个CSV文件，统计每一列的缺失值数量，并把结果保存为JSON文件。"
+
+
+def row(text: str, line: int, answer: str | None = None) -> dict:
+    msgs = [{"role": "user", "content": text}]
+    if answer is not None:
+        msgs.append({"role": "assistant", "content": answer})
+    return records.new_row(msgs, {"file": "seeds.jsonl", "line": line})
+
+
+def dedup(**params) -> Dedup:
+    return Dedup(Dedup.Params(**params), StageContext("dedup", 1))
+
+
+def verdicts(rows: list[dict]) -> dict[int, str | None]:
+    return {r["source"]["line"]: (r["reject"]["reason"] if r["reject"] else None) for r in rows}
+
+
+def near_rows() -> list[dict]:
+    texts = [
+        STORY,  # 1
+        EMAIL,  # 2
+        STORY.replace("fifty", "sixty"),  # 3: one word changed
+        ZH,  # 4
+        ZH.replace("稻田", "麦田"),  # 5: two characters changed
+        ZH_OTHER,  # 6: same template, other content
+        EMAIL.replace("Thursday afternoon", "Friday morning"),  # 7: two words changed
+        MIXED,  # 8
+        MIXED.replace("CSV", "Excel"),  # 9: mixed text, one word changed
+        STORY.replace("a girl", "an old sailor"),  # 10: three words changed
+        "Explain the difference between a list and a tuple in Python.",  # 11
+    ]
+    return [row(t, i) for i, t in enumerate(texts, 1)]
+
+
+def test_shingles_words_for_english_characters_for_chinese_and_mixed():
+    assert shingles("the cat sat on the mat", 3, 2) == [
+        "the cat sat",
+        "cat sat on",
+        "sat on the",
+        "on the mat",
+    ]
+    assert shingles("秋天的散文", 3, 2) == ["秋天", "天的", "的散", "散文"]
+    assert shingles("用python写", 3, 2)[:3] == ["用p", "py", "yt"]  # any CJK: characters, punctuation dropped
+    assert shingles("hi there", 3, 2) == ["hi there"]  # shorter than n: the text is one shingle
+
+
+def test_minhash_rejects_near_copies_in_english_chinese_and_mixed_text():
+    rows = near_rows()
+    ids = {r["source"]["line"]: r["id"] for r in rows}
+    out = dedup(method="minhash")(copy.deepcopy(rows))
+    got = verdicts(out)
+    kept = sorted(k for k, v in got.items() if v is None)
+    assert kept == [1, 2, 4, 6, 8, 11]
+    for dup, orig in [(3, 1), (5, 4), (7, 2), (9, 8), (10, 1)]:
+        assert got[dup].startswith(f"duplicate of {ids[orig]} (minhash jaccard 0."), (dup, got[dup])
+    meta = out[2]["meta"]["dedup"]
+    assert meta["duplicate_of"] == ids[1] and meta["method"] == "minhash" and 0.7 <= meta["similarity"] < 1.0
+    assert all("dedup" not in out[k - 1]["meta"] for k in kept)
+
+
+def test_minhash_threshold_decides_how_near():
+    rows = near_rows()
+    strict = verdicts(dedup(method="minhash", threshold=0.95)(copy.deepcopy(rows)))
+    assert all(v is None for v in strict.values())  # no planted copy is that close
+    loose = verdicts(dedup(method="minhash", threshold=0.5)(copy.deepcopy(rows)))
+    assert [k for k, v in loose.items() if v] == [3, 5, 7, 9, 10]  # and no false match
+
+
+def test_minhash_keep_longest_keeps_the_longest_and_names_it():
+    rows = [row(STORY, 1), row(STORY + " in a poem", 2), row(STORY.replace("fifty", "sixty"), 3)]
+    out = dedup(method="minhash", keep="longest")(rows)
+    got = verdicts(out)
+    assert got[2] is None
+    assert got[1].startswith(f"duplicate of {rows[1]['id']} (minhash jaccard")
+    assert out[2]["meta"]["dedup"]["duplicate_of"] == rows[1]["id"]
+
+
+def test_exact_keep_longest_on_conversations():
+    rows = [row("Say hi.", 1, "Hi"), row("say  HI.", 2, "hi"), row("Say hi.", 3, "Hello")]
+    out = dedup(method="exact", on="conversation", keep="longest")(copy.deepcopy(rows))
+    assert verdicts(out) == {1: f"duplicate of {rows[1]['id']}", 2: None, 3: None}  # 2 is one space longer
+    out = dedup(method="exact", on="conversation")(copy.deepcopy(rows))
+    assert verdicts(out) == {1: None, 2: f"duplicate of {rows[0]['id']}", 3: None}
+
+
+def test_semantic_rejects_paraphrases_in_english_and_chinese():
+    texts = [
+        "What is the capital city of France?",  # 1
+        "Tell me which city is the capital of France.",  # 2: paraphrase of 1
+        "用一句话解释什么是光合作用。",  # 3
+        "光合作用是什么？请用一句话解释。",  # 4: paraphrase of 3
+        "How do I read a CSV file with pandas?",  # 5
+        "Recommend three classic science fiction novels.",  # 6
+    ]
+    rows = [row(t, i) for i, t in enumerate(texts, 1)]
+    out = dedup(method="semantic", threshold=0.9)(rows)
+    got = verdicts(out)
+    assert [k for k, v in got.items() if v is None] == [1, 3, 5, 6]
+    assert got[2].startswith(f"duplicate of {rows[0]['id']} (cosine 0.9")
+    assert got[4].startswith(f"duplicate of {rows[2]['id']} (cosine 0.9")
+    assert out[1]["meta"]["dedup"]["method"] == "semantic"
+
+
+def test_semantic_with_several_kmeans_clusters_still_finds_copies():
+    topics = ["cooking pasta", "training a puppy", "learning the violin", "saving for retirement"]
+    rows = []
+    for i, t in enumerate(topics):
+        rows.append(row(f"Give me five practical tips for {t} as a complete beginner.", 2 * i + 1))
+        rows.append(row(f"Give me 5 practical tips for {t} as a total beginner.", 2 * i + 2))
+    out = dedup(method="semantic", threshold=0.9, cluster_size=2)(rows)  # 4 k-means clusters
+    got = verdicts(out)
+    assert [k for k, v in got.items() if v is None] == [1, 3, 5, 7]
+    assert all(got[2 * i + 2].startswith(f"duplicate of {rows[2 * i]['id']}") for i in range(4))
+
+
+def test_shards_summarized_apart_and_combined_equal_the_plain_call():
+    rows = near_rows()
+    for method in ("exact", "minhash"):
+        stage = dedup(method=method)
+        plain = stage(copy.deepcopy(rows))
+        shards = [copy.deepcopy(rows[i : i + 3]) for i in range(0, len(rows), 3)]
+        plan = stage.combine([stage.summarize(s, k) for k, s in enumerate(shards)])
+        split = [r for k, s in enumerate(shards) for r in stage.apply(s, plan, k)]
+        assert [(r["id"], r["reject"], r["meta"]) for r in split] == [
+            (r["id"], r["reject"], r["meta"]) for r in plain
+        ]
+
+
+def test_apply_refuses_a_plan_for_other_rows():
+    stage = dedup(method="minhash")
+    rows = near_rows()
+    plan = stage.combine([stage.summarize(rows, 0)])
+    with pytest.raises(RuntimeError, match="does not match shard 0"):
+        stage.apply(list(reversed(rows)), plan, 0)
+
+
+def test_group_pairs_star_and_chain_in_input_order():
+    a, b = group_pairs(np.array([5, 3, 5, 5, 3, 9], dtype=np.uint64))
+    assert sorted(set(zip(a.tolist(), b.tolist(), strict=True))) == [(0, 2), (0, 3), (1, 4), (2, 3)]
+
+
+def test_clusters_chain_keeps_one_and_names_the_linking_row():
+    # 0~1 (0.9), 1~2 (0.8), 0 and 2 not similar; 3~4; 5 alone
+    a, b, sim = np.array([0, 1, 3]), np.array([1, 2, 4]), np.array([0.9, 0.8, 0.75])
+    lengths = np.array([10, 30, 20, 5, 6, 1])
+    assert resolve_clusters(6, a, b, sim, lengths, "first") == {
+        1: (0, 0, 0.9),
+        2: (0, 1, 0.8),
+        4: (3, 3, 0.75),
+    }
+    assert resolve_clusters(6, a, b, sim, lengths, "longest") == {
+        0: (1, 1, 0.9),
+        2: (1, 1, 0.8),
+        3: (4, 4, 0.75),
+    }
+
+
+def test_params_validation():
+    with pytest.raises(ValidationError, match="bands"):
+        Dedup.Params(method="minhash", num_perm=128, bands=24)
+    with pytest.raises(ValidationError):
+        Dedup.Params(method="fuzzy")
+    assert Dedup.uses_model(Dedup.Params(method="semantic")) and not Dedup.uses_model(Dedup.Params())
