@@ -6,7 +6,15 @@ import pytest
 
 from alignfactory.run import Runner
 from alignfactory.spec import load_spec
-from tests.integration.conftest import REPO, exported, read_jsonl, rejected_rows, write_jsonl
+from tests.integration.conftest import (
+    REPO,
+    assert_each_input_once,
+    exported,
+    input_lines,
+    read_jsonl,
+    rejected_rows,
+    write_jsonl,
+)
 
 SPEC = REPO / "pipelines" / "sft_data.yaml"
 FAST = ["sampling.max_tokens=24", "shard_size=4", "stages.2.params.min_chars=1"]
@@ -45,6 +53,7 @@ def test_spec_end_to_end_accounts_for_every_row(local_ray, tmp_path, messy_input
     rows = exported(out)
     rejects = rejected_rows(out)
     assert len(rows) + len(rejects) == 11  # every non-blank input line: exported or rejected, once
+    assert_each_input_once(out, input_lines(messy_input))  # row by row: each file:line exactly once
 
     by_stage = {}
     for r in rejects:
