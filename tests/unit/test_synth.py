@@ -462,3 +462,14 @@ def test_constitution_fraction_revises_a_deterministic_share():
         [row(f"Question {i}?", f"Answer {i}.") for i in range(40)]
     )
     assert [i for i, r in enumerate(again) if records.response(r) == "Better."] == revised
+
+
+def test_judge_config_errors_name_the_file_or_key(tmp_path, monkeypatch):
+    with pytest.raises(ValueError, match=r"criteria \['kindness'\] not in rubrics/judge/rubrics.yaml"):
+        judge(ScriptedEngine(), criteria=["kindness"])
+    import alignfactory.stages.synthesize.judge as judge_mod
+
+    (tmp_path / "r.yaml").write_text("helpfulness:\n  en: Be useful.\n", "utf-8")
+    monkeypatch.setattr(judge_mod, "RUBRICS", tmp_path)
+    with pytest.raises(ValueError, match=r"r.yaml: criterion 'helpfulness' needs both en and zh"):
+        judge(ScriptedEngine(), rubrics_file="r.yaml")

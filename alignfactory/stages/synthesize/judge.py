@@ -101,7 +101,17 @@ def reconcile(ab: str | None, ba: str | None) -> str | None:
 def _rubrics(path: str) -> dict:
     import yaml
 
-    return yaml.safe_load((RUBRICS / path).read_text("utf-8"))
+    file = RUBRICS / path
+    try:
+        data = yaml.safe_load(file.read_text("utf-8"))
+    except yaml.YAMLError as e:
+        raise ValueError(f"{file}: YAML error: {e}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{file}: expected a mapping criterion -> {{en, zh}}")
+    for name, text in data.items():
+        if not isinstance(text, dict) or not all(text.get(lang) for lang in ("en", "zh")):
+            raise ValueError(f"{file}: criterion {name!r} needs both en and zh text")
+    return data
 
 
 class Judge(LLMStage):
