@@ -431,7 +431,7 @@ def test_pairs_verifier_and_carried_pairs():
             "policy": "revised_vs_original",
         }
     ]
-    out = pairs(policies=["verifier", "carried"])(g + [rev])
+    out = pairs(policies=["verifier", "carried"], pass_field="meta.exec.passed")(g + [rev])
     head = out[2]
     assert head["reject"] is None
     assert [(p["chosen"], p["rejected"], p["policy"]) for p in head["pairs"]] == [
@@ -473,3 +473,10 @@ def test_judge_config_errors_name_the_file_or_key(tmp_path, monkeypatch):
     monkeypatch.setattr(judge_mod, "RUBRICS", tmp_path)
     with pytest.raises(ValueError, match=r"r.yaml: criterion 'helpfulness' needs both en and zh"):
         judge(ScriptedEngine(), rubrics_file="r.yaml")
+
+
+def test_pairs_verifier_policy_needs_pass_field():
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="policy 'verifier' needs pass_field"):
+        Pairs.Params(policies=["verifier"])

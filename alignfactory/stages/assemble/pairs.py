@@ -6,7 +6,7 @@ them. Per group, each policy in params.policies adds at most one pair:
 
     score      best vs worst by a score (meta.judge.score, meta.reward.score: score_field), when
                best - worst >= min_margin; otherwise the group is a tie: skipped and counted.
-    verifier   a passing vs a failing sibling (pass_field: a bool such as meta.exec.passed).
+    verifier   a passing vs a failing sibling (pass_field: the dotted path of a bool a verifier wrote).
     carried    the pairs rows already carry (constitution's revised-vs-original and aligned-vs-deviating,
                reject_sample's correct-vs-incorrect, exec_feedback's pass-vs-fail), deduplicated.
 
@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from alignfactory import records
 from alignfactory.stages.base import Stage
@@ -59,7 +59,16 @@ class Pairs(Stage):
         policies: list[Literal["score", "verifier", "carried"]] = Field(["score", "carried"], min_length=1)
         score_field: str = "meta.judge.score"
         min_margin: float = Field(1.0, ge=0)  # best - worst below this is a tie (0 still needs best > worst)
-        pass_field: str = "meta.exec.passed"
+        pass_field: str | None = None  # verifier policy: a bool per row, e.g. meta.<verifier>.passed
+
+        @model_validator(mode="after")
+        def _verifier_needs_field(self):
+            if "verifier" in self.policies and not self.pass_field:
+                raise ValueError(
+                    "policy 'verifier' needs pass_field (the dotted path of a bool, e.g. meta.check.passed)"
+                )
+            return self
+
         length_tolerance: float | None = Field(None, ge=0)  # score units; None = no length control
         keep: Literal["best", "all"] = "best"
 
