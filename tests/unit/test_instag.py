@@ -166,3 +166,14 @@ def test_all_user_turns_are_tagged():
     assert engine.calls[0]["conversations"][0][-1]["content"].endswith(
         "Query: Plan a trip.\n\nJapan, 7 days."
     )
+
+
+def test_bad_example_files_name_the_file_and_line(tmp_path, monkeypatch):
+    import alignfactory.stages.curate.instag as mod
+
+    monkeypatch.setattr(mod, "RUBRICS", tmp_path)
+    (tmp_path / "ex.jsonl").write_text('{"query": "q", "tags": []}\n{"query": "q"}\n', encoding="utf-8")
+    with pytest.raises(ValueError, match=r"ex.jsonl:2: bad example \(KeyError"):
+        stage(ScriptedEngine(), examples={"en": "ex.jsonl"})
+    with pytest.raises(ValueError, match=r"params.examples.zh: .*missing.jsonl not found"):
+        stage(ScriptedEngine(), examples={"zh": "missing.jsonl"})

@@ -136,9 +136,21 @@ def _clean(items: list[tuple], max_tags: int, max_chars: int) -> list[dict]:
     return out[:max_tags]
 
 
-def _read_jsonl(path: Path) -> list[dict]:
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+def _read_examples(path: Path, lang: str) -> list[dict]:
+    """Worked examples, one {"query", "tags": [{"tag", "explanation"}]} per line; errors name file:line."""
+    if not path.is_file():
+        raise ValueError(f"instag: params.examples.{lang}: {path} not found")
+    shots = []
+    for n, line in enumerate(path.read_text("utf-8").splitlines(), 1):
+        try:
+            shot = json.loads(line) if line.strip() else None
+            if shot is not None and not (isinstance(shot["query"], str) and isinstance(shot["tags"], list)):
+                raise TypeError("query must be a string and tags a list")
+        except (ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"{path}:{n}: bad example ({type(e).__name__}: {e})") from e
+        if shot is not None:
+            shots.append(shot)
+    return shots
 
 
 class InsTag(LLMStage):
@@ -156,10 +168,9 @@ class InsTag(LLMStage):
 
     def __init__(self, params, ctx, engine=None):
         super().__init__(params, ctx, engine)
-        for key in ("en",):
-            if key not in params.templates:
-                raise ValueError(f"instag: params.templates needs an {key!r} entry (the fallback language)")
-        self.shots = {lang: _read_jsonl(RUBRICS / path) for lang, path in params.examples.items()}
+        if "en" not in params.templates:
+            raise ValueError("instag: params.templates needs an 'en' entry (the fallback language)")
+        self.shots = {lang: _read_examples(RUBRICS / path, lang) for lang, path in params.examples.items()}
         self.shot_sets = [
             frozenset(t["tag"].casefold() for t in s["tags"]) for v in self.shots.values() for s in v
         ]

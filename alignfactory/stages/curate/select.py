@@ -72,6 +72,12 @@ class Select(CorpusStage):
     requires = {"meta.tag_normalize.tags": "canonical tags (params.tags_from)"}
     adds = ("meta.select",)
 
+    @staticmethod
+    def uses_model(params) -> bool:
+        """summarize loads a model (embedder or LLM judge): the runner runs it in actors."""
+        w = params.weights
+        return w.richness > 0 or w.completeness > 0 or params.difficulty_llm
+
     def __init__(self, params, ctx, engine=None, embedder=None):
         super().__init__(params, ctx)
         self._engine, self._embedder = engine, embedder  # built on first use when not handed in
