@@ -18,7 +18,7 @@ scores against the final chosen set in the reason; kept rows get meta.select = {
 ("coverage" | "score"), scores at the time they were picked}. An LLM judge reply with no number in
 1..10 scores 0.5 (neutral) and its raw text stays in meta.select.raw.
 
-summarize(rows, shard) -> per-row (id, tags, LLM scores) and an (n, dim) float32 embedding array when
+summarize(rows, shard) -> per-row (id, tags, LLM scores) and an (n, dim) float16 embedding array when
 richness is on; combine() runs the sampler over those; apply() marks rows by (shard, position).
 """
 
@@ -98,7 +98,8 @@ class Select(CorpusStage):
         p = self.params
         texts = [records.instruction(r) for r in rows]
         out = {"shard": shard, "ids": [r["id"] for r in rows], "tags": [self.row_tags(r) for r in rows]}
-        out["emb"] = self.embedder.encode(texts) if p.weights.richness > 0 else None
+        # (n, dim) float16: half the bytes of a summary; cosines stay within ~1e-3
+        out["emb"] = self.embedder.encode(texts).astype(np.float16) if p.weights.richness > 0 else None
         for what, on, template in (
             ("difficulty", p.difficulty_llm, p.difficulty_template),
             ("completeness", p.weights.completeness > 0, p.completeness_template),
@@ -130,7 +131,9 @@ class Select(CorpusStage):
         n = len(keys)
         budget = min(n, self.params.budget or math.ceil(self.params.fraction * n))
         w = self.params.weights
-        emb = np.concatenate([s["emb"] for s in summaries]) if w.richness > 0 and n else None
+        emb = (
+            np.concatenate([s["emb"] for s in summaries]).astype(np.float32) if w.richness > 0 and n else None
+        )
         llm = {what: self.gather(summaries, what) for what in JUDGED + tuple(f"{j}_raw" for j in JUDGED)}
         sampler = Sampler(tags, emb, w, llm["difficulty"], llm["completeness"])
         chosen: list[tuple[int, str, dict]] = []  # (row index, phase, scores when picked)
