@@ -7,6 +7,7 @@
     inspect.final_rows("runs/sft_data")            # rows that reached the end (all their meta), + lengths
     inspect.rejected("runs/sft_data")              # stage, reason, kind, file, line, id, raw
     inspect.outcomes("runs/sft_data")              # every input line -> exported | rejected (stage, reason)
+    inspect.leaves("runs/sft_data")                # every row in its final state (exported or rejected)
     inspect.lineage("runs/sft_data")               # edges parent -> id with stage, operation, round
     inspect.tags("runs/sft_data")                  # long frame: id, tag, kind (canonical | raw)
     inspect.scores("runs/sft_data")                # judge / reward scores, verifier pass rates
@@ -232,21 +233,34 @@ def _tag_names(tags) -> list[str]:
     return out
 
 
+def source_key(row: dict) -> str:
+    return f"{row['source'].get('file')}:{row['source'].get('line')}"
+
+
+def leaves(run_dir: str | Path) -> list[dict]:
+    """Every row in its final state: each rejected row (a rejected row goes no further) and each row
+    the last stage kept. With n = 1 sample per row that is one row per input line."""
+    out = _outputs(run_dir)
+    return [r for rows in out.values() for r in rows if r.get("reject")] + final_rows(run_dir)
+
+
 def tags(run_dir: str | Path):
-    """Long frame id, tag, kind: 'canonical' (meta.tag_normalize.tags) and 'raw' (meta.instag.tags),
-    from the last version of each row that carries them (rejected rows included, with `rejected`)."""
-    latest = {}
-    for rows in _outputs(run_dir).values():
-        for r in rows:
-            if (r.get("meta") or {}).get("instag") or (r.get("meta") or {}).get("tag_normalize"):
-                latest[(r["id"], json.dumps(r["source"], sort_keys=True))] = r
-    out = []
-    for r in latest.values():
+    """Long frame id, source (file:line), tag, kind: 'canonical' (meta.tag_normalize.tags) or 'raw'
+    (meta.instag.tags), one set per input line (its last row; rejected rows too, with `rejected`).
+    Count tags by unique `source`: n samples of one instruction carry the same tags."""
+    out, seen = [], set()
+    for r in leaves(run_dir):
+        meta = r.get("meta") or {}
+        if source_key(r) in seen or not (meta.get("instag") or meta.get("tag_normalize")):
+            continue
+        seen.add(source_key(r))
         reason = (r.get("reject") or {}).get("reason")
         for kind, key in (("canonical", "tag_normalize"), ("raw", "instag")):
-            for t in _tag_names((r["meta"].get(key) or {}).get("tags")):
-                out.append({"id": r["id"], "tag": t, "kind": kind, "rejected": reason})
-    return _frame(out, ["id", "tag", "kind", "rejected"])
+            for t in _tag_names((meta.get(key) or {}).get("tags")):
+                out.append(
+                    {"id": r["id"], "source": source_key(r), "tag": t, "kind": kind, "rejected": reason}
+                )
+    return _frame(out, ["id", "source", "tag", "kind", "rejected"])
 
 
 def _jsonl_frame(path: Path, cols: list[str]):
@@ -264,15 +278,11 @@ def tag_mapping(run_dir: str | Path):
 
 
 def scores(run_dir: str | Path):
-    """Per row that carries a score (last version, rejected rows included): judge and reward scores,
+    """Per leaf row that carries a score (rejected rows included): judge and reward scores,
     verifier pass rate (autoif: best response's fraction of kept functions passed; exec_feedback:
     best solution's fraction of trusted tests passed)."""
-    latest = {}
-    for rows in _outputs(run_dir).values():
-        for r in rows:
-            latest[(r["id"], json.dumps(r["source"], sort_keys=True))] = r
     out = []
-    for r in latest.values():
+    for r in leaves(run_dir):
         meta = r.get("meta") or {}
         rates = [
             s

@@ -39,6 +39,12 @@ def _clip(text, n: int = CLIP) -> str:
     return text if len(text) <= n else text[:n] + f"... [{len(text)} chars]"
 
 
+def _short(text, n: int) -> str:
+    """A plot label: at most n characters."""
+    text = str(text)
+    return text if len(text) <= n else text[: n - 1] + "\u2026"
+
+
 # ---- views ---------------------------------------------------------------------------------------
 
 
@@ -81,16 +87,16 @@ def tag_frequency(run_dir) -> list:
     if not len(t):
         return ["no tags: the run has no instag / tag_normalize stage"]
     kind = "canonical" if (t["kind"] == "canonical").any() else "raw"
-    freq = t[t["kind"] == kind].groupby("tag")["id"].nunique().sort_values(ascending=False)
+    freq = t[t["kind"] == kind].groupby("tag")["source"].nunique().sort_values(ascending=False)
     fig, (a, b) = _figure(9, 3.6, 2)
     top = freq.head(TOP_K)[::-1]
-    a.barh([_clip(x, 28) for x in top.index], top.values)
-    a.set_title(f"top {len(top)} {kind} tags (rows)")
+    a.barh([_short(x, 28) for x in top.index], top.values)
+    a.set_title(f"top {len(top)} {kind} tags (instructions)")
     a.tick_params(axis="y", labelsize=7)
     b.loglog(range(1, len(freq) + 1), freq.values, marker=".")
     b.set_title(f"long tail: {len(freq)} tags, {int((freq == 1).sum())} used once")
     b.set_xlabel("rank")
-    b.set_ylabel("rows")
+    b.set_ylabel("instructions")
     return [fig]
 
 
@@ -101,18 +107,17 @@ def tag_cooccurrence(run_dir) -> list:
         return ["no tags: no co-occurrence to show"]
     kind = "canonical" if (t["kind"] == "canonical").any() else "raw"
     t = t[t["kind"] == kind]
-    top = t.groupby("tag")["id"].nunique().sort_values(ascending=False).head(15).index
-    onehot = (
-        t[t["tag"].isin(top)].assign(v=1).pivot_table(index="id", columns="tag", values="v", fill_value=0)
-    )
+    top = t.groupby("tag")["source"].nunique().sort_values(ascending=False).head(15).index
+    onehot = t[t["tag"].isin(top)].assign(v=1)
+    onehot = onehot.pivot_table(index="source", columns="tag", values="v", fill_value=0)  # instruction x tag
     onehot = onehot[list(top)]
     co = onehot.T.dot(onehot)
     fig, ax = _figure(6, 5)
     im = ax.imshow(co.values, cmap="viridis")
-    labels = [_clip(x, 20) for x in co.index]
+    labels = [_short(x, 20) for x in co.index]
     ax.set_xticks(range(len(co)), labels, rotation=90, fontsize=7)
     ax.set_yticks(range(len(co)), labels, fontsize=7)
-    fig.colorbar(im, ax=ax, label="rows with both")
+    fig.colorbar(im, ax=ax, label="instructions with both")
     return [fig]
 
 
@@ -233,40 +238,43 @@ def duplicate_clusters(run_dir) -> list:
 
 
 def embedding_map(run_dir) -> list:
-    """Instructions embedded (all-MiniLM-L6-v2) and projected to 2-D (PCA), coloured by first tag
-    (or by outcome when the run has no tags)."""
+    """One point per input line (its instruction as last seen: evolved, kept or rejected), embedded
+    with all-MiniLM-L6-v2 and projected to 2-D (PCA), coloured by its first tag (or, without tags, by
+    whether it was kept)."""
     import numpy as np
 
-    rows = [(r["id"], records.instruction(r)) for r in inspect.final_rows(run_dir)]
-    rej = inspect.rejected(run_dir)
-    rows += [(i, t) for i, t in zip(rej["id"], rej["instruction"], strict=True) if t]
-    if len(rows) < 3:
+    points = {}  # source "file:line" -> (instruction, rejected)
+    for r in inspect.leaves(run_dir):
+        text = records.instruction(r)
+        if text and inspect.source_key(r) not in points:
+            points[inspect.source_key(r)] = (text, bool(r.get("reject")))
+    if len(points) < 3:
         return ["fewer than 3 instructions: no map"]
-    rng = np.random.default_rng(0)
-    if len(rows) > MAP_ROWS:
-        rows = [rows[i] for i in sorted(rng.choice(len(rows), MAP_ROWS, replace=False))]
+    keys = list(points)
+    if len(keys) > MAP_ROWS:
+        keys = [keys[i] for i in sorted(np.random.default_rng(0).choice(len(keys), MAP_ROWS, replace=False))]
     from alignfactory.llm.embed import Embedder
 
-    vecs = Embedder().encode([t for _, t in rows])  # (n, 384), L2-normalized
+    vecs = Embedder().encode([points[k][0] for k in keys])  # (n, 384), L2-normalized
     centered = vecs - vecs.mean(axis=0)
     xy = centered @ np.linalg.svd(centered, full_matrices=False)[2][:2].T  # (n, 2)
     t = inspect.tags(run_dir)
     if len(t):
         kind = "canonical" if (t["kind"] == "canonical").any() else "raw"
-        first = t[t["kind"] == kind].groupby("id")["tag"].first()
-        top = set(t[t["kind"] == kind]["tag"].value_counts().head(9).index)
-        label = [first.get(i) if first.get(i) in top else "other" for i, _ in rows]
+        t = t[t["kind"] == kind]
+        first = t.groupby("source")["tag"].first()
+        top = set(t.groupby("tag")["source"].nunique().sort_values(ascending=False).head(9).index)
+        label = [first.get(k) if first.get(k) in top else "other" for k in keys]
         what = f"first {kind} tag (top 9)"
     else:
-        rejected_ids = set(rej["id"])
-        label = ["rejected" if i in rejected_ids else "kept" for i, _ in rows]
+        label = ["rejected" if points[k][1] else "kept" for k in keys]
         what = "outcome (the run has no tags)"
     fig, ax = _figure(6.5, 5)
     for name in sorted(set(label), key=str):
         m = np.array([x == name for x in label])
-        ax.scatter(xy[m, 0], xy[m, 1], s=12, label=_clip(name, 24), alpha=0.8)
+        ax.scatter(xy[m, 0], xy[m, 1], s=14, label=_short(name, 24), alpha=0.8)
     ax.legend(fontsize=7, markerscale=1.5)
-    ax.set_title(f"{len(rows)} instructions, PCA of embeddings, coloured by {what}", fontsize=9)
+    ax.set_title(f"{len(keys)} instructions, PCA of embeddings, coloured by {what}", fontsize=9)
     return [fig]
 
 

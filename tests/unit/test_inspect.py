@@ -248,6 +248,13 @@ def test_every_input_line_ends_exported_or_rejected_once(rich):
     assert set(r[r["stage"] == "judge"]["kind"]) == {"low_score"}
 
 
+def test_leaves_are_each_rows_final_state(rich):
+    leaves = inspect.leaves(rich)
+    assert len(leaves) == 13  # 6 exported + 7 rejected: one final row per input line here (n = 1)
+    assert sorted(int(inspect.source_key(r).split(":")[1]) for r in leaves) == list(range(1, 14))
+    assert sum(not r["reject"] for r in leaves) == len(inspect.final_rows(rich))
+
+
 def test_stage_counts_add_up(rich):
     s = inspect.stages(rich)
     assert (s["rows_in"] == s["rows_out"] + s["rejected"]).all()
@@ -267,6 +274,10 @@ def test_tags_vocabulary_and_mapping(rich):
     assert {"Math", "math calculation"} <= set(raw["tag"])  # dict tags {"tag", "explanation"} read by name
     # the row that was rejected later keeps its tags, marked with why it was dropped
     assert canon["rejected"].notna().any() and canon["rejected"].isna().any()
+    # one tag set per input line, however many rows (evolved, generated) carried it
+    per_tag = canon.groupby("tag")["source"].nunique()
+    assert per_tag["history"] == 2 and per_tag["math"] == 2  # math: line 1 and its duplicate, line 11
+    assert canon.groupby(["source", "tag"]).size().max() == 1
     v = inspect.tag_vocabulary(rich).set_index("tag")
     assert v.loc["math", "members"] == ["Math", "math calculation"]
     assert set(inspect.tag_mapping(rich)["canonical"]) == set(CANONICAL.values())
@@ -316,6 +327,7 @@ def test_missing_says_what_a_bare_run_lacks(rich, bare):
     assert all(isinstance(v, str) and "\n" not in v for v in lacks.values())
     assert len(inspect.tags(bare)) == 0 and list(inspect.tags(bare).columns) == [
         "id",
+        "source",
         "tag",
         "kind",
         "rejected",
