@@ -8,8 +8,12 @@ Consecutive row stages form one segment: one Ray Data pipeline from_items(shards
 per stage (LLM stages in actor pools, CPU stages as tasks). A shard travels as one item carrying
 its rows and every stage's output; the driver writes each finished shard's outputs atomically, so
 a kill -9 loses only the shards in flight and a re-run sends only the shards not yet written.
-A corpus stage gets all rows of its input in one Ray task (or the driver, for export) and its
-output is re-sharded. `python -m alignfactory.run spec.yaml` is what `ray job submit` runs.
+A distributed corpus stage (CorpusStage, e.g. dedup) runs map -> combine -> apply: summarize per
+input shard on Ray Data (tasks, or actors for stages that embed), the small summaries meet in the
+driver for combine, whose plan is kept in <stage dir>/_PLAN.pkl, then apply per shard on Ray writes
+output shard i for input shard i; the driver never holds the rows. Other corpus stages get all rows
+in one Ray task (or the driver, for export) and their output is re-sharded.
+`python -m alignfactory.run spec.yaml` is what `ray job submit` runs.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pickle
 import shutil
 import subprocess
 import time
@@ -100,6 +105,9 @@ def plan(spec: PipelineSpec, root: Path) -> list[Step]:
             "seed": spec.seed,
             "input": steps[-1].fingerprint,
         }
+        data_files = getattr(cls, "data_files", None)  # files a stage reads (benchmarks): their identity
+        if data_files is not None and data_files(params):
+            parts["data_files"] = [(str(p), *_file_identity(Path(p))) for p in data_files(params)]
         if cls.uses_llm:
             from alignfactory.llm import resolve_backend
 
@@ -160,6 +168,11 @@ def apply_stage(stage, rows: list[dict]) -> list[dict]:
             return [stage.reject(rows[0], f"stage_error: {type(e).__name__}: {e}")]
         log.warning("%s raised %s on a batch of %d; retrying row by row", stage.ctx.name, e, len(rows))
         out = [r for row in rows for r in apply_stage(stage, [row])]
+    return account(stage, rows, out)
+
+
+def account(stage, rows: list[dict], out: list[dict]) -> list[dict]:
+    """Reject, as dropped, every input row that neither comes back nor parents an output row."""
     # Identical rows share an id, so count: each input needs an output row of its id, or a child.
     parents = {p for r in out for p in r["lineage"]["parents"]}
     missing = Counter(r["id"] for r in rows) - Counter(r["id"] for r in out)
@@ -232,6 +245,61 @@ def run_task_stage(batch: dict, name: str, params: dict, ctx: StageContext) -> d
 
 def run_corpus(name: str, params: dict, ctx: StageContext, rows: list[dict]) -> tuple[list[dict], dict]:
     return run_on_shard(build_stage(name, params, ctx), rows)
+
+
+# A distributed corpus stage is built once per Ray worker process (tasks reuse their processes), so
+# what it loads lazily (an embedder, a benchmark index) is loaded once per process, not per shard.
+_CORPUS_STAGES: dict[str, object] = {}
+_PLANS: dict[tuple, object] = {}
+
+
+def corpus_stage(name: str, params: dict, ctx: StageContext):
+    key = json.dumps([name, params, ctx.index, str(ctx.run_dir)], sort_keys=True, default=str)
+    if key not in _CORPUS_STAGES:
+        _CORPUS_STAGES.clear()
+        _CORPUS_STAGES[key] = build_stage(name, params, ctx)
+    return _CORPUS_STAGES[key]
+
+
+def load_plan(path: Path) -> dict:
+    """_PLAN.pkl: {"plan": the stage's combine() result, "seconds": {...}}, cached per process."""
+    key = (str(path), path.stat().st_mtime_ns)
+    if key not in _PLANS:
+        _PLANS.clear()
+        _PLANS[key] = pickle.loads(path.read_bytes())
+    return _PLANS[key]
+
+
+class CorpusWorker:
+    """map_batches callable for a distributed corpus stage; one item = one input shard, read from
+    its file here (the driver sends paths, not rows). phase "summarize" returns the pickled summary;
+    phase "apply" returns the shard's output rows and stats for the driver to write."""
+
+    def __init__(self, name: str, params: dict, ctx: StageContext, phase: str, plan_path: str | None = None):
+        self.stage = corpus_stage(name, params, ctx)
+        self.phase, self.plan_path = phase, plan_path
+        self.where = _worker_location()
+
+    def __call__(self, batch: dict) -> dict:
+        import numpy as np
+
+        out = []
+        for shard, path in zip(batch["shard"], batch["path"], strict=True):
+            rows = kept(read_shard(Path(path))[0])
+            t0 = time.perf_counter()
+            if self.phase == "summarize":
+                result = pickle.dumps(self.stage.summarize(rows, int(shard)), protocol=5)
+                out.append(pickle.dumps({"summary": result, "seconds": time.perf_counter() - t0}))
+                continue
+            plan = load_plan(Path(self.plan_path))["plan"]
+            res = account(self.stage, rows, self.stage.apply(rows, plan, int(shard)))
+            stats = counts(res, len(rows)) | {"seconds": time.perf_counter() - t0, "worker": self.where}
+            out.append(json.dumps({"rows": res, "stats": stats}, ensure_ascii=False).encode())
+        return {"shard": batch["shard"], "path": batch["path"], "payload": np.array(out, dtype=object)}
+
+
+def run_corpus_task(batch: dict, name: str, params: dict, ctx: StageContext, phase: str, plan_path=None):
+    return CorpusWorker(name, params, ctx, phase, plan_path)(batch)
 
 
 # ---- driver ---------------------------------------------------------------------------------------
@@ -364,15 +432,18 @@ class Runner:
     # -- corpus stages
 
     def corpus(self, step: Step) -> None:
+        if getattr(step.cls, "distributed", False) and not step.cls.in_driver:
+            return self.distributed_corpus(step)
         for stale in step.dir.glob(SHARD_GLOB):
             stale.unlink()
         rows = [
             r for p in sorted(self.steps[step.index - 1].dir.glob(SHARD_GLOB)) for r in kept(read_shard(p)[0])
         ]
         params = step.params.model_dump(mode="json")
+        ctx = replace(step.ctx, run_dir=self.root)
         log.info("%s: %d rows (corpus stage)", step.name, len(rows))
         if step.cls.in_driver:
-            out, stats = run_corpus(step.name, params, replace(step.ctx, run_dir=self.root), rows)
+            out, stats = run_corpus(step.name, params, ctx, rows)
         else:
             import ray
 
@@ -380,7 +451,7 @@ class Runner:
             task = ray.remote(num_cpus=step.spec.resources.num_cpus, num_gpus=step.spec.resources.num_gpus)(
                 run_corpus
             )
-            out, stats = ray.get(task.remote(step.name, params, step.ctx, rows))
+            out, stats = ray.get(task.remote(step.name, params, ctx, rows))
         # Kept rows re-sharded in full shards; the rejected ones ride in shard 0 (for rejected/ and counts).
         good, dropped, size = kept(out), [r for r in out if r.get("reject")], self.spec.shard_size
         for j in range(0, max(len(good), 1), size):
@@ -395,6 +466,73 @@ class Runner:
                 shard_stats |= {k: stats[k] for k in ("rows_in", "tokens_in", "tokens_out", "seconds")}
             write_shard(step.dir / f"shard-{j // size:05d}.jsonl", part, shard_stats)
         self.succeed(step, self.totals(step))
+
+    def distributed_corpus(self, step: Step) -> None:
+        """summarize per input shard (Ray) -> combine (driver, summaries only) -> _PLAN.pkl -> apply
+        per shard (Ray) -> output shard i for input shard i. A re-run after a kill reuses the plan
+        and the output shards already written."""
+        inputs = sorted(self.steps[step.index - 1].dir.glob(SHARD_GLOB))
+        items = [{"shard": i, "path": str(p)} for i, p in enumerate(inputs)]
+        params = step.params.model_dump(mode="json")
+        ctx = replace(step.ctx, run_dir=self.root)
+        plan_path = step.dir / "_PLAN.pkl"
+        if not plan_path.exists():
+            log.info("%s: summarizing %d shards", step.name, len(items))
+            summaries: list = [None] * len(items)
+            seconds = [0.0] * len(items)
+            for out in self.corpus_dataset(step, items, ctx, "summarize").iter_rows() if items else ():
+                got = pickle.loads(out["payload"])
+                summaries[int(out["shard"])] = pickle.loads(got["summary"])
+                seconds[int(out["shard"])] = got["seconds"]
+            t0 = time.perf_counter()
+            stage = build_stage(step.name, params, ctx)
+            plan = stage.combine(summaries)
+            del summaries
+            record = {"plan": plan, "summarize_seconds": seconds, "combine_seconds": time.perf_counter() - t0}
+            io.write_atomic(plan_path, pickle.dumps(record, protocol=5))
+            del plan, record
+            log.info("%s: combined in %.1f s", step.name, time.perf_counter() - t0)
+        todo = [it for it in items if not (step.dir / inputs[it["shard"]].name).exists()]
+        if todo:
+            meta = load_plan(plan_path)
+            log.info("%s: %d shards to apply", step.name, len(todo))
+            ds = self.corpus_dataset(step, todo, ctx, "apply", str(plan_path))
+            for out in ds.iter_rows():
+                shard = int(out["shard"])
+                result = json.loads(out["payload"])
+                stats = result["stats"] | {"tokens_in": 0, "tokens_out": 0}
+                stats["seconds"] = round(
+                    stats["seconds"]
+                    + meta["summarize_seconds"][shard]
+                    + (meta["combine_seconds"] if shard == 0 else 0.0),
+                    3,
+                )
+                write_shard(step.dir / inputs[shard].name, result["rows"], stats)
+        self.succeed(step, self.totals(step))
+
+    def corpus_dataset(self, step: Step, items: list[dict], ctx: StageContext, phase: str, plan_path=None):
+        import ray
+
+        self.ensure_ray()
+        res = step.spec.resources
+        args = (step.name, step.params.model_dump(mode="json"), ctx, phase, plan_path)
+        uses_model = getattr(step.cls, "uses_model", False)
+        if callable(uses_model):
+            uses_model = uses_model(step.params)
+        remote = {"num_cpus": res.num_cpus}
+        if (
+            uses_model and phase == "summarize"
+        ):  # embeddings: the model loads once per actor, on a GPU if given
+            fn = CorpusWorker
+            how = {"fn_constructor_args": args, "compute": ray.data.ActorPoolStrategy(size=res.concurrency)}
+            remote["num_gpus"] = res.num_gpus
+        else:
+            fn, how = (
+                run_corpus_task,
+                {"fn_args": args, "compute": ray.data.TaskPoolStrategy(size=res.concurrency)},
+            )
+        ds = ray.data.from_items(items, override_num_blocks=max(len(items), 1))
+        return ds.map_batches(fn, batch_size=1, batch_format="numpy", **how, **remote)
 
     # -- bookkeeping
 

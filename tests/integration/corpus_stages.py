@@ -1,0 +1,16 @@
+"""Corpus stages for runner tests: dedup that sleeps in apply, so a test can kill -9 mid-stage."""
+
+import time
+
+from pydantic import Field
+
+from alignfactory.stages.curate.dedup import Dedup
+
+
+class SlowDedup(Dedup):
+    class Params(Dedup.Params):
+        apply_sleep: float = Field(0.0, ge=0)  # seconds per shard in apply
+
+    def apply(self, rows, plan, shard):
+        time.sleep(self.params.apply_sleep)
+        return super().apply(rows, plan, shard)
