@@ -31,6 +31,7 @@ from pathlib import Path
 
 from alignfactory import io, records
 
+REPORT_LINK = "Report: [report.html](report.html) (plots of tags, lengths, rejections, scores, pairs, cost)."
 DUPLICATE = re.compile(r"duplicate of ([0-9a-f]{16})")  # dedup's reject reason names the kept row
 
 
@@ -457,4 +458,6 @@ def dataset_card(run_dir: str | Path) -> str:
         "",
         "Lineage: every row carries `lineage.parents` and `lineage.stage`; stages/<i>-<stage>/ holds each step.",
     ]
+    if (run_dir / "report.html").exists():  # `alignfactory report` wrote it: keep the link on re-runs
+        lines += ["", REPORT_LINK]
     return "\n".join(lines) + "\n"

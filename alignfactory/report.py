@@ -19,6 +19,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from alignfactory import cost, inspect, records
+from alignfactory.inspect import REPORT_LINK as LINK
 
 TOP_K = 20  # tags shown by name in frequency plots
 MAP_ROWS = 2000  # instructions embedded for the 2-D map (a random sample beyond that)
@@ -424,12 +425,9 @@ def write(run_dir) -> Path:
     io.write_atomic(target, build(run_dir).encode("utf-8"))
     readme = run_dir / "README.md"
     text = readme.read_text("utf-8") if readme.exists() else ""
-    if LINK not in text:
+    if LINK not in text:  # (a re-run's dataset card keeps it: inspect.dataset_card adds it too)
         io.write_atomic(readme, (text.rstrip("\n") + "\n\n" + LINK + "\n").lstrip("\n").encode("utf-8"))
     return target
-
-
-LINK = "Report: [report.html](report.html) (plots of tags, lengths, rejections, scores, pairs, cost)."
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -353,6 +353,7 @@ def test_report_page_has_every_plot(rich):
     assert readme.count(report.LINK) == 1
     report.write(rich)
     assert (rich / "README.md").read_text().count(report.LINK) == 1  # linked once, not per write
+    assert inspect.dataset_card(rich).count(report.LINK) == 1  # a re-run's card keeps the link
 
 
 def test_dataset_card_keeps_its_shape(rich):
