@@ -17,8 +17,8 @@ import alignfactory.llm as llm_pkg
 from alignfactory import records, run
 from alignfactory.llm.base import EngineError, Sampling
 from alignfactory.spec import validate
-from alignfactory.stages.base import Stage, StageContext
 from alignfactory.stages.assemble.filter import Filter
+from alignfactory.stages.base import Stage, StageContext
 from alignfactory.stages.synthesize.generate import Generate
 from tests.unit.scripted import ScriptedEngine, count_tokens
 
@@ -474,3 +474,41 @@ def test_runner_read_respects_limit(tmp_path):
         "rejected": 1,
         "shards": 2,
     }
+
+
+# ---- distributed corpus stages: the worker's two phases, without Ray --------------------------------
+
+
+def test_corpus_worker_summarize_then_apply_on_shard_files(tmp_path):
+    import pickle
+
+    texts = [
+        "Say hello to the world.",
+        "say HELLO to the world.",
+        "Another thing entirely.",
+        "Say hello to the world.",
+    ]
+    shards = []
+    for k, part in enumerate([texts[:2], texts[2:]]):
+        path = tmp_path / f"shard-{k:05d}.jsonl"
+        rows = [row(t, line=2 * k + i + 1) for i, t in enumerate(part)]
+        if k == 1:
+            rows.append(records.reject(row("rejected earlier"), "read", "bad_row"))  # not sent to the stage
+        run.write_shard(path, rows, {"rows_in": len(rows)})
+        shards.append(path)
+    batch = {"shard": np.array([0, 1]), "path": np.array([str(p) for p in shards], dtype=object)}
+    ctx = StageContext("dedup", 1, run_dir=tmp_path)
+    res = run.run_corpus_task(batch, "dedup", {}, ctx, "summarize")
+    summaries = [pickle.loads(pickle.loads(p)["summary"]) for p in res["payload"]]
+    assert [len(s["ids"]) for s in summaries] == [2, 2] and summaries[0]["keys"].dtype == np.uint64
+    stage = run.build_stage("dedup", {}, ctx)
+    plan_path = tmp_path / "_PLAN.pkl"
+    plan_path.write_bytes(pickle.dumps({"plan": stage.combine(summaries)}))
+    res = run.run_corpus_task(batch, "dedup", {}, ctx, "apply", str(plan_path))
+    out = [json.loads(p) for p in res["payload"]]
+    first = records.message_id([{"role": "user", "content": texts[0]}])
+    assert [reasons(o["rows"]) for o in out] == [
+        [None, f"duplicate of {first}"],
+        [None, f"duplicate of {first}"],
+    ]
+    assert [o["stats"]["rows_in"] for o in out] == [2, 2] and [o["stats"]["rejected"] for o in out] == [1, 1]

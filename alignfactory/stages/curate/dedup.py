@@ -16,7 +16,8 @@ MinHash (Broder 1997) + LSH banding (Leskovec et al., MMDS ch. 3): the signature
 and a candidate pair is kept when its estimated Jaccard (share of equal signature values) reaches
 `threshold`. Shingles: word n-grams for space-delimited text, character n-grams when the text holds
 CJK characters (Chinese/Japanese, or mixed with Latin). Semantic (Abbas et al. 2023, SemDeDup):
-k-means over the embeddings (faiss), then pairwise cosine inside each cluster in blocks.
+spherical k-means over the embeddings (faiss), then cosine in blocks between each row and the
+members of its `probe` nearest clusters (a pair split by a cluster boundary is still compared).
 """
 
 from __future__ import annotations
