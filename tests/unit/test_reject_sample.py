@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
@@ -190,3 +192,16 @@ def test_registry_and_params():
         RejectSample.Params(min_share=1.5)
     with pytest.raises(ValidationError):
         RejectSample.Params(samples=3)  # unknown key
+
+
+def test_bundled_seed_set_answers_match_their_solutions():
+    """pipelines/seeds/math_seed.jsonl: >= 60 problems, EN and ZH, each worked solution verified."""
+    from alignfactory.verify.math import equivalent, extract_answer
+
+    path = Path(__file__).resolve().parents[2] / "pipelines" / "seeds" / "math_seed.jsonl"
+    seeds = [json.loads(line) for line in path.read_text("utf-8").splitlines() if line.strip()]
+    zh = [s for s in seeds if re.search(r"[\u4e00-\u9fff]", s["instruction"])]
+    assert len(seeds) >= 60 and len(zh) >= 15 and len(seeds) - len(zh) >= 30
+    assert len({s["instruction"] for s in seeds}) == len(seeds)
+    bad = [s for s in seeds if not equivalent(extract_answer(s["solution"]), s["answer"])]
+    assert bad == []
