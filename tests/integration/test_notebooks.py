@@ -1,0 +1,171 @@
+"""Every notebook in notebooks/ executed with papermill (the venv's python3 kernel) on real small runs
+(sft_data.yaml and code_data.yaml on the real embedded model, real local Ray, real sandbox) and on a
+synthetic run that carries tags, evolution lineage, judge/reward scores and pairs; a cell error fails.
+Also: the inspect API on the real SFT run, row by row, against the run's own files.
+
+real_run() is shared with test_report_browser.py: runs live under pytest's session base temp, so the
+second module resumes the finished run (no Ray, no model) instead of making it again."""
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from alignfactory import cost, inspect, io, report
+from alignfactory.run import Runner
+from alignfactory.spec import load_spec
+from tests.integration.conftest import REPO, read_jsonl, write_jsonl
+from tests.unit.test_inspect import make_run
+
+NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
+SPECS = {
+    # 6 seed lines + a malformed line + a duplicate: the run has read and dedup rejects to show
+    "sft": ("sft_data.yaml", ["sampling.max_tokens=24", "shard_size=4"]),
+    # 2 code tasks, 2 solutions each: sandbox verdicts and (when one passes) pairs
+    "code": ("code_data.yaml", ["sampling.max_tokens=96", "shard_size=2", "stages.0.params.k=2"]),
+}
+
+
+def sft_input(root: Path) -> Path:
+    path = root / "sft_input.jsonl"
+    if path.exists():  # rewriting it would change its mtime, hence the run's fingerprint: no resume
+        return path
+    seeds = read_jsonl(REPO / "pipelines" / "seeds" / "sft_seed.jsonl")[:6]
+    lines = [json.dumps(s, ensure_ascii=False) for s in seeds]
+    lines.insert(3, '{"instruction": "unterminated')  # line 4: bad_json
+    lines.append(json.dumps(seeds[0], ensure_ascii=False))  # line 8: duplicate of line 1
+    return write_jsonl(path, lines)
+
+
+def real_run(kind: str, tmp_path_factory, request) -> Path:
+    """A finished real run of SPECS[kind] under the session's base temp (made once per session)."""
+    root = tmp_path_factory.getbasetemp() / "inspect_real"
+    root.mkdir(exist_ok=True)
+    out = root / kind
+    spec_name, sets = SPECS[kind]
+    if kind == "sft":
+        sets = [f"input.path={sft_input(root)}", *sets]
+        limit = None
+    else:
+        sets = [f"input.path={REPO / 'pipelines' / 'seeds' / 'code_seed.jsonl'}", *sets]
+        limit = 2
+    manifest = out / "manifest.json"
+    if not (manifest.exists() and all(s["done"] for s in json.loads(manifest.read_text())["stages"])):
+        request.getfixturevalue("local_ray")  # Ray only when there is work to do
+    spec = load_spec(REPO / "pipelines" / spec_name, sets, output=str(out), limit=limit)
+    Runner(spec, str(REPO / "pipelines" / spec_name)).run()
+    return out
+
+
+@pytest.fixture(scope="module")
+def sft_run(tmp_path_factory, request):
+    return real_run("sft", tmp_path_factory, request)
+
+
+@pytest.fixture(scope="module")
+def code_run(tmp_path_factory, request):
+    return real_run("code", tmp_path_factory, request)
+
+
+@pytest.fixture(scope="module")
+def rich_run(tmp_path_factory):
+    return make_run(tmp_path_factory.mktemp("synthetic") / "rich")
+
+
+def test_inspect_on_a_real_run_accounts_for_every_line(sft_run):
+    o = inspect.outcomes(sft_run)
+    # every line read: exactly once, exported or rejected (n = 1 sample per row)
+    assert sorted(o["line"]) == list(range(1, 9))
+    reasons = o.set_index("line")["reason"]
+    assert reasons[4].startswith("bad_json") and reasons[8].startswith("duplicate of ")
+    # exported rows are the export stage's rows, and sft/train.jsonl holds exactly their messages
+    exported = o[o["outcome"] == "exported"]
+    final = inspect.final_rows(sft_run)
+    assert sorted(exported["id"]) == sorted(r["id"] for r in final)
+    assert [r["messages"] for r in final] == [
+        r["messages"] for r in read_jsonl(sft_run / "sft" / "train.jsonl")
+    ]
+    # rejected/ holds exactly the rejected lines, each with the stage that dropped it
+    rej = inspect.rejected(sft_run)
+    assert sorted(zip(rej["line"], rej["stage"], strict=True)) == sorted(
+        zip(o[o["outcome"] == "rejected"]["line"], o[o["outcome"] == "rejected"]["stage"], strict=True)
+    )
+    # per stage: read = kept + rejected, row by row, from the stage's own shards
+    for st in inspect.stages(sft_run).itertuples():
+        rows = [r for p in sorted((sft_run / st.dir).glob("shard-*.jsonl")) for r in io.read_jsonl(p)[1:]]
+        assert st.rows_out == sum(not r["reject"] for r in rows)
+        assert st.rejected == sum(bool(r["reject"]) for r in rows)
+        assert st.rows_in == st.rows_out + st.rejected, st.name
+    d = inspect.duplicates(sft_run)
+    assert d["cluster"].nunique() == 1 and len(d) == 2
+    f = inspect.final(sft_run)
+    assert (f["response_chars"] > 0).all() and (f["instruction_chars"] > 0).all()
+    assert set(inspect.missing(sft_run)) >= {"tags", "pairs", "evolution"}
+
+
+def test_cost_table_sums_match_the_manifest(sft_run):
+    m = inspect.manifest(sft_run)
+    c = cost.summary(m, sft_run)
+    for s, ms in zip(c["stages"], m["stages"], strict=True):
+        for k in ("rows_in", "rows_out", "rejected", "tokens_in", "tokens_out"):
+            assert s[k] == ms.get(k, 0), (s["stage"], k)
+    gen = next(s for s in c["stages"] if s["stage"].endswith("generate"))
+    assert gen["tokens_out"] > 0 and gen["seconds"] > 0
+    assert c["total"]["tokens"] == sum(ms.get("tokens_in", 0) + ms.get("tokens_out", 0) for ms in m["stages"])
+    n = len(read_jsonl(sft_run / "sft" / "train.jsonl"))
+    assert c["per"]["sft_rows"]["count"] == n and c["per"]["sft_rows"]["tokens"] == pytest.approx(
+        c["total"]["tokens"] / n, abs=0.01
+    )
+    table = cost.table(c)
+    assert f"{c['total']['tokens_in']}" in table.splitlines()[len(c["stages"]) + 1]
+
+
+def execute(nb: Path, run_dir: Path, out_dir: Path) -> dict:
+    import papermill
+
+    out = out_dir / f"{nb.stem}-{run_dir.name}.ipynb"
+    papermill.execute_notebook(
+        str(nb), str(out), parameters={"run_dir": str(run_dir)}, progress_bar=False, cwd=str(REPO)
+    )
+    return json.loads(out.read_text())
+
+
+def outputs(executed: dict) -> list[dict]:
+    return [o for c in executed["cells"] if c["cell_type"] == "code" for o in c.get("outputs", [])]
+
+
+def test_notebooks_are_parametrized_and_carry_a_kernelspec():
+    assert [p.name for p in NOTEBOOKS] == [
+        "inspect_preference.ipynb",
+        "inspect_sft.ipynb",
+        "inspect_tags.ipynb",
+    ]
+    for nb in NOTEBOOKS:
+        data = json.loads(nb.read_text())
+        assert data["metadata"]["kernelspec"]["name"] == "python3"
+        params = [c for c in data["cells"] if "parameters" in c.get("metadata", {}).get("tags", [])]
+        assert len(params) == 1 and "run_dir =" in "".join(params[0]["source"])
+        assert all(not c.get("outputs") for c in data["cells"] if c["cell_type"] == "code")  # stored clean
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_runs_on_real_and_synthetic_runs(nb, sft_run, code_run, rich_run, tmp_path):
+    real = code_run if "preference" in nb.stem else sft_run
+    for run_dir in (real, rich_run):
+        executed = execute(nb, run_dir, tmp_path)  # raises PapermillExecutionError on any cell error
+        outs = outputs(executed)
+        assert not [o for o in outs if o["output_type"] == "error"]
+        images = [o for o in outs if "image/png" in o.get("data", {})]
+        if run_dir == rich_run:  # every view has its data here: each plotting view shows an image
+            plotting = {view.__name__ for _, _, view, needs in report.VIEWS if needs}
+            called = [
+                m.group(1)
+                for c in executed["cells"]
+                if c["cell_type"] == "code"
+                for m in re.finditer(r"report\.show\(report\.(\w+)\(", "".join(c["source"]))
+            ]
+            assert called and len(images) >= sum(name in plotting for name in called), nb.stem
+        text = "".join("".join(o.get("text", "")) for o in outs)
+        assert str(run_dir.resolve()) in text  # it opened the run it was given
