@@ -120,7 +120,7 @@ def train_main(args, extra: list[str]) -> int:
     except (common.ConfigError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(json.dumps(result, default=str, indent=1))
+    print(json.dumps(result, default=str))  # one line, last on stdout (TRL prints its logs before it)
     return 0
 
 

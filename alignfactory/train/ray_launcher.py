@@ -8,7 +8,8 @@
 
 Only rank 0 reports a checkpoint, after a barrier (the stock RayTrainReportCallback lets every rank
 copy its folder; once in four runs that left a 0-byte config.json, see FACTS.md). Each worker
-writes its pid to <storage_path>/<name>/workers/rank-<r>.pid (tests kill one mid-run).
+writes its pid to <storage_path>/<name>/workers/rank-<r>.pid and, after each report, the step to
+rank-<r>.reported (tests kill a worker mid-run once a checkpoint is reported).
 """
 
 from __future__ import annotations
@@ -42,8 +43,19 @@ def _report_callback():
                     ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
             else:
                 ray.train.report(metrics, checkpoint=None)
+            _mark_reported(state.global_step)
 
     return RankZeroReport()
+
+
+def _mark_reported(step: int) -> None:
+    """workers/rank-<r>.reported: the last step this worker reported (tests wait for it)."""
+    d = os.environ.get("ALIGNFACTORY_TRAIN_RUN_DIR")
+    if d:
+        import ray.train
+
+        rank = ray.train.get_context().get_world_rank()
+        (Path(d) / "workers" / f"rank-{rank}.reported").write_text(str(step))
 
 
 def _loop(cfg: dict) -> None:
@@ -57,6 +69,7 @@ def _loop(cfg: dict) -> None:
     pids = Path(cfg["run_dir"]) / "workers"
     pids.mkdir(parents=True, exist_ok=True)
     (pids / f"rank-{rank}.pid").write_text(str(os.getpid()))
+    os.environ["ALIGNFACTORY_TRAIN_RUN_DIR"] = cfg["run_dir"]
     os.environ.setdefault("OMP_NUM_THREADS", str(cfg["threads"]))
     import torch
 
@@ -64,11 +77,14 @@ def _loop(cfg: dict) -> None:
     ckpt = ray.train.get_checkpoint()
     resume_dir = None
     if ckpt is not None:  # a restarted group (or a re-run of the same name): continue from Ray's copy
-        resume_dir = Path(tempfile.mkdtemp(prefix=f"resume-r{rank}-"))
-        with ckpt.as_directory() as d:
-            shutil.copytree(Path(d) / "checkpoint", resume_dir / "checkpoint")
-        resume_dir = resume_dir / "checkpoint"
-        (pids / f"rank-{rank}.resumed").write_text(str(resume_dir))
+        local = Path(ckpt.path) / "checkpoint"  # storage on a shared filesystem: read it in place
+        if not local.is_dir():  # remote storage (s3://, gs://): download once per worker
+            local = Path(ckpt.to_directory(tempfile.mkdtemp(prefix=f"resume-r{rank}-"))) / "checkpoint"
+        resume_dir = local
+        state = resume_dir / "trainer_state.json"  # TRL checkpoints; online DPO's have state.json
+        state = state if state.is_file() else resume_dir / "state.json"
+        step = json.loads(state.read_text()).get("global_step", json.loads(state.read_text()).get("step"))
+        (pids / f"rank-{rank}.resumed").write_text(json.dumps({"path": str(resume_dir), "step": step}))
     if cfg["step"] == "online-dpo":
         from alignfactory.train import online_dpo
 
@@ -84,6 +100,7 @@ def _loop(cfg: dict) -> None:
                     ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
             else:
                 ray.train.report(metrics, checkpoint=None)
+            _mark_reported(rec["step"])
 
         overrides = dict(cfg["online_overrides"])
         if cfg["gpus"] == 0:

@@ -1,0 +1,349 @@
+"""Factory output -> SFT -> DPO (from SFT) -> reward model -> online DPO (from DPO, N=4) -> eval,
+through `alignfactory train` / `alignfactory eval`, plus `trl sft --config` as TRL's own CLI runs it,
+and SFT on 2 Ray Train CPU workers with one worker SIGKILLed mid-run.
+
+CI runs the chain on a tiny random 2-layer llama with SmolLM2's tokenizer (the training code is
+under test, not the weights). ALIGNFACTORY_TRAIN_MODEL=embedded runs it on the embedded
+SmolLM2-135M-Instruct instead (slow: see the README's training section for the measured time).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from alignfactory import io, records
+from alignfactory.cli import main as cli
+from tests.integration.conftest import PY, REPO, read_jsonl
+
+pytestmark = pytest.mark.slow
+
+CODE = [json.loads(x) for x in (REPO / "pipelines/seeds/code_seed.jsonl").read_text().splitlines()[:4]]
+IF = [json.loads(x) for x in (REPO / "pipelines/seeds/if_seed.jsonl").read_text().splitlines()[:4]]
+
+
+def make_run_dir(run: Path) -> Path:
+    """A run directory in the export stage's exact formats (records.to_trl_*), with a stage shard
+    whose rows carry their seed fields (the eval's references) and held-out rows."""
+    sft, pref, shard = [], [], []
+    for i in range(24):
+        msgs = [
+            {"role": "user", "content": f"What is {i} plus {i}?"},
+            {"role": "assistant", "content": f"{i} plus {i} is {2 * i}."},
+        ]
+        if i % 3 == 0:
+            msgs.insert(0, {"role": "system", "content": "Answer briefly."})
+        sft.append(records.to_trl_sft(records.new_row(msgs, {"file": "t", "line": i})))
+    for s in CODE:
+        prompt = [{"role": "user", "content": s["instruction"]}]
+        good = f"```python\ndef {s['entry_point']}(*a):\n    return None\n```"
+        pref.append(records.to_trl_preference(prompt, good, "I cannot write code."))
+        row = records.new_row(prompt + [{"role": "assistant", "content": good}], {"file": "code", "line": 1})
+        shard.append(row | {"seed": {"entry_point": s["entry_point"], "tests": s["tests"]}})
+    for s in IF:
+        prompt = [{"role": "user", "content": s["instruction"]}]
+        pref.append(records.to_trl_preference(prompt, s["check"]["pass"], s["check"]["fail"]))
+        row = records.new_row(
+            prompt + [{"role": "assistant", "content": s["check"]["pass"]}], {"file": "if", "line": 1}
+        )
+        shard.append(row | {"seed": {"verifier": s["verifier"]}})
+    io.write_jsonl_atomic(run / "sft/train.jsonl", sft[:20])
+    io.write_jsonl_atomic(run / "sft/holdout.jsonl", sft[20:])
+    io.write_jsonl_atomic(run / "preference/train.jsonl", pref[1:-1] * 3)
+    io.write_jsonl_atomic(run / "preference/holdout.jsonl", [pref[0], pref[-1]])
+    io.write_jsonl_atomic(run / "stages/02-autoif/shard-00000.jsonl", [{"_shard": {}}] + shard)
+    return run
+
+
+@pytest.fixture(scope="session")
+def base_model(tmp_path_factory) -> str:
+    from alignfactory.train.common import link_embedded_model, tiny_llama
+
+    d = tmp_path_factory.mktemp("model")
+    if os.environ.get("ALIGNFACTORY_TRAIN_MODEL") == "embedded":
+        return str(link_embedded_model(d / "smollm2"))
+    return str(tiny_llama(d / "tiny"))
+
+
+@pytest.fixture(scope="session")
+def run_dir(tmp_path_factory) -> Path:
+    return make_run_dir(tmp_path_factory.mktemp("factory") / "run")
+
+
+@pytest.fixture(scope="session")
+def chain(tmp_path_factory, base_model, run_dir):
+    """Run every step once; tests read what each wrote."""
+    root = tmp_path_factory.mktemp("chain")
+    run = run_dir
+    out, t = {}, {}
+    common = [
+        "--max_length",
+        "128",
+        "--max_steps",
+        "3",
+        "--save_strategy",
+        "no",
+        "--per_device_train_batch_size",
+        "2",
+    ]
+    for step, src, cfg in (
+        ("sft", base_model, "sft"),
+        ("dpo", root / "sft", "dpo"),
+        ("reward", root / "sft", "reward"),
+    ):
+        t0 = time.perf_counter()
+        res = run_cli(
+            [
+                "train",
+                step,
+                "--config",
+                f"pipelines/train_{cfg}_cpu.yaml",
+                "--data",
+                str(run),
+                "--model_name_or_path",
+                str(src),
+                "--output_dir",
+                str(root / step),
+                *common,
+            ]
+        )
+        out[step], t[step] = res, time.perf_counter() - t0
+    t0 = time.perf_counter()
+    out["online"] = run_cli(
+        [
+            "train",
+            "online-dpo",
+            "--config",
+            "pipelines/train_online_dpo_cpu.yaml",
+            "--policy",
+            str(root / "dpo"),
+            "--reference",
+            str(root / "dpo"),
+            "--n",
+            "4",
+            "--prompts",
+            json.dumps([str(run / "sft/train.jsonl"), str(run / "preference/train.jsonl")]),
+            "--scorer.reward_model",
+            str(root / "reward"),
+            "--output_dir",
+            str(root / "online"),
+            "--steps",
+            "3",
+            "--prompts_per_step",
+            "3",
+            "--save_steps",
+            "2",
+            "--max_new_tokens",
+            "16",
+        ]
+    )
+    t["online"] = time.perf_counter() - t0
+    print("chain step seconds:", {k: round(v, 1) for k, v in t.items()})
+    return {"root": root, "run": run, "base": base_model, "out": out}
+
+
+def run_cli(argv: list[str]) -> dict:
+    import contextlib
+    import io as _io
+
+    buf = _io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        rc = cli(argv)
+    assert rc == 0, buf.getvalue()
+    return json.loads(buf.getvalue().strip().splitlines()[-1])  # the CLI's result line comes last
+
+
+def weights(path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(Path(path) / "model.safetensors"))
+
+
+def distance(a: dict, b: dict, keys) -> float:
+    return sum(float((a[k].float() - b[k].float()).pow(2).sum()) for k in keys) ** 0.5
+
+
+def test_each_step_trains_with_finite_loss(chain):
+    for step in ("sft", "dpo", "reward"):
+        m = chain["out"][step]["metrics"]
+        assert math.isfinite(m["train_loss"]) and m["train_loss"] > 0, (step, m)
+        assert (Path(chain["out"][step]["output_dir"]) / "model.safetensors").is_file()
+
+
+def test_each_step_starts_from_the_previous_checkpoint(chain):
+    root = chain["root"]
+    base, sft, dpo, online = (
+        weights(p) for p in (chain["base"], root / "sft", root / "dpo", root / "online")
+    )
+    keys = [k for k in sft if k in base and sft[k].is_floating_point()]
+    assert distance(sft, base, keys) > 0  # SFT moved the weights
+    # DPO starts from SFT: it ends far nearer SFT than the base model is
+    assert distance(dpo, sft, keys) < distance(sft, base, keys) / 2
+    assert distance(online, dpo, keys) < distance(dpo, base, keys) / 2
+    rm = weights(root / "reward")  # the reward model's backbone starts from SFT too
+    e_rm, e_sft, e_base = (w["model.embed_tokens.weight"].float() for w in (rm, sft, base))
+    assert float((e_rm - e_sft).norm()) < float((e_sft - e_base).norm()) / 2
+    cfg = json.loads((root / "reward/config.json").read_text())
+    assert "ForSequenceClassification" in cfg["architectures"][0] and len(cfg["id2label"]) == 1
+
+
+def test_online_dpo_logs_pairs_margins_ties_kl_and_times(chain):
+    log = read_jsonl(chain["root"] / "online/log.jsonl")
+    assert [r["step"] for r in log] == [1, 2, 3]
+    for r in log:
+        assert (
+            r["pairs"] + r["ties_skipped"] + r["low_margin_skipped"] + r["unscored_skipped"]
+            == r["prompts"]
+            == 3
+        )
+        assert math.isfinite(r["loss"]) and math.isfinite(r["kl"])
+        assert r["t_generate_s"] > 0 and r["t_score_s"] >= 0 and r["t_optimize_s"] > 0
+        if r["pairs"]:
+            assert r["margin"] > 0 and r["reward_chosen"] > r["reward_rejected"]
+    assert sum(r["pairs"] for r in log) >= 1
+    assert sum(r["scorers"].get("reward_model", 0) for r in log) >= 1
+    assert (chain["root"] / "online/checkpoint-2/state.json").is_file()  # save_steps 2
+    assert (chain["root"] / "online/checkpoint-3/optimizer.pt").is_file()
+
+
+def test_online_dpo_resumes_from_its_newest_checkpoint(chain, tmp_path):
+    from alignfactory.train.online_dpo import OnlineDPO, load_config
+
+    cfg = load_config(
+        "pipelines/train_online_dpo_cpu.yaml",
+        {
+            "policy": str(chain["root"] / "dpo"),
+            "reference": str(chain["root"] / "dpo"),
+            "prompts": [str(chain["run"])],
+            "output_dir": str(chain["root"] / "online"),
+            "steps": 3,
+        },
+    )
+    assert OnlineDPO(cfg).start_step == 3  # nothing left to do
+    assert OnlineDPO(cfg, resume=False).start_step == 0
+
+
+def test_eval_before_after_table_on_held_out_rows(chain):
+    import contextlib
+    import io as _io
+
+    root = chain["root"]
+    buf = _io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        rc = cli(
+            [
+                "eval",
+                str(root / "sft"),
+                str(root / "online"),
+                "--on",
+                str(chain["run"]),
+                "--before",
+                chain["base"],
+                "--reward-model",
+                str(root / "reward"),
+                "--max-new-tokens",
+                "16",
+            ]
+        )
+    assert rc == 0
+    table = buf.getvalue()
+    assert table.splitlines()[0].endswith(f"| {Path(chain['base']).name} | sft | online |")
+    res = json.loads((chain["run"] / "eval/online.json").read_text())
+    assert res["rows"] == 6  # 4 SFT + 2 preference held-out prompts
+    m = res["results"][str(root / "online")]["metrics"]
+    assert m["code_pass_rate"]["n"] == 1 and m["constraint_pass_rate"]["n"] == 1  # refs from the shard
+    assert m["reward_mean"]["n"] == 6 and math.isfinite(m["reward_mean"]["value"])
+
+
+def test_trl_cli_runs_our_sft_profile_as_is(base_model, run_dir, tmp_path):
+    cfg = yaml.safe_load((REPO / "pipelines/train_sft_cpu.yaml").read_text())
+    cfg |= {
+        "model_name_or_path": base_model,
+        "output_dir": str(tmp_path / "out"),
+        "max_steps": 2,
+        "max_length": 256,
+        "datasets": [{"path": "json", "data_files": str(run_dir / "sft/train.jsonl"), "split": "train"}],
+    }
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    trl = Path(PY).parent / "trl"
+    p = subprocess.run(
+        [str(trl), "sft", "--config", str(tmp_path / "c.yaml")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert (tmp_path / "out/model.safetensors").is_file()
+    assert "'loss'" in p.stdout + p.stderr
+
+
+RAY_DRIVER = """
+import json, sys, ray
+ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+from alignfactory.train.ray_launcher import launch
+r = launch("sft", "pipelines/train_sft_cpu.yaml", sys.argv[3:], [sys.argv[1]], workers=2,
+           storage_path=sys.argv[2], name="sft2")
+print("RESULT " + json.dumps(r, default=str))
+"""
+
+
+def test_ray_train_two_cpu_workers_resume_after_a_worker_is_killed(base_model, run_dir, tmp_path):
+    store = tmp_path / "store"
+    over = [
+        "--model_name_or_path",
+        base_model,
+        "--output_dir",
+        str(tmp_path / "out"),
+        "--max_steps",
+        "8",
+        "--save_strategy",
+        "steps",
+        "--save_steps",
+        "2",
+        "--max_length",
+        "128",
+        "--per_device_train_batch_size",
+        "2",
+    ]
+    env = os.environ | {"PYTHONPATH": str(REPO)}
+    env.pop("RAY_ADDRESS", None)
+    workers = store / "sft2/workers"
+    pid_file, killed = workers / "rank-1.pid", None
+    with open(tmp_path / "driver.log", "w") as log:  # a file, not a pipe nobody reads while we poll
+        p = subprocess.Popen(
+            [PY, "-c", RAY_DRIVER, str(run_dir / "sft/train.jsonl"), str(store), *over],
+            cwd=REPO,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.time() + 400
+        while time.time() < deadline and p.poll() is None:
+            if (workers / "rank-1.reported").exists():  # both ranks reported the step-2 checkpoint
+                time.sleep(3)  # the controller registers it on its next poll of the workers
+                killed = int(pid_file.read_text())
+                os.kill(killed, signal.SIGKILL)  # a worker dies mid-run
+                break
+            time.sleep(0.2)
+        p.wait(timeout=500)
+    out = (tmp_path / "driver.log").read_text()
+    assert killed is not None, out[-3000:]
+    assert p.returncode == 0, out[-3000:]
+    result = json.loads(out.split("RESULT ", 1)[1].splitlines()[0])
+    assert int(pid_file.read_text()) != killed  # the group was restarted
+    resumed = list(workers.glob("rank-*.resumed"))
+    assert len(resumed) == 2  # both new workers continued from Ray's checkpoint, not from step 0
+    for r in resumed:
+        assert 2 <= json.loads(r.read_text())["step"] < 8  # from a reported checkpoint, not from step 0
+    final = Path(result["checkpoint"]) / "checkpoint/trainer_state.json"
+    assert json.loads(final.read_text())["global_step"] == 8
+    assert (Path(result["output_dir"]) / "model.safetensors").is_file()
