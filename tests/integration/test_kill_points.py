@@ -112,7 +112,8 @@ def finish(proc: subprocess.Popen) -> str:
 
 
 def kill(proc: subprocess.Popen) -> None:
-    os.kill(proc.pid, signal.SIGKILL)  # the driver: the process that writes the run directory
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(proc.pid, signal.SIGKILL)  # the driver: the process that writes the run directory
     proc.wait()
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)  # anything it started in its session
@@ -141,14 +142,19 @@ def test_kill_9_at_a_point_then_resume_equals_uninterrupted(setup, tmp_path, poi
     fifo = out / "stages" / stage_dir / f".{blocked}.tmp{proc.pid}"
     os.mkfifo(fifo)
 
-    deadline = time.monotonic() + 300
-    while not (out / "stages" / before).exists():
-        assert proc.poll() is None, f"the run ended before {before}:\n{proc.stdout.read()[-3000:]}"
-        assert time.monotonic() < deadline, f"{before} never appeared"
-        time.sleep(0.05)
-    time.sleep(0.5)  # the driver is now in (or on its way to) open(fifo), where it stays
-    assert proc.poll() is None and not (out / "stages" / stage_dir / blocked).exists()
-    kill(proc)
+    try:
+        deadline = time.monotonic() + 300
+        while not (out / "stages" / before).exists():
+            assert proc.poll() is None, f"the run ended before {before}:\n{proc.stdout.read()[-3000:]}"
+            assert time.monotonic() < deadline, f"{before} never appeared"
+            time.sleep(0.05)
+        time.sleep(0.5)  # the driver is now in (or on its way to) open(fifo), where it stays
+        assert proc.poll() is None, (
+            f"the driver did not stop at {fifo.name}: does write_atomic still name it so?"
+        )
+        assert not (out / "stages" / stage_dir / blocked).exists()
+    finally:
+        kill(proc)  # also when an assertion failed: a driver blocked on the FIFO would wait forever
     assert not (out / "stages" / stage_dir / "_SUCCESS").exists()
     fifo.unlink()
     fifo.write_text('{"_shard": {"rows_in"')  # what a kill mid-write leaves: a partial temp file
