@@ -325,8 +325,9 @@ class OnlineDPO:
         return (per_tok * m).sum(-1), m.sum(-1)
 
     def dpo_step(self, pairs: list[tuple[list[int], list[int], list[int]]]) -> dict:
-        """pairs: (prompt ids, chosen ids, rejected ids). One optimizer step (gradients averaged over
-        workers). With no pair on any worker the step still joins the all-reduce with zero gradients."""
+        """pairs: (prompt ids, chosen ids, rejected ids). One optimizer step, gradients averaged over
+        workers (a worker without pairs adds zeros). With no pair on any worker there is no step at
+        all: AdamW would still move the weights (momentum, weight decay) on zero gradients."""
         import torch
         import torch.nn.functional as F
 
@@ -351,18 +352,25 @@ class OnlineDPO:
                     "implicit_reward_rejected": (self.cfg.beta * (pol[k:] - ref[k:])).mean().item(),
                     "implicit_accuracy": (logits > 0).float().mean().item(),
                 }
+        total = len(pairs)
         if self.world > 1:
             import torch.distributed as dist
 
+            n = torch.tensor([total], device=self.device)
+            dist.all_reduce(n)
+            total = int(n.item())
             for p in self.model.parameters():
-                if p.grad is None:
+                if total and p.grad is None:
                     p.grad = torch.zeros_like(p)
-                dist.all_reduce(p.grad)
-                p.grad /= self.world
-        stats["grad_norm"] = float(
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.max_grad_norm)
-        )
-        self.opt.step()
+                if total:
+                    dist.all_reduce(p.grad)
+                    p.grad /= self.world
+        stats["optimizer_step"] = total > 0
+        stats["grad_norm"] = 0.0
+        if total:
+            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.max_grad_norm)
+            stats["grad_norm"] = float(norm)
+            self.opt.step()
         return stats
 
     # the loop ----------------------------------------------------------------------------------------

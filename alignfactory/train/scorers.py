@@ -63,7 +63,7 @@ class Scorers:
         self.kind, self.rm_path, self.judge_model = kind, reward_model, judge_model
         self.limits, self.allow_unsafe = sandbox_limits or {"wall_s": 4.0, "memory_mb": 512}, allow_unsafe
         self.device, self.max_length = device, max_length
-        self._rm = self._sandbox = self._judge = None
+        self._rm = self._sandbox = self._judge_engine = None
 
     def score(self, rows: list[dict], completions: list[list[str]]) -> tuple[list[list], list[str | None]]:
         """Scores per completion (same shape as completions) and the scorer used per row."""
@@ -192,8 +192,8 @@ class Scorers:
         from alignfactory.llm.base import Sampling
         from alignfactory.llm.config import ModelConfig
 
-        if self._judge is None:
-            self._judge = make_engine(
+        if self._judge_engine is None:
+            self._judge_engine = make_engine(
                 ModelConfig(path=self.judge_model if self.judge_model != "embedded" else None)
             )
         tpl = Template(JUDGE_TEMPLATE.read_text(encoding="utf-8"))
@@ -212,7 +212,7 @@ class Scorers:
             for r, cs in zip(rows, completions, strict=True)
             for c in cs
         ]
-        outs = self._judge.chat(convs, Sampling(max_tokens=96, temperature=0.0), list(range(len(convs))))
+        outs = self._judge_engine.chat(convs, Sampling(max_tokens=96, temperature=0.0), list(range(len(convs))))
         it = iter(outs)
         out = []
         for cs in completions:

@@ -1,0 +1,93 @@
+"""Online DPO's DPO step and scorers on a tiny random llama (no Ray, no sandbox)."""
+
+import json
+import math
+
+import pytest
+
+from alignfactory.train.common import tiny_llama
+from alignfactory.train.online_dpo import OnlineDPO, load_config
+from alignfactory.train.scorers import Scorers
+from tests.unit.scripted import ScriptedEngine
+
+
+@pytest.fixture(scope="module")
+def trainer(tmp_path_factory):
+    d = tmp_path_factory.mktemp("odpo")
+    model = str(tiny_llama(d / "tiny"))
+    prompts = d / "p.jsonl"
+    prompts.write_text(json.dumps({"prompt": [{"role": "user", "content": "Say yes."}]}) + "\n")
+    cfg = load_config(
+        "pipelines/train_online_dpo_cpu.yaml",
+        {
+            "policy": model,
+            "reference": model,
+            "prompts": [str(prompts)],
+            "output_dir": str(d / "out"),
+            "n": 2,
+            "beta": 0.5,
+            "learning_rate": 1e-2,
+            "scorer": {"kind": "reward_model", "reward_model": model},
+        },
+    )
+    return OnlineDPO(cfg, resume=False)
+
+
+def snapshot(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_no_pair_means_no_optimizer_step(trainer):
+    before = snapshot(trainer.model)
+    stats = trainer.dpo_step([])
+    assert stats["optimizer_step"] is False
+    assert all((v == trainer.model.state_dict()[k]).all() for k, v in before.items())
+
+
+def test_dpo_step_loss_starts_at_log2_and_moves_toward_chosen(trainer):
+    tok = trainer.tok
+    prompt = trainer.prompt_ids([{"prompt": [{"role": "user", "content": "Say yes."}]}])[0]
+    chosen = tok("Yes.", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    rejected = tok("No way, never.", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    first = trainer.dpo_step([(prompt, chosen, rejected)])  # policy == reference: logits 0
+    assert first["loss"] == pytest.approx(math.log(2), abs=1e-5)
+    assert first["kl"] == pytest.approx(0.0, abs=1e-5) and first["optimizer_step"] is True
+    second = trainer.dpo_step([(prompt, chosen, rejected)])
+    assert second["loss"] < first["loss"]  # the step raised log p(chosen) - log p(rejected) vs the reference
+    assert second["implicit_reward_chosen"] > second["implicit_reward_rejected"]
+    assert second["implicit_accuracy"] == 1.0 and second["kl"] != 0.0
+
+
+def test_generate_returns_n_completions_cut_at_eos(trainer):
+    pids = trainer.prompt_ids([{"prompt": [{"role": "user", "content": "Hi"}]}] * 2)
+    comps = trainer.generate(pids, step=0)
+    assert [len(c) for c in comps] == [2, 2]
+    eos = trainer.tok.eos_token_id
+    for c in (c for cs in comps for c in cs):
+        assert 1 <= len(c) <= trainer.cfg.max_new_tokens and eos not in c[:-1]
+
+
+def test_reward_model_scorer_scores_every_completion(trainer):
+    rows = [{"prompt": [{"role": "user", "content": "q1"}]}, {"prompt": [{"role": "user", "content": "q2"}]}]
+    scores, kinds = trainer.scorers.score(rows, [["a", "bb", "ccc"], ["d"]])
+    assert kinds == ["reward_model", "reward_model"]
+    assert [len(s) for s in scores] == [3, 1] and all(math.isfinite(x) for s in scores for x in s)
+    assert len(set(scores[0])) == 3  # different texts, different scores
+
+
+def test_judge_scorer_parses_scores_and_keeps_unparseable_unscored():
+    replies = iter(["Reason: good.\nScore: 9", "Score: 2", "I refuse to grade."])
+    s = Scorers("judge", judge_model="scripted")
+    s._judge_engine = ScriptedEngine(rule=lambda conv, k, seed: next(replies))
+    scores, kinds = s.score([{"prompt": [{"role": "user", "content": "q"}]}], [["x", "y", "z"]])
+    assert kinds == ["judge"] and scores == [[0.9, 0.2, None]]
+
+
+def test_auto_picks_a_verifier_per_row():
+    from alignfactory.train.scorers import kind_of
+
+    assert kind_of({"entry_point": "f", "tests": [{"args": [], "expected": 1}]}, True, False) == "code"
+    assert kind_of({"verifier": "def evaluate(r): return True"}, True, False) == "autoif"
+    assert kind_of({}, True, False) == "reward_model"
+    assert kind_of({}, False, True) == "judge"
+    assert kind_of({}, False, False) is None
