@@ -14,7 +14,12 @@ position ids follow the mask), so a request gives the same text alone or in any 
 rare step where that noise flips a near-tie (tests assert equality for greedy and sampling on the
 embedded model; exact reproducibility is guaranteed for the same batch composition).
 
-Shapes: a micro-batch is (rows, prompt_len) left-padded token ids; scores are (rows, vocab) float32.
+A request's n samples share its prompt: the prompt is encoded once (a prefill of P prompts fills a
+KV cache that is repeated n times along the batch; see _generate), so n=8 costs one prompt encoding
+and 8 decode rows, not 8 prompt encodings. A call holds batch_size // n requests (at least one).
+
+Shapes: a micro-batch is (P, prompt_len) left-padded token ids, expanded to (P*n, ...) decode rows
+(request-major); scores are (P*n, vocab) float32.
 """
 
 from __future__ import annotations
@@ -137,24 +142,20 @@ class TransformersEngine:
         if sampling.n < 1:
             raise ValueError("sampling.n must be >= 1")
         prompts = [self.render(c) for c in conversations]
-        greedy = sampling.temperature <= 0
-        # One row per (request, sample); greedy samples are identical, so one row serves all n.
-        rows = [(i, j) for i in range(len(prompts)) for j in range(1 if greedy else sampling.n)]
+        # Decode rows per request: one per sample; greedy samples are identical, so one serves all n.
+        k = 1 if sampling.temperature <= 0 else sampling.n
         # Similar lengths together: less padding. Results do not depend on the grouping (see top).
-        rows.sort(key=lambda r: (len(prompts[r[0]]), r))
-        results: dict[tuple[int, int], tuple[str, int, str]] = {}
-        for start in range(0, len(rows), self.batch_size):
-            chunk = rows[start : start + self.batch_size]
-            outs = self._generate(
-                [prompts[i] for i, _ in chunk],
-                [sample_seed(seeds[i], j) for i, j in chunk],
-                sampling,
-            )
+        order = sorted(range(len(prompts)), key=lambda i: (len(prompts[i]), i))
+        per_call = max(1, self.batch_size // k)  # requests per generate call: per_call * k decode rows
+        results: dict[int, list[tuple[str, int, str]]] = {}
+        for start in range(0, len(order), per_call):
+            chunk = order[start : start + per_call]
+            outs = self._generate([prompts[i] for i in chunk], [seeds[i] for i in chunk], k, sampling)
             results.update(zip(chunk, outs, strict=True))
 
         completions = []
         for i, prompt in enumerate(prompts):
-            samples = [results[(i, 0 if greedy else j)] for j in range(sampling.n)]
+            samples = [results[i][min(j, k - 1)] for j in range(sampling.n)]
             completions.append(
                 Completion(
                     texts=[s[0] for s in samples],
@@ -166,9 +167,16 @@ class TransformersEngine:
         return completions
 
     def _generate(
-        self, prompts: list[list[int]], row_seeds: list[int], sampling: Sampling
-    ) -> list[tuple[str, int, str]]:
-        """One micro-batch -> (text, completion tokens, finish reason) per row."""
+        self, prompts: list[list[int]], seeds: list[int], k: int, sampling: Sampling
+    ) -> list[list[tuple[str, int, str]]]:
+        """One micro-batch of P requests, k samples each -> per request, k (text, completion tokens,
+        finish reason).
+
+        Each prompt is encoded once: a forward pass over the P left-padded prompts minus their last
+        token fills the KV cache (P, heads, L-1, dim), which is repeated k times along the batch
+        (P*k rows, request-major); generate then starts from the cached prefix, feeding only each
+        row's last prompt token. Prompt work is P*(L-1) + P*k positions instead of P*k*L.
+        """
         import torch
         from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
 
@@ -182,15 +190,19 @@ class TransformersEngine:
                 )
         max_new = max(limits)
         if max_new == 0:
-            return [("", 0, "length") for _ in prompts]
+            return [[("", 0, "length")] * k for _ in prompts]
+        limits = [lim for lim in limits for _ in range(k)]  # per decode row
 
         batch = self.tokenizer.pad({"input_ids": prompts}, padding=True, return_tensors="pt").to(self.device)
+        ids, mask = batch["input_ids"], batch["attention_mask"]  # (P, L), left-padded
+        prompt_len = ids.shape[1]
         processors = LogitsProcessorList()
         if sampling.temperature > 0:
+            row_seeds = [sample_seed(s, j) for s in seeds for j in range(k)]
             processors.append(_RowSampler(row_seeds, sampling.temperature, sampling.top_p, self.device))
         stopping = StoppingCriteriaList()
         if sampling.stop:
-            stopping.append(_StopStrings(self.tokenizer, sampling.stop, batch["input_ids"].shape[1]))
+            stopping.append(_StopStrings(self.tokenizer, sampling.stop, prompt_len))
         gen_cfg = GenerationConfig(
             max_new_tokens=max_new,
             do_sample=False,  # sampling happens in _RowSampler, one generator per row
@@ -198,32 +210,56 @@ class TransformersEngine:
             pad_token_id=self.tokenizer.pad_token_id,
         )
         with torch.inference_mode():
+            extra = {}
+            if prompt_len > 1:  # prefill the shared prefix once per request
+                positions = (mask.long().cumsum(-1) - 1).clamp(
+                    min=0
+                )  # left padding: positions follow the mask
+                prefix = self.model(
+                    input_ids=ids[:, :-1],
+                    attention_mask=mask[:, :-1],
+                    position_ids=positions[:, :-1],
+                    use_cache=True,
+                )
+                cache = prefix.past_key_values
+                if k > 1:
+                    cache.batch_repeat_interleave(k)  # (P, ...) -> (P*k, ...), request-major
+                extra["past_key_values"] = cache
             out = self.model.generate(
-                **batch, generation_config=gen_cfg, logits_processor=processors, stopping_criteria=stopping
+                input_ids=ids.repeat_interleave(k, dim=0),
+                attention_mask=mask.repeat_interleave(k, dim=0),
+                generation_config=gen_cfg,
+                logits_processor=processors,
+                stopping_criteria=stopping,
+                **extra,
             )
-        new = out[:, batch["input_ids"].shape[1] :].tolist()
+        new = out[:, prompt_len:].tolist()
 
         results = []
         eos = set(self.eos_ids)
-        for ids, lim in zip(new, limits, strict=True):
-            ids = ids[:lim]
-            end = next((k for k, t in enumerate(ids) if t in eos), None)
+        for row_ids, lim in zip(new, limits, strict=True):
+            row_ids = row_ids[:lim]
+            end = next((pos for pos, t in enumerate(row_ids) if t in eos), None)
             if end is not None:  # eos counts as a generated token, as vLLM counts it
                 text, count, reason = (
-                    self.tokenizer.decode(ids[:end], skip_special_tokens=True),
+                    self.tokenizer.decode(row_ids[:end], skip_special_tokens=True),
                     end + 1,
                     "stop",
                 )
             else:
-                text, count, reason = self.tokenizer.decode(ids, skip_special_tokens=True), len(ids), "length"
+                text, count, reason = (
+                    self.tokenizer.decode(row_ids, skip_special_tokens=True),
+                    len(row_ids),
+                    "length",
+                )
             if sampling.stop:
                 text, hit = truncate_at_stop(text, sampling.stop)
                 if hit:
                     reason = "stop"
                     # tokens up to the one that completed the stop string
-                    count = min(count, _tokens_to_stop(self.tokenizer, ids, sampling.stop))
+                    count = min(count, _tokens_to_stop(self.tokenizer, row_ids, sampling.stop))
             results.append((text, count, reason))
-        return results
+        return [results[r : r + k] for r in range(0, len(results), k)]
 
 
 def _tokens_to_stop(tokenizer, ids: list[int], stop: tuple[str, ...]) -> int:
