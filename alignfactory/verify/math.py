@@ -103,7 +103,9 @@ def _anchored(text: str) -> str | None:
             end = _SENTENCE_END.search(rest)
             phrase = rest[: end.start()] if end else rest
         phrase = phrase.strip().strip("*").strip().rstrip(",，:：").strip()
-        if not phrase:
+        if "=" in phrase and "\\" not in phrase:  # "3 + 4 = 7" -> "7" (a worked sum, not an equation)
+            phrase = phrase.rsplit("=", 1)[1].strip()
+        if not phrase or phrase[-1] in "+-*/×÷":  # cut off mid-expression: no answer here
             continue
         if len(phrase.split()) > 4 or (len(phrase) > 12 and _CJK.search(phrase)):
             # "that John has 5 apples left" -> the last number in it, else the phrase as said

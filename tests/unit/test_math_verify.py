@@ -29,6 +29,8 @@ FLOOR = 0.95  # our accuracy on the graded table must reach this (it is 88/88 as
         ("We get \\boxed{\\frac{3}{4}} and that is final. The answer is 2.", "\\frac{3}{4}"),  # boxed wins
         ("\\boxed{\\{1, \\{2\\}\\}}", "\\{1, \\{2\\}\\}"),  # nested braces
         ("The answer is: **42**", "42"),
+        ("The answer is 1237 + 4589 - 2918 = 2908.", "2908"),  # a worked sum: its result
+        ("The answer is 12 = 36 +", "36"),  # cut off mid-sum: no anchored answer, the last number
         ("Final Answer: The final answer is $\\frac{1}{2}$. I hope it is correct.", "\\frac{1}{2}"),
         ("The answer is 3.5 kg.", "3.5 kg"),  # the dot ends the sentence, not the decimal
         ("The answer is that John has 5 apples left.", "5"),  # a long phrase: its last number
