@@ -262,7 +262,8 @@ def corpus_stage(name: str, params: dict, ctx: StageContext):
 
 
 def load_plan(path: Path) -> dict:
-    """_PLAN.pkl: {"plan": the stage's combine() result, "seconds": {...}}, cached per process."""
+    """_PLAN.pkl: {"plan": combine()'s result, "summarize_seconds": [per shard], "combine_seconds"},
+    read once per process."""
     key = (str(path), path.stat().st_mtime_ns)
     if key not in _PLANS:
         _PLANS.clear()
@@ -520,9 +521,8 @@ class Runner:
         if callable(uses_model):
             uses_model = uses_model(step.params)
         remote = {"num_cpus": res.num_cpus}
-        if (
-            uses_model and phase == "summarize"
-        ):  # embeddings: the model loads once per actor, on a GPU if given
+        if uses_model and phase == "summarize":
+            # embeddings: the model loads once per actor, on a GPU when resources.num_gpus gives one
             fn = CorpusWorker
             how = {"fn_constructor_args": args, "compute": ray.data.ActorPoolStrategy(size=res.concurrency)}
             remote["num_gpus"] = res.num_gpus
