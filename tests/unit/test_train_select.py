@@ -93,3 +93,30 @@ def test_cli_overrides_nest_and_parse_yaml_values():
         "scorer": {"kind": "math"},
         "use_cpu": True,
     }
+
+
+@pytest.mark.parametrize("step", ["sft", "dpo"])
+def test_production_profiles_carry_the_qwen2_settings(step):
+    from alignfactory.train.common import parse
+
+    # bf16 is refused at parse time on a CPU-only machine; everything else is as the file says
+    _, t, _, data = parse(step, f"pipelines/train_{step}.yaml", ["--bf16", "false", "--use_cpu", "true"])
+    assert (t.num_train_epochs, t.learning_rate, t.weight_decay, t.max_grad_norm) == (2, 7e-6, 0.1, 1.0)
+    assert t.lr_scheduler_type.value == "cosine_with_min_lr" and t.lr_scheduler_kwargs == {"min_lr": 7e-7}
+    assert t.max_length >= 8192 and t.gradient_checkpointing
+    assert all(d.path == "json" and d.data_files.startswith("runs/") for d in data.datasets)
+    if step == "sft":
+        assert t.assistant_only_loss and t.packing and t.chat_template_path.endswith("smollm2_training.jinja")
+
+
+def test_config_errors_from_trl_parser_name_the_file(tmp_path):
+    from alignfactory.train.common import ConfigError, parse
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model_name_or_path: x\nuse_cpu: true\nbf16: false\nnot_a_field: 1\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml.*not_a_field"):
+        parse("sft", bad)
+    with pytest.raises(ConfigError, match="not found"):
+        parse("sft", tmp_path / "missing.yaml")
+    with pytest.raises(ConfigError, match="unknown training step"):
+        parse("ppo", bad)
