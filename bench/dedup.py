@@ -317,26 +317,29 @@ def scale(args, tmp: Path) -> None:
 
 def semantic(args, tmp: Path) -> None:
     from alignfactory import run
+    from alignfactory.llm.embedded import embedder_path
 
+    # Instructions made of real English words from the embedder's own vocabulary (varied topics, so
+    # neighbours are rare), 10% of them planted copies: one word replaced and "please" appended.
+    vocab = (Path(embedder_path()) / "vocab.txt").read_text("utf-8").split()
+    words = [w for w in vocab if w.isalpha() and w.isascii() and len(w) >= 4]
+    verbs = ["Write a poem about", "Describe", "Explain", "Summarize the history of", "List facts about"]
     rng = random.Random(3)
-    subjects = ["a cat", "the ocean", "my grandmother", "a robot", "winter", "the city", "a violin", "coffee"]
-    verbs = [
-        "Write a poem about",
-        "Describe",
-        "Tell a story about",
-        "Explain why people love",
-        "List facts about",
-    ]
-    texts = []
+    texts, planted = [], []
     for i in range(args.semantic_docs):
         if i and rng.random() < 0.1:
-            texts.append(texts[rng.randrange(i)].replace(" about", " regarding", 1) + " Please.")
+            j = rng.randrange(i)
+            parts = texts[j].split()
+            parts[rng.randrange(2, len(parts))] = rng.choice(words)
+            texts.append(" ".join(parts) + " please")
+            planted.append((j, i))
         else:
-            texts.append(
-                f"{rng.choice(verbs)} {rng.choice(subjects)} in {rng.randint(2, 99999)} words, style {rng.randint(0, 10**6)}."
-            )
+            texts.append(f"{rng.choice(verbs)} " + " ".join(rng.choices(words, k=rng.randint(8, 16))))
     path = write_input(texts, tmp / "semantic.jsonl")
-    print(f"\n[3] distributed semantic dedup: {len(texts)} short texts, shard {args.semantic_shard}")
+    print(
+        f"\n[3] distributed semantic dedup: {len(texts)} short texts ({len(planted)} planted copies), "
+        f"shard {args.semantic_shard}, cosine >= 0.9"
+    )
     import ray
 
     t0 = time.perf_counter()
@@ -346,7 +349,7 @@ def semantic(args, tmp: Path) -> None:
             spec(
                 path,
                 tmp / "semantic",
-                {"method": "semantic", "threshold": 0.95},
+                {"method": "semantic", "threshold": 0.9},
                 args.semantic_shard,
                 {"concurrency": 2, "num_cpus": 1},
             )
@@ -357,6 +360,12 @@ def semantic(args, tmp: Path) -> None:
     print(f"    {secs:.0f} s end to end, {manifest['stages'][1]['rejected']} rejected")
     worst = mem.report()
     print(f"    max peak RSS of any process: {worst:.2f} GiB")
+    keeper = {}
+    for shard in sorted(runner.steps[1].dir.glob("shard-*.jsonl")):
+        for r in run.read_shard(shard)[0]:
+            keeper[r["source"]["line"] - 1] = r["meta"]["dedup"]["duplicate_of"] if r["reject"] else r["id"]
+    found = sum(keeper[i] == keeper[j] for j, i in planted)
+    print(f"    planted copies in their original's cluster: {found}/{len(planted)}")
 
 
 def main() -> None:

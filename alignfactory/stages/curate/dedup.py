@@ -281,10 +281,13 @@ def semantic_pairs(emb: np.ndarray, threshold: float, params, seed: int = 0):
             q = queries[s : s + SIM_BLOCK]
             sims = emb[q].astype(np.float32) @ xm.T  # (block, members) cosine: rows are unit vectors
             sims[q[:, None] == members[None, :]] = -1.0
-            r, j = np.nonzero(sims >= threshold - 1e-6)
+            k_top = min(params.max_neighbors, len(members))  # memory: rows x probe x k_top pairs at most
+            best = np.argpartition(-sims, k_top - 1, axis=1)[:, :k_top]  # (block, k_top) columns
+            vals = np.take_along_axis(sims, best, 1)
+            r, j = np.nonzero(vals >= threshold - 1e-6)
             out_a.append(q[r])
-            out_b.append(members[j])
-            out_s.append(sims[r, j])
+            out_b.append(members[best[r, j]])
+            out_s.append(vals[r, j])
     a, b = np.concatenate(out_a), np.concatenate(out_b)
     s = np.concatenate(out_s).astype(np.float32)
     lo, hi = np.minimum(a, b), np.maximum(a, b)
