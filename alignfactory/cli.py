@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 
 from alignfactory.io import InputError
@@ -33,7 +34,8 @@ def parser() -> argparse.ArgumentParser:
         "--model", help="local HF dir, .gguf file, or hub id (default: embedded SmolLM2-135M-Instruct)"
     )
     r.add_argument("--backend", choices=["auto", "transformers", "vllm", "openai"])
-    r.add_argument("-q", "--quiet", action="store_true", help="warnings only")
+    r.add_argument("-q", "--quiet", action="store_true", help="warnings only, no progress lines")
+    r.add_argument("--ray-progress", action="store_true", help="show Ray Data's own progress bars too")
     t = sub.add_parser(
         "train",
         help="train on a run's output with TRL (extra --key value args override the YAML, as with trl)",
@@ -58,6 +60,10 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--max-new-tokens", type=int, default=256)
     e.add_argument("--allow-unsafe", action="store_true", help="run code without the sandbox's isolation")
     e.add_argument("-q", "--quiet", action="store_true")
+    rp = sub.add_parser(
+        "report", help="write RUN_DIR/report.html (plots of a run), linked from its README.md"
+    )
+    rp.add_argument("run_dir")
     return p
 
 
@@ -148,12 +154,21 @@ def main(argv: list[str] | None = None) -> int:
     args, extra = parser().parse_known_args(argv)
     if extra and args.command != "train":
         parser().error(f"unrecognized arguments: {' '.join(extra)}")
-    logging.basicConfig(
-        level=logging.WARNING if args.quiet else logging.INFO,
-        format="%(asctime)s %(name)s %(levelname)s %(message)s",
-        datefmt="%H:%M:%S",
-        stream=sys.stderr,
-    )
+    if args.command == "report":
+        from alignfactory.report import main as report_main
+
+        return report_main([args.run_dir])
+    progress = None
+    if args.command == "run":  # one line per stage (in place on a terminal); logs print above it
+        from alignfactory.progress import Progress, Silent
+
+        progress = Silent() if args.quiet else Progress(sys.stderr)
+        if args.ray_progress:
+            os.environ["ALIGNFACTORY_PROGRESS"] = "1"  # Ray Data's own bars, read by Runner.ensure_ray
+    fmt = logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    handler = progress.handler(fmt) if progress else logging.StreamHandler(sys.stderr)
+    handler.setFormatter(fmt)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, handlers=[handler])
     if args.command == "train":
         return train_main(args, extra)
     if args.command == "eval":
@@ -164,15 +179,16 @@ def main(argv: list[str] | None = None) -> int:
         spec = load_spec(
             args.spec, args.sets, limit=args.limit, output=args.output, model=args.model, backend=args.backend
         )
-        manifest = Runner(spec, args.spec, args.output).run()
+        manifest = Runner(spec, args.spec, args.output, progress=progress).run()
     except (SpecError, InputError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    for stage in manifest["stages"]:
-        print(
-            f"{stage['dir']:>24}  in={stage.get('rows_in', 0):>6}  out={stage.get('rows_out', 0):>6}  "
-            f"rejected={stage.get('rejected', 0):>5}  tokens_out={stage.get('tokens_out', 0)}"
-        )
+    from alignfactory.cost import table
+
+    print(table(manifest["cost"]))  # per stage rows, tokens, seconds, GPU-s, money; per SFT row / pair
+    if manifest.get("stopped"):
+        print(f"stopped: {manifest['stopped']}", file=sys.stderr)
+        return 3
     return 0
 
 

@@ -31,7 +31,8 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from alignfactory import __version__, io, registry
+from alignfactory import __version__, cost, io, registry
+from alignfactory.progress import Progress, Silent
 from alignfactory.spec import PipelineSpec, SpecError, StageSpec
 from alignfactory.stages.base import StageContext, fingerprint
 
@@ -307,27 +308,43 @@ def run_corpus_task(batch: dict, name: str, params: dict, ctx: StageContext, pha
 
 
 class Runner:
-    def __init__(self, spec: PipelineSpec, spec_path: str | None = None, output: str | None = None):
+    def __init__(
+        self,
+        spec: PipelineSpec,
+        spec_path: str | None = None,
+        output: str | None = None,
+        progress: Progress | None = None,
+    ):
         self.spec = spec
         self.spec_path = spec_path
+        self.progress = progress or Silent()
         self.root = Path(output or spec.output or Path("runs") / spec.name).resolve()
         self.steps = plan(spec, self.root)
 
     def run(self) -> dict:
         t0 = time.perf_counter()
         prepare(self.steps)
-        self.read()
-        for seg in segments(self.steps):
-            if all(s.done for s in seg):
-                log.info("%s: finished earlier, reused", ", ".join(s.name for s in seg))
-                continue
-            if seg[0].cls.kind == "corpus":
-                self.corpus(seg[0])
-            else:
-                self.row_segment(seg)
-            self.write_manifest(time.perf_counter() - t0)
+        # counts what this run dir already spent (earlier runs too); stops between shards when spent
+        self.guard = cost.BudgetGuard(self.spec.model_dump(mode="json"), self.root)
+        stopped = None
+        try:
+            self.read()
+            self.guard.check()
+            for seg in segments(self.steps):
+                if all(s.done for s in seg):
+                    log.info("%s: finished earlier, reused", ", ".join(s.name for s in seg))
+                    continue
+                if seg[0].cls.kind == "corpus":
+                    self.corpus(seg[0])
+                else:
+                    self.row_segment(seg)
+                self.write_manifest(time.perf_counter() - t0)
+                self.guard.check()
+        except cost.BudgetExceeded as e:  # clean stop: written shards stay, a re-run resumes from them
+            stopped = str(e)
+            log.warning("stopped: %s", stopped)
         self.collect_rejected()
-        manifest = self.write_manifest(time.perf_counter() - t0)
+        manifest = self.write_manifest(time.perf_counter() - t0, stopped)
         from alignfactory.inspect import dataset_card
 
         io.write_atomic(self.root / "README.md", dataset_card(self.root).encode("utf-8"))
@@ -340,6 +357,7 @@ class Runner:
         step = self.steps[0]
         if step.done:
             return
+        self.progress.start(step.name)
         paths = io.expand_paths(self.spec.input.patterns)
         totals = {"rows_in": 0, "rows_out": 0, "rejected": 0}
         buf: list[dict] = []
@@ -364,6 +382,8 @@ class Runner:
         if buf:
             flush()
         self.succeed(step, totals | {"shards": n_shards})
+        self.progress.update(step.name, rows=totals["rows_in"], shards=n_shards)
+        self.progress.finish(step.name)
         log.info(
             "read: %d rows (%d rejected) into %d shards", totals["rows_in"], totals["rejected"], n_shards
         )
@@ -373,7 +393,7 @@ class Runner:
     def row_segment(self, seg: list[Step]) -> None:
         first, last = seg[0].index, seg[-1].index
         source = self.steps[first - 1].dir
-        items = []
+        items, sizes = [], []  # sizes: rows each item brings to the stage it starts at
         for path in sorted(source.glob(SHARD_GLOB)):
             start = first
             while start <= last and (self.steps[start].dir / path.name).exists():
@@ -386,6 +406,7 @@ class Runner:
                     write_shard(step.dir / path.name, [], counts([], 0))
                 continue
             payload = {"rows": rows, "outputs": {}}
+            sizes.append(len(rows))
             items.append(
                 {
                     "shard": path.name,
@@ -396,12 +417,25 @@ class Runner:
         names = ", ".join(s.name for s in seg)
         if items:
             log.info("%s: %d shards to run", names, len(items))
+            for step in seg:  # a stage's total rows are known when all its shards start at it
+                mine = [
+                    (it["start"], n) for it, n in zip(items, sizes, strict=True) if it["start"] <= step.index
+                ]
+                known = all(start == step.index for start, _ in mine)
+                total = sum(n for _, n in mine) if known else None
+                self.progress.start(step.name, total, len(mine), llm=step.cls.uses_llm)
             ds = self.dataset(items, seg)
             for done, out in enumerate(ds.iter_rows(), 1):
                 item = json.loads(out["payload"])
                 for index, result in sorted(item["outputs"].items(), key=lambda kv: int(kv[0])):
-                    write_shard(self.steps[int(index)].dir / out["shard"], result["rows"], result["stats"])
+                    step, stats = self.steps[int(index)], result["stats"]
+                    write_shard(step.dir / out["shard"], result["rows"], stats)
+                    self.guard.add(step.index, stats)
+                    self.progress.update(step.name, stats["rows_in"], stats.get("tokens_out", 0))
                 log.info("%s: shard %s written (%d/%d)", names, out["shard"], done, len(items))
+                self.guard.check()  # between shards: what is written stays, in-flight shards are dropped
+            for step in seg:
+                self.progress.finish(step.name)
         for step in seg:
             self.succeed(step, self.totals(step))
 
@@ -443,6 +477,7 @@ class Runner:
         params = step.params.model_dump(mode="json")
         ctx = replace(step.ctx, run_dir=self.root)
         log.info("%s: %d rows (corpus stage)", step.name, len(rows))
+        self.progress.start(step.name, len(rows), 1, llm=step.cls.uses_llm)
         if step.cls.in_driver:
             out, stats = run_corpus(step.name, params, ctx, rows)
         else:
@@ -466,6 +501,9 @@ class Runner:
             if j == 0:  # whole-stage counters live on the first shard so totals() adds up
                 shard_stats |= {k: stats[k] for k in ("rows_in", "tokens_in", "tokens_out", "seconds")}
             write_shard(step.dir / f"shard-{j // size:05d}.jsonl", part, shard_stats)
+        self.guard.add(step.index, stats)
+        self.progress.update(step.name, len(rows), stats.get("tokens_out", 0))
+        self.progress.finish(step.name)
         self.succeed(step, self.totals(step))
 
     def distributed_corpus(self, step: Step) -> None:
@@ -498,6 +536,7 @@ class Runner:
             meta = load_plan(plan_path)
             log.info("%s: %d shards to apply", step.name, len(todo))
             ds = self.corpus_dataset(step, todo, ctx, "apply", str(plan_path))
+            self.progress.start(step.name, None, len(todo), llm=step.cls.uses_llm)
             for out in ds.iter_rows():
                 shard = int(out["shard"])
                 result = json.loads(out["payload"])
@@ -509,6 +548,8 @@ class Runner:
                     3,
                 )
                 write_shard(step.dir / inputs[shard].name, result["rows"], stats)
+                self.progress.update(step.name, stats["rows_in"])
+            self.progress.finish(step.name)
         self.succeed(step, self.totals(step))
 
     def corpus_dataset(self, step: Step, items: list[dict], ctx: StageContext, phase: str, plan_path=None):
@@ -577,7 +618,7 @@ class Runner:
             elif target.exists():
                 target.unlink()
 
-    def write_manifest(self, seconds: float) -> dict:
+    def write_manifest(self, seconds: float, stopped: str | None = None) -> dict:
         manifest = {
             "name": self.spec.name,
             "spec_path": self.spec_path,
@@ -591,11 +632,15 @@ class Runner:
                     "dir": str(s.dir.relative_to(self.root)),
                     "fingerprint": s.fingerprint,
                     "done": s.done,
-                    **(json.loads((s.dir / "_SUCCESS").read_text()) if s.done else {}),
+                    # not done yet (interrupted, or stopped by its budget): what its shards hold so far
+                    **(json.loads((s.dir / "_SUCCESS").read_text()) if s.done else self.totals(s)),
                 }
                 for s in self.steps
             ],
         }
+        manifest["cost"] = cost.summary(manifest, self.root)  # per stage, per SFT row / pair
+        if stopped:
+            manifest["stopped"] = stopped
         io.write_json_atomic(self.root / "manifest.json", manifest)
         return manifest
 
@@ -606,7 +651,10 @@ class Runner:
             # RAY_ADDRESS (set by `ray job submit`, or by the user) joins a cluster; else Ray starts here.
             ray.init(log_to_driver=True, logging_level=logging.WARNING)
             ctx = ray.data.DataContext.get_current()
-            ctx.enable_progress_bars = os.environ.get("ALIGNFACTORY_PROGRESS", "1") == "1"
+            # Ray Data's own multi-line progress dump: off unless asked for (alignfactory run --ray-progress)
+            bars = os.environ.get("ALIGNFACTORY_PROGRESS", "0") == "1"
+            ctx.enable_progress_bars = ctx.enable_operator_progress_bars = bars
+            ctx.print_on_execution_start = bars
 
 
 def code_version() -> str:

@@ -10,6 +10,7 @@ import yaml
 from pydantic import BaseModel, Field, PrivateAttr, ValidationError
 
 from alignfactory import registry
+from alignfactory.cost import Budget, Price
 from alignfactory.llm.base import Sampling
 from alignfactory.llm.config import ModelConfig
 
@@ -68,6 +69,9 @@ class PipelineSpec(BaseModel, extra="forbid"):
     shard_size: int = Field(16, ge=1)  # rows per shard: the unit of parallelism and of resume
     limit: int | None = Field(None, ge=1)  # read at most this many input rows
     stages: list[StageSpec] = Field(min_length=1)
+    # model path ("embedded:smollm2-135m-instruct" for the default, "*" for any) -> price per 1k tokens
+    prices: dict[str, Price] = {}
+    budget: Budget | None = None  # tokens and/or money: the run stops between shards once spent
     _params: list[BaseModel] = PrivateAttr(default_factory=list)  # validated per-stage Params
 
     def stage_params(self, i: int) -> BaseModel:
