@@ -157,7 +157,13 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=8)
     ap.add_argument("--max-tokens", type=int, default=48)
     ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--threads", type=int, default=2, help="torch threads of the transformers engine")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads of the transformers engine (1, as in the pipelines' 1-CPU actors; 2 threads "
+        "on a 2-core machine that other processes also load collapse: OpenMP threads spin on busy cores)",
+    )
     ap.add_argument("--skip-vllm", action="store_true")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
