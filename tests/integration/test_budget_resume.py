@@ -9,7 +9,7 @@ from alignfactory.spec import load_spec
 from tests.integration.conftest import REPO, exported
 
 pytestmark = pytest.mark.slow
-SPEC = REPO / "pipelines" / "sft_data.yaml"
+SPEC = REPO / "pipelines" / "sft_quick.yaml"
 BASE = [
     f"input.path={REPO / 'pipelines' / 'seeds' / 'sft_seed.jsonl'}",
     "sampling.max_tokens=16",

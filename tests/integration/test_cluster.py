@@ -41,7 +41,7 @@ def test_work_lands_on_both_nodes(two_nodes, tmp_path):
         "stages.2.resources.num_cpus=0.25",
         "stages.2.params.min_chars=1",
     ]
-    spec = load_spec(REPO / "pipelines" / "sft_data.yaml", sets, output=str(tmp_path / "run"))
+    spec = load_spec(REPO / "pipelines" / "sft_quick.yaml", sets, output=str(tmp_path / "run"))
     manifest = Runner(spec).run()
     generate = next(s for s in manifest["stages"] if s["name"] == "generate")
     assert len(generate["nodes"]) == 2  # shards were generated on both nodes

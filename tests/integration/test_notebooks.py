@@ -20,8 +20,14 @@ from tests.unit.test_inspect import make_run
 
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
 SPECS = {
-    # 6 seed lines + a malformed line + a duplicate: the run has read and dedup rejects to show
-    "sft": ("sft_data.yaml", ["sampling.max_tokens=24", "shard_size=4"]),
+    # The full sft_data.yaml (curation, synthesis, judges) on 6 seed lines + a malformed line + a
+    # duplicate + one with a reference answer. Shared with test_sft_data.py and the browser test.
+    # The judge gate lets every readable score through (min_score 1) and constitution revises every
+    # row, so sft/ and preference/ both get rows whatever the 135M model writes.
+    "sft": (
+        "sft_data.yaml",
+        ["sampling.max_tokens=24", "shard_size=4", "stages.10.params.min_score=1", "stages.11.params.fraction=1.0"],
+    ),
     # 2 code tasks, 2 solutions each: sandbox verdicts and (when one passes) pairs
     "code": ("code_data.yaml", ["sampling.max_tokens=96", "shard_size=2", "stages.0.params.k=2"]),
 }
@@ -31,10 +37,12 @@ def sft_input(root: Path) -> Path:
     path = root / "sft_input.jsonl"
     if path.exists():  # rewriting it would change its mtime, hence the run's fingerprint: no resume
         return path
-    seeds = read_jsonl(REPO / "pipelines" / "seeds" / "sft_seed.jsonl")[:6]
+    all_seeds = read_jsonl(REPO / "pipelines" / "seeds" / "sft_seed.jsonl")
+    seeds = all_seeds[:6]
     lines = [json.dumps(s, ensure_ascii=False) for s in seeds]
     lines.insert(3, '{"instruction": "unterminated')  # line 4: bad_json
     lines.append(json.dumps(seeds[0], ensure_ascii=False))  # line 8: duplicate of line 1
+    lines.append(json.dumps(next(s for s in all_seeds if "answer" in s), ensure_ascii=False))  # line 9
     return write_jsonl(path, lines)
 
 
@@ -76,7 +84,7 @@ def rich_run(tmp_path_factory):
 def test_inspect_on_a_real_run_accounts_for_every_line(sft_run):
     o = inspect.outcomes(sft_run)
     # every line read: exactly once, exported or rejected (n = 1 sample per row)
-    assert sorted(o["line"]) == list(range(1, 9))
+    assert sorted(o["line"]) == list(range(1, 10))
     reasons = o.set_index("line")["reason"]
     assert reasons[4].startswith("bad_json") and reasons[8].startswith("duplicate of ")
     # exported rows are the export stage's rows, and sft/train.jsonl holds exactly their messages
@@ -101,7 +109,7 @@ def test_inspect_on_a_real_run_accounts_for_every_line(sft_run):
     assert d["cluster"].nunique() == 1 and len(d) == 2
     f = inspect.final(sft_run)
     assert (f["response_chars"] > 0).all() and (f["instruction_chars"] > 0).all()
-    assert set(inspect.missing(sft_run)) >= {"tags", "pairs", "evolution"}
+    assert "tags" not in inspect.missing(sft_run)  # the full recipe tags every row it keeps
 
 
 def test_cost_table_sums_match_the_manifest(sft_run):

@@ -16,7 +16,7 @@ from tests.integration.conftest import (
     write_jsonl,
 )
 
-SPEC = REPO / "pipelines" / "sft_data.yaml"
+SPEC = REPO / "pipelines" / "sft_quick.yaml"
 FAST = ["sampling.max_tokens=24", "shard_size=4", "stages.2.params.min_chars=1"]
 
 

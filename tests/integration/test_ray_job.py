@@ -67,7 +67,7 @@ def test_ray_job_submit_runs_the_spec(ray_head, tmp_path):
         "python",
         "-m",
         "alignfactory.run",
-        "pipelines/sft_data.yaml",
+        "pipelines/sft_quick.yaml",
         "--limit",
         "6",
         "--output",

@@ -13,7 +13,7 @@ import pytest
 from tests.integration.conftest import REPO, exported, read_jsonl, rejected_rows, write_jsonl
 
 pytestmark = pytest.mark.slow
-CLI = [sys.executable, "-m", "alignfactory.run", str(REPO / "pipelines" / "sft_data.yaml")]
+CLI = [sys.executable, "-m", "alignfactory.run", str(REPO / "pipelines" / "sft_quick.yaml")]
 N_ROWS = 16
 
 

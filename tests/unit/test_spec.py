@@ -69,8 +69,16 @@ def test_valid_spec_loads_with_typed_stage_params(tmp_path):
 
 def test_shipped_pipeline_spec_loads():
     spec = load_spec(REPO / "pipelines" / "sft_data.yaml")
-    assert [s.name for s in spec.stages] == ["dedup", "generate", "filter", "export"]
-    assert spec.stage_params(2).min_chars == 20
+    names = [s.name for s in spec.stages]
+    # the design's flow order: curate, then synthesize and verify, then assemble
+    assert names == [
+        "dedup", "dedup", "instag", "tag_normalize", "select", "evolve", "decontaminate",
+        "generate", "reject_sample", "filter", "judge", "constitution", "export",
+    ]  # fmt: skip
+    assert spec.stage_params(1).method == "minhash"
+    assert spec.stage_params(names.index("filter")).min_chars == 20
+    for i in range(len(names)):  # every stage's params validate against its class
+        spec.stage_params(i)
 
 
 def test_sampling_spec_builds_a_sampling_with_seed_and_overrides():

@@ -1,0 +1,122 @@
+"""pipelines/sft_data.yaml, the full recipe, end to end on a real local Ray cluster and the real
+embedded model: dedup (exact, MinHash) -> instag -> tag_normalize -> select -> evolve ->
+decontaminate -> generate -> reject_sample -> filter -> judge -> constitution -> export.
+
+The run is test_notebooks.real_run("sft") (9 input lines: 6 seeds, a malformed line, a duplicate, a
+seed with a reference answer), made once per session and shared with the notebook and browser tests.
+SmolLM2-135M is weak, so what is asserted holds whatever it writes: unparseable tags and eliminated
+evolutions are rejected with reasons and still accounted for; the judge gate passes every readable
+score and constitution revises every row, so sft/ and preference/ are certain to get rows.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.integration.conftest import assert_each_input_once, input_lines, read_jsonl, rejected_rows
+from tests.integration.test_notebooks import real_run, sft_input
+
+STAGES = [
+    "dedup", "dedup", "instag", "tag_normalize", "select", "evolve", "decontaminate",
+    "generate", "reject_sample", "filter", "judge", "constitution", "export",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, request):
+    out = real_run("sft", tmp_path_factory, request)
+    return json.loads((out / "manifest.json").read_text()), out
+
+
+def stage_rows(manifest: dict, out, name: str, nth: int = 0) -> list[dict]:
+    """Every row a stage wrote (kept and rejected); nth picks among stages of the same name."""
+    st = [s for s in manifest["stages"] if s["name"] == name][nth]
+    return [r for p in sorted((out / st["dir"]).glob("shard-*.jsonl")) for r in read_jsonl(p)[1:]]
+
+
+def test_the_spec_runs_every_stage_in_the_design_flow_order(run):
+    manifest, out = run
+    assert [s["name"] for s in manifest["stages"]] == ["read", *STAGES]
+    assert all(s["done"] for s in manifest["stages"])
+    pipe = {s["name"]: s for s in manifest["stages"]}
+    for llm in ("instag", "evolve", "generate", "judge", "constitution"):
+        assert pipe[llm]["tokens_out"] > 0, llm  # each calls the real model
+    assert manifest["cost"]["total"]["tokens"] > 0
+
+
+def test_every_input_line_once_with_reasons(run, tmp_path_factory):
+    manifest, out = run
+    seen = assert_each_input_once(
+        out, input_lines(sft_input(tmp_path_factory.getbasetemp() / "inspect_real"))
+    )
+    assert seen["sft"], "no row reached sft/"
+    rejects = rejected_rows(out)
+    assert all(r["reject"]["stage"] and r["reject"]["reason"] for r in rejects)
+    by_stage: dict[str, list[str]] = {}
+    for r in rejects:
+        by_stage.setdefault(r["reject"]["stage"], []).append(r["reject"]["reason"])
+    assert [x.split(" ")[0] for x in by_stage["dedup"]] == ["duplicate"]  # line 8, by the exact pass
+    assert all(x.startswith("unparseable: ") for x in by_stage.get("instag", []))
+    assert all(x.startswith("eliminated: ") for x in by_stage.get("evolve", []))
+    assert by_stage["select"] and all(x.startswith("not_selected: budget ") for x in by_stage["select"])
+    # each stage: every input row comes out as itself, as the parent of a child, or rejected
+    names = [s["name"] for s in manifest["stages"]][1:-1]
+    for k in range(1, len(names)):
+        prev = names[k - 1]
+        nth_prev = names[: k - 1].count(prev)
+        inputs = [r for r in stage_rows(manifest, out, prev, nth_prev) if not r["reject"]]
+        outputs = stage_rows(manifest, out, names[k], names[:k].count(names[k]))
+        ids = {r["id"] for r in outputs} | {p for r in outputs for p in r["lineage"]["parents"]}
+        assert all(r["id"] in ids for r in inputs), names[k]
+
+
+def test_tag_files_and_canonical_tags(run):
+    manifest, out = run
+    vocabulary = {v["tag"]: v for v in read_jsonl(out / "tags" / "vocabulary.jsonl")}
+    mapping = {m["raw"]: m for m in read_jsonl(out / "tags" / "mapping.jsonl")}
+    tagged = [r for r in stage_rows(manifest, out, "instag") if not r["reject"]]
+    assert tagged, "the model never produced a parseable tag list"
+    assert {t["tag"] for r in tagged for t in r["meta"]["instag"]["tags"]} == set(mapping)
+    for raw, m in mapping.items():
+        assert m["canonical"] is None or raw in vocabulary[m["canonical"]]["members"]
+        assert m["step"] in ("kept", "rule", "frequency", "semantic", "association")
+    normalized = stage_rows(manifest, out, "tag_normalize")
+    assert len(normalized) == len(tagged)
+    for row in normalized:
+        assert set(row["meta"]["tag_normalize"]["tags"]) <= set(vocabulary)  # every canonical tag is in it
+        expect = {mapping[t["tag"]]["canonical"] for t in row["meta"]["instag"]["tags"]} - {None}
+        assert set(row["meta"]["tag_normalize"]["tags"]) == expect
+    counts = {t: sum(t in r["meta"]["tag_normalize"]["tags"] for r in normalized) for t in vocabulary}
+    assert counts == {t: v["count"] for t, v in vocabulary.items()}
+
+
+def test_selection_evolution_and_synthesis_metadata(run):
+    manifest, out = run
+    selected = [r for r in stage_rows(manifest, out, "select") if not r["reject"]]
+    assert selected and all(r["meta"]["select"]["phase"] in ("coverage", "score") for r in selected)
+    assert sorted(r["meta"]["select"]["rank"] for r in selected) == list(range(len(selected)))
+    for row in stage_rows(manifest, out, "evolve"):
+        if row["reject"] or row["meta"]["evolve"].get("evolved"):  # an evolution: a child of a selected row
+            assert row["lineage"]["stage"] == "evolve" and row["lineage"]["round"] == 1
+            assert row["lineage"]["parents"][0] in {r["id"] for r in selected}
+    judged = [r for r in stage_rows(manifest, out, "judge") if not r["reject"]]
+    assert judged and all("judge" in r["meta"] for r in judged)
+    for row in stage_rows(manifest, out, "reject_sample"):
+        if "reject_sample" in row["meta"]:  # only the row with a reference answer, if selected
+            assert row["meta"]["reject_sample"]["reference"] == row["seed"]["answer"]
+
+
+def test_outputs_load_with_the_columns_trl_expects(run):
+    import datasets
+
+    _, out = run
+    sft = datasets.load_dataset("json", data_files=str(out / "sft" / "train.jsonl"), split="train")
+    assert len(sft) > 0 and sft.column_names == ["messages"]
+    assert all(m[-1]["role"] == "assistant" and m[-1]["content"] for m in sft["messages"])
+    pref = datasets.load_dataset("json", data_files=str(out / "preference" / "train.jsonl"), split="train")
+    assert len(pref) > 0 and sorted(pref.column_names) == ["chosen", "prompt", "rejected"]
+    for row in pref:
+        assert row["prompt"][-1]["role"] == "user" and row["chosen"] != row["rejected"]
+    assert (out / "sft" / "README.md").exists() and (out / "preference" / "README.md").exists()
