@@ -2,6 +2,7 @@
 
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -22,6 +23,31 @@ def local_ray():
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
+
+
+def start_run(args: list[str], ray_address: str | None = None) -> subprocess.Popen:
+    """`python -m alignfactory.run ARGS` as its own session (a kill -9 reaches the driver alone), output
+    captured; it joins `ray_address` when given, else starts a Ray of its own."""
+    env = os.environ | {"ALIGNFACTORY_PROGRESS": "0"}
+    env.pop("RAY_ADDRESS", None)
+    if ray_address:
+        env["RAY_ADDRESS"] = ray_address
+    return subprocess.Popen(
+        [PY, "-m", "alignfactory.run", *args],
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def finish_run(proc: subprocess.Popen, timeout: float = 600) -> str:
+    """Wait for a start_run() process; it must exit 0. Returns its output."""
+    out, _ = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, out[-4000:]
+    return out
 
 
 def read_jsonl(path: Path) -> list[dict]:

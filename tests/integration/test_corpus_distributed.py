@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from alignfactory.run import Runner
 from alignfactory.spec import validate
 from alignfactory.stages.base import StageContext
 from alignfactory.stages.curate.dedup import Dedup
-from tests.integration.conftest import REPO, write_jsonl
+from tests.integration.conftest import finish_run, start_run, write_jsonl
 
 pytestmark = pytest.mark.slow
 
@@ -124,23 +123,7 @@ SLOW = "tests.integration.corpus_stages:SlowDedup"
 
 
 def run_cli(spec: Path) -> subprocess.Popen:
-    env = os.environ | {"ALIGNFACTORY_PROGRESS": "0"}
-    env.pop("RAY_ADDRESS", None)
-    return subprocess.Popen(
-        [sys.executable, "-m", "alignfactory.run", str(spec)],
-        env=env,
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-
-
-def finish(proc: subprocess.Popen) -> str:
-    out, _ = proc.communicate(timeout=600)
-    assert proc.returncode == 0, out[-4000:]
-    return out
+    return start_run([str(spec)])
 
 
 def test_kill_9_during_apply_resumes_from_the_plan(tmp_path):
@@ -175,7 +158,7 @@ def test_kill_9_during_apply_resumes_from_the_plan(tmp_path):
     assert 2 <= len(before) < 10
     plan_mtime = plan.stat().st_mtime_ns
 
-    log = finish(run_cli(spec))
+    log = finish_run(run_cli(spec))
     assert f"{10 - len(before)} shards to apply" in log and "summarizing" not in log
     assert plan.stat().st_mtime_ns == plan_mtime  # the plan was reused, not recomputed
     after = {p.name: p.stat().st_mtime_ns for p in step_dir.glob("shard-*.jsonl")}

@@ -22,7 +22,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -31,11 +30,12 @@ import pytest
 from alignfactory.run import plan
 from alignfactory.spec import validate
 from tests.integration.conftest import (
-    REPO,
     assert_each_input_once,
     exported,
+    finish_run,
     input_lines,
     read_jsonl,
+    start_run,
     write_jsonl,
 )
 
@@ -92,23 +92,11 @@ def setup(tmp_path_factory, local_ray):
 
 
 def start(spec_path: Path, out: Path) -> subprocess.Popen:
-    env = os.environ | {"ALIGNFACTORY_PROGRESS": "0", "RAY_ADDRESS": os.environ["AF_TEST_RAY_ADDRESS"]}
-    cmd = [sys.executable, "-m", "alignfactory.run", str(spec_path), "--output", str(out)]
-    return subprocess.Popen(
-        cmd,
-        env=env,
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
+    return start_run([str(spec_path), "--output", str(out)], os.environ["AF_TEST_RAY_ADDRESS"])
 
 
 def finish(proc: subprocess.Popen) -> str:
-    log, _ = proc.communicate(timeout=400)
-    assert proc.returncode == 0, log[-4000:]
-    return log
+    return finish_run(proc, timeout=400)
 
 
 def kill(proc: subprocess.Popen) -> None:

@@ -26,7 +26,12 @@ SPECS = {
     # row, so sft/ and preference/ both get rows whatever the 135M model writes.
     "sft": (
         "sft_data.yaml",
-        ["sampling.max_tokens=24", "shard_size=4", "stages.10.params.min_score=1", "stages.11.params.fraction=1.0"],
+        [
+            "sampling.max_tokens=24",
+            "shard_size=4",
+            "stages.10.params.min_score=1",
+            "stages.11.params.fraction=1.0",
+        ],
     ),
     # 2 code tasks, 2 solutions each: sandbox verdicts and (when one passes) pairs
     "code": ("code_data.yaml", ["sampling.max_tokens=96", "shard_size=2", "stages.0.params.k=2"]),

