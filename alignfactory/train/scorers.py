@@ -212,7 +212,9 @@ class Scorers:
             for r, cs in zip(rows, completions, strict=True)
             for c in cs
         ]
-        outs = self._judge_engine.chat(convs, Sampling(max_tokens=96, temperature=0.0), list(range(len(convs))))
+        outs = self._judge_engine.chat(
+            convs, Sampling(max_tokens=96, temperature=0.0), list(range(len(convs)))
+        )
         it = iter(outs)
         out = []
         for cs in completions:

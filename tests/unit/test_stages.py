@@ -8,10 +8,10 @@ import pytest
 
 from alignfactory import records
 from alignfactory.llm.base import Sampling, request_seed
-from alignfactory.stages.base import StageContext
-from alignfactory.stages.curate.dedup import Dedup, normalize
 from alignfactory.stages.assemble.export import Export
 from alignfactory.stages.assemble.filter import Filter, language
+from alignfactory.stages.base import StageContext
+from alignfactory.stages.curate.dedup import Dedup, normalize
 from alignfactory.stages.synthesize.generate import Generate
 from tests.unit.scripted import ScriptedEngine, count_tokens, default_reply
 
