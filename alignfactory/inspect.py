@@ -129,10 +129,11 @@ def reason_kind(reason: str) -> str:
 def rejected(run_dir: str | Path):
     """rejected/*.jsonl: stage, reason, kind (the reason without its detail), file, line, id, raw."""
     rows = [r for p in sorted((Path(run_dir) / "rejected").glob("*.jsonl")) for r in io.read_jsonl(p)]
-    cols = ["stage", "reason", "kind", "file", "line", "id", "instruction", "raw"]
+    cols = ["stage", "reason", "kind", "file", "line", "id", "instruction", "raw", "candidate"]
     return _frame(
         [
             {
+                "candidate": records.discarded_candidate(r),  # a stage's own discarded candidate
                 "stage": r["reject"]["stage"],
                 "reason": r["reject"]["reason"],
                 "kind": reason_kind(r["reject"]["reason"]),
@@ -150,7 +151,9 @@ def rejected(run_dir: str | Path):
 
 def outcomes(run_dir: str | Path):
     """Every input line read (file, line) with where it ended: outcome 'exported' (kept by the last
-    stage) or 'rejected' (stage, reason). One line may give several rows (n > 1 samples)."""
+    stage) or 'rejected' (stage, reason). One line may give several rows (n > 1 samples). A stage's
+    discarded candidates (records.discarded_candidate: an eliminated evolution) are not their line's
+    outcome while the line has another; inspect.rejected() lists them."""
     out = _outputs(run_dir)
     names = list(out)
     done = [("exported", None, None, r) for r in out[names[-1]] if not r.get("reject")] if names else []
@@ -160,6 +163,17 @@ def outcomes(run_dir: str | Path):
         for r in out[d]
         if r.get("reject")
     ]
+    line = lambda r: (r["source"].get("file"), r["source"].get("line"))  # noqa: E731
+    settled = {line(r) for _, _, _, r in done} | {
+        line(r) for _, _, _, r in gone if not records.discarded_candidate(r)
+    }
+    first_candidate = set()
+    for item in list(gone):  # a line with only discarded candidates keeps one of them as its outcome
+        r = item[3]
+        if records.discarded_candidate(r) and (line(r) in settled or line(r) in first_candidate):
+            gone.remove(item)
+        elif records.discarded_candidate(r):
+            first_candidate.add(line(r))
     cols = ["file", "line", "id", "outcome", "stage", "reason"]
     return _frame(
         [

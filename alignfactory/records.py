@@ -59,6 +59,14 @@ def reject(row: dict, stage: str, reason: str, raw: str | None = None) -> dict:
     return row
 
 
+def discarded_candidate(row: dict) -> bool:
+    """A rejected row that the rejecting stage made itself from an input row (an eliminated evolution):
+    a candidate that did not survive, while the input row it came from goes on (or is rejected) as
+    itself. Such rows are kept in rejected/ with their reason, but are not their source line's outcome."""
+    rej, lin = row.get("reject"), row.get("lineage") or {}
+    return bool(rej) and bool(lin.get("parents")) and lin.get("stage") == rej.get("stage")
+
+
 def prompt_messages(row: dict) -> list[dict]:
     """The conversation up to (not including) the final assistant turn."""
     msgs = row["messages"]

@@ -104,10 +104,19 @@ def assert_each_input_once(run_dir: Path, inputs: list[tuple[str, int]]) -> dict
     Returns {"sft": [...], "preference_only": [...], "rejected": [...]} sources, for more checks."""
     from collections import Counter
 
+    from alignfactory.records import discarded_candidate
+
     sft, pref_only = sft_sources(run_dir)
-    rejected = [
-        (str(Path(r["source"]["file"]).resolve()), r["source"]["line"]) for r in rejected_rows(run_dir)
-    ]
+
+    def line(r: dict) -> tuple[str, int]:
+        return (str(Path(r["source"]["file"]).resolve()), r["source"]["line"])
+
+    rows = rejected_rows(run_dir)
+    rejected = [line(r) for r in rows if not discarded_candidate(r)]
+    # a stage's discarded candidates (eliminated evolutions) are their line's outcome only when the
+    # line has no other
+    settled = set(sft + pref_only + rejected)
+    rejected += sorted({line(r) for r in rows if discarded_candidate(r)} - settled)
     seen = Counter(sft + pref_only + rejected)
     twice = sorted(k for k, n in seen.items() if n > 1)
     assert not twice, f"input lines accounted more than once: {twice}"

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from alignfactory import cost, inspect, io, report
+from alignfactory import cost, inspect, io, records, report
 from alignfactory.run import Runner
 from alignfactory.spec import load_spec
 from tests.integration.conftest import REPO, read_jsonl, write_jsonl
@@ -101,6 +101,7 @@ def test_inspect_on_a_real_run_accounts_for_every_line(sft_run):
     ]
     # rejected/ holds exactly the rejected lines, each with the stage that dropped it
     rej = inspect.rejected(sft_run)
+    rej = rej[~rej["candidate"]]  # eliminated evolutions: their line went on as itself
     assert sorted(zip(rej["line"], rej["stage"], strict=True)) == sorted(
         zip(o[o["outcome"] == "rejected"]["line"], o[o["outcome"] == "rejected"]["stage"], strict=True)
     )
@@ -109,7 +110,8 @@ def test_inspect_on_a_real_run_accounts_for_every_line(sft_run):
         rows = [r for p in sorted((sft_run / st.dir).glob("shard-*.jsonl")) for r in io.read_jsonl(p)[1:]]
         assert st.rows_out == sum(not r["reject"] for r in rows)
         assert st.rejected == sum(bool(r["reject"]) for r in rows)
-        assert st.rows_in == st.rows_out + st.rejected, st.name
+        candidates = sum(records.discarded_candidate(r) for r in rows)  # made here, not an input row
+        assert st.rows_in == st.rows_out + st.rejected - candidates, st.name
     d = inspect.duplicates(sft_run)
     assert d["cluster"].nunique() == 1 and len(d) == 2
     f = inspect.final(sft_run)

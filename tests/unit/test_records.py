@@ -134,3 +134,16 @@ def test_to_trl_preference_shape():
         "rejected": [{"role": "assistant", "content": "bad"}],
     }
     assert set(out) == {"prompt", "chosen", "rejected"}
+
+
+def test_discarded_candidate_is_a_reject_the_rejecting_stage_made_itself():
+    parent = {"id": "p", "lineage": {"parents": [], "stage": "read"}, "reject": None}
+    evolved = {"id": "c", "lineage": {"parents": ["p"], "stage": "evolve"}, "reject": None}
+    assert not records.discarded_candidate(parent) and not records.discarded_candidate(evolved)
+    records.reject(evolved, "evolve", "eliminated: copies_template")
+    assert records.discarded_candidate(evolved)  # an eliminated evolution: its parent goes on
+    generated = {"id": "g", "lineage": {"parents": ["p"], "stage": "generate"}, "reject": None}
+    records.reject(generated, "filter", "too_short")
+    assert not records.discarded_candidate(generated)  # a later stage's reject is the line's outcome
+    records.reject(parent, "dedup", "duplicate of x")
+    assert not records.discarded_candidate(parent)  # no parents: an input row itself
