@@ -106,9 +106,8 @@ def plan(spec: PipelineSpec, root: Path) -> list[Step]:
             "seed": spec.seed,
             "input": steps[-1].fingerprint,
         }
-        data_files = getattr(cls, "data_files", None)  # files a stage reads (benchmarks): their identity
-        if data_files is not None and data_files(params):
-            parts["data_files"] = [(str(p), *_file_identity(Path(p))) for p in data_files(params)]
+        if cls.data_files(params):  # files a stage reads (benchmarks): their identity
+            parts["data_files"] = [(str(p), *_file_identity(Path(p))) for p in cls.data_files(params)]
         if cls.uses_llm:
             from alignfactory.llm import resolve_backend
 
@@ -558,11 +557,8 @@ class Runner:
         self.ensure_ray()
         res = step.spec.resources
         args = (step.name, step.params.model_dump(mode="json"), ctx, phase, plan_path)
-        uses_model = getattr(step.cls, "uses_model", False)
-        if callable(uses_model):
-            uses_model = uses_model(step.params)
         remote = {"num_cpus": res.num_cpus}
-        if uses_model and phase == "summarize":
+        if step.cls.uses_model(step.params) and phase == "summarize":
             # embeddings: the model loads once per actor, on a GPU when resources.num_gpus gives one
             fn = CorpusWorker
             how = {"fn_constructor_args": args, "compute": ray.data.ActorPoolStrategy(size=res.concurrency)}

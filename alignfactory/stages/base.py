@@ -66,6 +66,12 @@ class Stage:
         """Templates whose text goes into the fingerprint (edit a prompt -> the stage re-runs)."""
         return []
 
+    @classmethod
+    def data_files(cls, params: BaseModel) -> list[str]:
+        """Files the stage reads besides its rows (benchmark lists): their size and mtime go into the
+        fingerprint, so replacing one re-runs the stage."""
+        return []
+
 
 class CorpusStage(Stage):
     """A corpus stage that scales past one process: map -> small summary -> combine -> apply.
@@ -79,6 +85,12 @@ class CorpusStage(Stage):
 
     kind = "corpus"
     distributed: ClassVar[bool] = True
+
+    @staticmethod
+    def uses_model(params: BaseModel) -> bool:
+        """True when summarize loads a model (an embedder): the runner then runs it in an actor pool,
+        on a GPU when the stage's resources give one."""
+        return False
 
     def summarize(self, rows: list[dict], shard: int):
         raise NotImplementedError
