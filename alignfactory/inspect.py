@@ -163,17 +163,22 @@ def outcomes(run_dir: str | Path):
         for r in out[d]
         if r.get("reject")
     ]
-    line = lambda r: (r["source"].get("file"), r["source"].get("line"))  # noqa: E731
-    settled = {line(r) for _, _, _, r in done} | {
-        line(r) for _, _, _, r in gone if not records.discarded_candidate(r)
-    }
-    first_candidate = set()
-    for item in list(gone):  # a line with only discarded candidates keeps one of them as its outcome
+
+    def line(r: dict) -> tuple:
+        return (r["source"].get("file"), r["source"].get("line"))
+
+    # a line whose only rows are discarded candidates keeps the first of them as its outcome
+    settled = {line(r) for _, _, _, r in done}
+    settled |= {line(r) for _, _, _, r in gone if not records.discarded_candidate(r)}
+    kept = []
+    for item in gone:
         r = item[3]
-        if records.discarded_candidate(r) and (line(r) in settled or line(r) in first_candidate):
-            gone.remove(item)
-        elif records.discarded_candidate(r):
-            first_candidate.add(line(r))
+        if records.discarded_candidate(r):
+            if line(r) in settled:
+                continue
+            settled.add(line(r))
+        kept.append(item)
+    gone = kept
     cols = ["file", "line", "id", "outcome", "stage", "reason"]
     return _frame(
         [
