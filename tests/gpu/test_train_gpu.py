@@ -3,28 +3,13 @@ sampling in online DPO. Skipped without CUDA or vllm."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
 
-import pytest
+from tests.gpu.conftest import NEEDS_CUDA_AND_VLLM
 
-
-def _cuda() -> bool:
-    if importlib.util.find_spec("torch") is None:
-        return False
-    import torch
-
-    return torch.cuda.is_available()
-
-
-pytestmark = [
-    pytest.mark.gpu,
-    pytest.mark.vllm,
-    pytest.mark.skipif(not _cuda(), reason="needs CUDA"),
-    pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="needs vllm"),
-]
+pytestmark = NEEDS_CUDA_AND_VLLM
 
 
 def test_bf16_chain_with_vllm_sampling(tmp_path):

@@ -2,29 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
-
-import pytest
-
 from alignfactory.llm import make_engine, resolve_backend
 from alignfactory.llm.base import Sampling
 from alignfactory.llm.config import ModelConfig
+from tests.gpu.conftest import NEEDS_CUDA_AND_VLLM
 
-
-def _cuda() -> bool:
-    if importlib.util.find_spec("torch") is None:
-        return False
-    import torch
-
-    return torch.cuda.is_available()
-
-
-pytestmark = [
-    pytest.mark.gpu,
-    pytest.mark.vllm,
-    pytest.mark.skipif(not _cuda(), reason="needs CUDA"),
-    pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="needs vllm"),
-]
+pytestmark = NEEDS_CUDA_AND_VLLM
 
 
 def conv(q):
