@@ -148,6 +148,30 @@ def test_elimination_rules(evolved, equal, answer, reason, raw):
         assert calls["equal"] == [] and calls["answer"] == []  # cheap rules first: no LLM checks spent
 
 
+def test_an_evolution_cut_at_max_tokens_is_eliminated_as_truncated():
+    cut = "Write a haiku about autumn rain that mentions a red umbrella and adds a layer of complexity to"
+    engine, calls = script({HAIKU: [cut, HAIKU2]})
+    chat = engine.chat
+
+    def chat_cutting_evolutions(convs, sampling, seeds=None):  # rewrites stop at max_tokens in round 1
+        outs = chat(convs, sampling, seeds)
+        for conv, out in zip(convs, outs, strict=True):
+            if GIVEN.search(last_user(conv)) and len(calls["evolve"]) == 1:
+                out.finish_reasons = ["length"] * len(out.texts)
+        return outs
+
+    engine.chat = chat_cutting_evolutions
+    parent = row(HAIKU)
+    out = apply_stage(evolve(engine, rounds=2), [parent])
+    kept, rejected = split(out)
+    (cand,) = rejected
+    assert cand["reject"]["reason"] == "eliminated: truncated: stopped at max_tokens"
+    assert cand["reject"]["raw"] == cut and cand["lineage"]["round"] == 1
+    assert calls["equal"] == [HAIKU2] and calls["answer"] == [HAIKU2]  # no LLM check spent on the cut one
+    (child,) = kept  # round 2's complete rewrite of the parent survives
+    assert records.instruction(child) == HAIKU2 and child["lineage"]["round"] == 2
+
+
 def test_a_long_answer_that_says_sorry_still_answers():
     long = "I am sorry to hear it rained. " + "Drops fall on leaves and the street glows. " * 12
     engine, _ = script({HAIKU: HAIKU2}, answers={HAIKU2: long})

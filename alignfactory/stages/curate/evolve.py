@@ -8,6 +8,8 @@ rarer instruction of the same domain; in_breadth_{en,zh}.jinja), in the instruct
 the elimination step, in this order (the first that fires names the reason):
 
     empty                     the model returned nothing
+    truncated                 the rewrite stopped at max_tokens (finish_reason "length"): a prompt
+                              cut mid-sentence is not an instruction
     copies_template: <words>  the evolved prompt copies template words ("#Rewritten Prompt#", "given
                               prompt", "#改写后的提示#", ...: params.copy_markers)
     no_information_gain       identical to the instruction it evolved from (after whitespace/case), or
@@ -168,7 +170,8 @@ class Evolve(LLMStage):
             raw = out.texts[0]
             new = raw.strip().strip('"“”').strip()
             step = {"round": r, "operation": op, "instruction": new, "parent": text, "raw": raw}
-            step["status"] = self.static_check(text, new)
+            cut = bool(new) and out.finish_reasons[:1] == ["length"]
+            step["status"] = "truncated: stopped at max_tokens" if cut else self.static_check(text, new)
             steps.append(step)
         if self.params.equality_check:
             self.check(rows, steps, r, "equal")
