@@ -292,10 +292,17 @@ class CorpusWorker:
                 result = pickle.dumps(self.stage.summarize(rows, int(shard)), protocol=5)
                 out.append(pickle.dumps({"summary": result, "seconds": time.perf_counter() - t0}))
                 continue
-            plan = load_plan(Path(self.plan_path))["plan"]
-            res = account(self.stage, rows, self.stage.apply(rows, plan, int(shard)))
-            stats = counts(res, len(rows)) | {"seconds": time.perf_counter() - t0, "worker": self.where}
-            out.append(json.dumps({"rows": res, "stats": stats}, ensure_ascii=False).encode())
+            meta = load_plan(Path(self.plan_path))
+            res = account(self.stage, rows, self.stage.apply(rows, meta["plan"], int(shard)))
+            # the shard's own seconds: apply + its summarize (+ the combine, counted on shard 0)
+            seconds = time.perf_counter() - t0 + meta["summarize_seconds"][int(shard)]
+            seconds += meta["combine_seconds"] if int(shard) == 0 else 0.0
+            stats = counts(res, len(rows)) | {"tokens_in": 0, "tokens_out": 0, "seconds": round(seconds, 3)}
+            stats["worker"] = self.where
+            # the output shard's exact bytes: the driver writes them without parsing the rows again
+            out.append(
+                pickle.dumps({"shard_bytes": io.jsonl_bytes([{"_shard": stats}] + res), "stats": stats})
+            )
         return {"shard": batch["shard"], "path": batch["path"], "payload": np.array(out, dtype=object)}
 
 
@@ -532,22 +539,13 @@ class Runner:
             log.info("%s: combined in %.1f s", step.name, time.perf_counter() - t0)
         todo = [it for it in items if not (step.dir / inputs[it["shard"]].name).exists()]
         if todo:
-            meta = load_plan(plan_path)
             log.info("%s: %d shards to apply", step.name, len(todo))
             ds = self.corpus_dataset(step, todo, ctx, "apply", str(plan_path))
             self.progress.start(step.name, None, len(todo), llm=step.cls.uses_llm)
             for out in ds.iter_rows():
-                shard = int(out["shard"])
-                result = json.loads(out["payload"])
-                stats = result["stats"] | {"tokens_in": 0, "tokens_out": 0}
-                stats["seconds"] = round(
-                    stats["seconds"]
-                    + meta["summarize_seconds"][shard]
-                    + (meta["combine_seconds"] if shard == 0 else 0.0),
-                    3,
-                )
-                write_shard(step.dir / inputs[shard].name, result["rows"], stats)
-                self.progress.update(step.name, stats["rows_in"])
+                result = pickle.loads(out["payload"])
+                io.write_atomic(step.dir / inputs[int(out["shard"])].name, result["shard_bytes"])
+                self.progress.update(step.name, result["stats"]["rows_in"])
             self.progress.finish(step.name)
         self.succeed(step, self.totals(step))
 
