@@ -262,8 +262,8 @@ def corpus_stage(name: str, params: dict, ctx: StageContext):
 
 
 def load_plan(path: Path) -> dict:
-    """_PLAN.pkl: {"plan": combine()'s result, "summarize_seconds": [per shard], "combine_seconds"},
-    read once per process."""
+    """_PLAN.pkl: {"plan": combine()'s result, "summarize_seconds": [per shard], "combine_seconds",
+    "kept_lines": [per shard, (n,) int32 line numbers of its kept rows]}, read once per process."""
     key = (str(path), path.stat().st_mtime_ns)
     if key not in _PLANS:
         _PLANS.clear()
@@ -286,24 +286,48 @@ class CorpusWorker:
 
         out = []
         for shard, path in zip(batch["shard"], batch["path"], strict=True):
-            rows = kept(read_shard(Path(path))[0])
+            shard = int(shard)
             t0 = time.perf_counter()
             if self.phase == "summarize":
-                result = pickle.dumps(self.stage.summarize(rows, int(shard)), protocol=5)
-                out.append(pickle.dumps({"summary": result, "seconds": time.perf_counter() - t0}))
+                rows = read_shard(Path(path))[0]
+                lines = np.array([i for i, r in enumerate(rows) if not r.get("reject")], dtype=np.int32)
+                result = pickle.dumps(self.stage.summarize([rows[i] for i in lines], shard), protocol=5)
+                seconds = time.perf_counter() - t0
+                out.append(pickle.dumps({"summary": result, "seconds": seconds, "kept_lines": lines}))
                 continue
             meta = load_plan(Path(self.plan_path))
-            res = account(self.stage, rows, self.stage.apply(rows, meta["plan"], int(shard)))
+            touched = self.stage.touched(meta["plan"], shard)
+            if touched is None or meta.get("kept_lines") is None:  # (a plan from before kept_lines)
+                rows = kept(read_shard(Path(path))[0])
+                body = account(self.stage, rows, self.stage.apply(rows, meta["plan"], shard))
+                stats = counts(body, len(rows))
+            else:
+                body, stats = self.apply_sparse(
+                    Path(path), meta["kept_lines"][shard], touched, meta["plan"], shard
+                )
             # the shard's own seconds: apply + its summarize (+ the combine, counted on shard 0)
-            seconds = time.perf_counter() - t0 + meta["summarize_seconds"][int(shard)]
-            seconds += meta["combine_seconds"] if int(shard) == 0 else 0.0
-            stats = counts(res, len(rows)) | {"tokens_in": 0, "tokens_out": 0, "seconds": round(seconds, 3)}
-            stats["worker"] = self.where
-            # the output shard's exact bytes: the driver writes them without parsing the rows again
-            out.append(
-                pickle.dumps({"shard_bytes": io.jsonl_bytes([{"_shard": stats}] + res), "stats": stats})
+            seconds = time.perf_counter() - t0 + meta["summarize_seconds"][shard]
+            seconds += meta["combine_seconds"] if shard == 0 else 0.0
+            stats |= {"tokens_in": 0, "tokens_out": 0, "seconds": round(seconds, 3), "worker": self.where}
+            # the output shard's exact bytes (rows already bytes stay so): the driver writes them as they are
+            data = b"".join(
+                r if isinstance(r, bytes) else io.jsonl_bytes([r]) for r in [{"_shard": stats}, *body]
             )
+            out.append(pickle.dumps({"shard_bytes": data, "stats": stats}))
         return {"shard": batch["shard"], "path": batch["path"], "payload": np.array(out, dtype=object)}
+
+    def apply_sparse(self, path: Path, kept_lines, touched: list[int], plan, shard: int):
+        """apply on the touched rows only (CorpusStage.touched): the shard's kept rows in order, each
+        touched row as a dict and every other row as its input line's bytes, and the counts."""
+        with open(path, "rb") as f:
+            lines = f.read().split(b"\n")[1:]  # line 0 is the shard header; JSON lines hold no raw \n
+        body: list = [lines[i] + b"\n" for i in kept_lines.tolist()]
+        rows = {pos: json.loads(body[pos]) for pos in touched}
+        self.stage.apply(rows, plan, shard)  # changes the rows in place
+        for pos, row in rows.items():
+            body[pos] = row
+        rejected = sum(1 for r in rows.values() if r.get("reject"))
+        return body, {"rows_in": len(body), "rows_out": len(body) - rejected, "rejected": rejected}
 
 
 def run_corpus_task(batch: dict, name: str, params: dict, ctx: StageContext, phase: str, plan_path=None):
@@ -525,15 +549,22 @@ class Runner:
             log.info("%s: summarizing %d shards", step.name, len(items))
             summaries: list = [None] * len(items)
             seconds = [0.0] * len(items)
+            kept_lines: list = [None] * len(items)
             for out in self.corpus_dataset(step, items, ctx, "summarize").iter_rows() if items else ():
                 got = pickle.loads(out["payload"])
                 summaries[int(out["shard"])] = pickle.loads(got["summary"])
+                kept_lines[int(out["shard"])] = got["kept_lines"]
                 seconds[int(out["shard"])] = got["seconds"]
             t0 = time.perf_counter()
             stage = build_stage(step.name, params, ctx)
             plan = stage.combine(summaries)
             del summaries
-            record = {"plan": plan, "summarize_seconds": seconds, "combine_seconds": time.perf_counter() - t0}
+            record = {
+                "plan": plan,
+                "summarize_seconds": seconds,
+                "combine_seconds": time.perf_counter() - t0,
+                "kept_lines": kept_lines,
+            }
             io.write_atomic(plan_path, pickle.dumps(record, protocol=5))
             del plan, record
             log.info("%s: combined in %.1f s", step.name, time.perf_counter() - t0)

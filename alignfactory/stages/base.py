@@ -101,6 +101,14 @@ class CorpusStage(Stage):
     def apply(self, rows: list[dict], plan, shard: int) -> list[dict]:
         raise NotImplementedError
 
+    def touched(self, plan, shard: int) -> list[int] | None:
+        """The positions in `shard` that apply changes, or None (any row may change). With a list,
+        the runner parses only those rows and passes apply a {position: row} dict instead of the
+        list; apply must then change rows in place (annotate or reject, never drop or add), and the
+        other rows are copied to the output byte for byte. Dedup and decontaminate touch a few rows
+        in a million; parsing and re-writing the rest would be most of their cost."""
+        return None
+
     def __call__(self, rows: list[dict]) -> list[dict]:
         return self.apply(rows, self.combine([self.summarize(rows, 0)]), 0)
 

@@ -250,6 +250,9 @@ class Decontaminate(CorpusStage):
         shards = {i: dict(s) for i, s in enumerate(summaries) if s}
         return {"shards": shards, "benchmarks": [b.label for b in self.params.benchmarks]}
 
+    def touched(self, plan: dict, shard: int) -> list[int]:
+        return sorted(plan["shards"].get(shard, {}))
+
     def apply(self, rows: list[dict], plan: dict, shard: int) -> list[dict]:
         for pos, hit in plan["shards"].get(shard, {}).items():
             row = rows[pos]

@@ -180,6 +180,9 @@ class Dedup(CorpusStage):
 
     # -- apply: mark this shard's duplicates
 
+    def touched(self, plan: dict, shard: int) -> list[int]:
+        return sorted(plan["shards"].get(shard, {}))
+
     def apply(self, rows: list[dict], plan: dict, shard: int) -> list[dict]:
         for pos, d in plan["shards"].get(shard, {}).items():
             row = rows[pos]
