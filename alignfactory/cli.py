@@ -39,6 +39,7 @@ def parser() -> argparse.ArgumentParser:
     t = sub.add_parser(
         "train",
         help="train on a run's output with TRL (extra --key value args override the YAML, as with trl)",
+        allow_abbrev=False,  # the overrides pass through whole: --n 4 is online DPO's n, not --name
     )
     t.add_argument("step", choices=["sft", "dpo", "reward", "online-dpo", "link-model"])
     t.add_argument("--config", help="pipelines/train_<step>.yaml (the file `trl <step> --config` reads)")
