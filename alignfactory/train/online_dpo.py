@@ -14,10 +14,11 @@ TRL 1.16's experimental OnlineDPOTrainer samples exactly 2 completions and has n
 is ours; from TRL it takes `selective_log_softmax` (per-token log-probs without the full softmax)
 and `pad`, and the loss is DPOTrainer's sigmoid loss: -log σ(β((π_c - ref_c) - (π_r - ref_r))).
 
-Each step appends one line to <output_dir>/log.jsonl: pairs, ties_skipped, low_margin_skipped,
-unscored_skipped, reward_chosen, reward_rejected, margin, loss, kl (per token, policy vs reference,
-on the sampled pairs), t_generate_s, t_score_s, t_optimize_s. Checkpoints: <output_dir>/checkpoint-<k>/
-(model, tokenizer, optimizer.pt, state.json); a restart resumes from the newest one.
+Each step appends one line to <output_dir>/log.jsonl (worker r > 0: log.rank<r>.jsonl, its share):
+prompt_index, pairs, ties_skipped, low_margin_skipped, unscored_skipped, reward_chosen,
+reward_rejected, margin, loss, kl (per token, policy vs reference, on the sampled pairs),
+t_generate_s, t_score_s, t_optimize_s. Checkpoints: <output_dir>/checkpoint-<k>/ (model, tokenizer,
+optimizer.pt, state.json); a restart resumes from the newest one and cuts the log back to its step.
 """
 
 from __future__ import annotations
@@ -375,18 +376,18 @@ class OnlineDPO:
 
     # the loop ----------------------------------------------------------------------------------------
 
-    def batch(self, step: int) -> list[dict]:
-        """This worker's prompts for `step`: a seeded shuffle per epoch, strided by rank."""
+    def batch_indices(self, step: int) -> list[int]:
+        """This worker's prompt indices for `step`: a seeded shuffle per epoch, strided by rank."""
         k, per = self.cfg.prompts_per_step, self.cfg.prompts_per_step * self.world
         order = list(range(len(self.prompts)))
         start = step * per
         epoch = start // max(1, len(order))
         random.Random(self.cfg.seed + epoch).shuffle(order)
-        idx = [order[(start + self.rank * k + j) % len(order)] for j in range(k)]
-        return [self.prompts[i] for i in idx]
+        return [order[(start + self.rank * k + j) % len(order)] for j in range(k)]
 
     def step(self, step: int) -> dict:
-        rows = self.batch(step)
+        idx = self.batch_indices(step)
+        rows = [self.prompts[i] for i in idx]
         t0 = time.perf_counter()
         pids = self.prompt_ids(rows)
         comps = self.generate(pids, step)
@@ -413,6 +414,7 @@ class OnlineDPO:
             "step": step + 1,
             "rank": self.rank,
             "prompts": len(rows),
+            "prompt_index": idx,  # which prompts (this worker's share of the step)
             "pairs": counts["pair"],
             "ties_skipped": counts["tie"],
             "low_margin_skipped": counts["low_margin"],
@@ -448,15 +450,39 @@ class OnlineDPO:
                 shutil.rmtree(p, ignore_errors=True)
         return ck
 
+    def log_path(self) -> Path:
+        """log.jsonl (rank 0) or log.rank<r>.jsonl: each worker logs its own share of every step."""
+        return Path(self.cfg.output_dir) / (f"log.rank{self.rank}.jsonl" if self.rank else "log.jsonl")
+
+    def _cut_log(self) -> None:
+        """Keep only the lines of steps up to start_step: a worker killed after its last checkpoint
+        logged steps that the resumed run does again (a fresh run, start_step 0, starts a new log). A
+        line cut off by the kill is dropped too."""
+        path = self.log_path()
+        if not path.is_file():
+            return
+        keep = []
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(rec, dict) and isinstance(rec.get("step"), int) and rec["step"] <= self.start_step:
+                keep.append(line + "\n")
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(keep), encoding="utf-8")
+        tmp.replace(path)
+
     def train(self, on_checkpoint=None) -> dict:
         """Run to cfg.steps; `on_checkpoint(path, step_log)` after each checkpoint (Ray Train reports)."""
         out = Path(self.cfg.output_dir)
         out.mkdir(parents=True, exist_ok=True)
+        self._cut_log()
         logs = []
         for step in range(self.start_step, self.cfg.steps):
             rec = self.step(step)
             logs.append(rec)
-            with open(out / (f"log.rank{self.rank}.jsonl" if self.rank else "log.jsonl"), "a") as f:
+            with open(self.log_path(), "a", encoding="utf-8") as f:
                 f.write(json.dumps(rec) + "\n")
             log.info("online DPO step %d: %s", step + 1, rec)
             done = step + 1 == self.cfg.steps

@@ -8,8 +8,15 @@
 
 Only rank 0 reports a checkpoint, after a barrier (the stock RayTrainReportCallback lets every rank
 copy its folder; once in four runs that left a 0-byte config.json, see FACTS.md). Each worker
-writes its pid to <storage_path>/<name>/workers/rank-<r>.pid and, after each report, the step to
-rank-<r>.reported (tests kill a worker mid-run once a checkpoint is reported).
+writes to <storage_path>/<name>/workers/:
+    rank-<r>.pid             its pid (tests kill a worker mid-run)
+    rank-<r>.reported        the last step it reported
+    rank-<r>.resumed         {"path", "step"}: the Ray checkpoint a restarted worker continued from
+    rank-<r>.batches.jsonl   TRL steps: per optimizer step, a short hash of each row it trained on
+                             (a resumed worker appends; online DPO logs its prompt_index in its own
+                             log.rank<r>.jsonl instead)
+    rank-<r>.final.json      {"step", "weights"}: a digest of its final weights; with gradients
+                             synchronised every rank ends with the same digest
 """
 
 from __future__ import annotations
@@ -48,14 +55,71 @@ def _report_callback():
     return RankZeroReport()
 
 
-def _mark_reported(step: int) -> None:
-    """workers/rank-<r>.reported: the last step this worker reported (tests wait for it)."""
+def _rank_log_callback():
+    """A TrainerCallback that writes rank-<r>.batches.jsonl (which rows this worker trained on, as
+    hashes of their token ids, seen by a forward pre-hook on the policy) and rank-<r>.final.json."""
+    from transformers import TrainerCallback
+
+    class RankLog(TrainerCallback):
+        def __init__(self):
+            self.rows: list[str] = []  # this optimizer step's rows
+
+        def on_train_begin(self, args, state, control, model=None, **kw):
+            import torch
+
+            def hook(module, a, kwargs):
+                ids = kwargs.get("input_ids", a[0] if a else None)
+                if module.training and torch.is_grad_enabled() and isinstance(ids, torch.Tensor):
+                    self.rows += [_digest([r.cpu().numpy().tobytes()], 8) for r in ids]
+
+            if model is not None:
+                model.register_forward_pre_hook(hook, with_kwargs=True)
+
+        def on_step_end(self, args, state, control, **kw):
+            _write_rank_file(
+                "batches.jsonl", json.dumps({"step": state.global_step, "rows": self.rows}) + "\n"
+            )
+            self.rows = []
+
+        def on_train_end(self, args, state, control, model=None, **kw):
+            if model is not None:
+                _mark_final(model, state.global_step)
+
+    return RankLog()
+
+
+def _digest(chunks, n: int = 16) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for c in chunks:
+        h.update(c)
+    return h.hexdigest()[:n]
+
+
+def weights_digest(model) -> str:
+    """sha256 over every parameter (name and fp32 bytes, in name order): equal digests, equal weights."""
+    params = sorted(model.named_parameters())
+    return _digest(x for n, p in params for x in (n.encode(), p.detach().float().cpu().numpy().tobytes()))
+
+
+def _write_rank_file(suffix: str, text: str, append: bool = True) -> None:
     d = os.environ.get("ALIGNFACTORY_TRAIN_RUN_DIR")
     if d:
         import ray.train
 
         rank = ray.train.get_context().get_world_rank()
-        (Path(d) / "workers" / f"rank-{rank}.reported").write_text(str(step))
+        with open(Path(d) / "workers" / f"rank-{rank}.{suffix}", "a" if append else "w") as f:
+            f.write(text)
+
+
+def _mark_final(model, step: int) -> None:
+    _write_rank_file("final.json", json.dumps({"step": step, "weights": weights_digest(model)}), append=False)
+
+
+def _mark_reported(step: int) -> None:
+    """workers/rank-<r>.reported: the last step this worker reported (tests wait for it)."""
+    _write_rank_file("reported", str(step), append=False)
 
 
 def _loop(cfg: dict) -> None:
@@ -105,7 +169,10 @@ def _loop(cfg: dict) -> None:
         overrides = dict(cfg["online_overrides"])
         if cfg["gpus"] == 0:
             overrides["use_cpu"] = True
-        result = online_dpo.train(cfg["config"], overrides, on_checkpoint=report, resume=resume_dir or False)
+        # resume only from Ray's checkpoint: output_dir may hold a newer one nobody reported
+        trainer = online_dpo.OnlineDPO(online_dpo.load_config(cfg["config"], overrides), resume_dir or False)
+        result = trainer.train(on_checkpoint=report)
+        _mark_final(trainer.model, trainer.cfg.steps)
     else:
         from alignfactory.train import common
 
@@ -115,7 +182,7 @@ def _loop(cfg: dict) -> None:
             cfg["config"],
             overrides,
             cfg["data"],
-            callbacks=[_report_callback()],
+            callbacks=[_report_callback(), _rank_log_callback()],
             resume=str(resume_dir) if resume_dir else None,
         )
         result = {"output_dir": result["output_dir"], "metrics": result["metrics"]}
