@@ -4,6 +4,7 @@ TRL's own parser), model paths, and a tiny random model for tests and benches.
     parse(step, config, overrides)  -> (script_args, training_args, model_args, dataset_args)
     link_embedded_model(path)       -> runs/models/smollm2-135m-instruct -> the embedded SmolLM2 dir
     tiny_llama(out_dir)             -> a random 2-layer llama with SmolLM2's tokenizer (3.2M params)
+    trl_trainer(cls, ...)           -> a TRL trainer built the way `trl <step>` builds it
 """
 
 from __future__ import annotations
@@ -139,6 +140,22 @@ def with_data(args: tuple, data: list[str] | None) -> tuple:
     files = [str(Path(d) / step_dir / "train.jsonl") if Path(d).is_dir() else d for d in data]
     args[3].datasets = [DatasetConfig(path="json", data_files=f, split="train") for f in files]
     return args
+
+
+def trl_trainer(cls, training_args, model_args, train_dataset, callbacks: list):
+    """A TRL trainer (SFTTrainer, DPOTrainer, RewardTrainer) built the way `trl <step>` builds it: the
+    model by path (model_init_kwargs in the args), LoRA and QLoRA (load_in_4bit + use_peft) from
+    the ModelConfig fields, plus our callbacks."""
+    from trl import get_peft_config, get_quantization_config
+
+    return cls(
+        model=model_args.model_name_or_path,
+        args=training_args,
+        train_dataset=train_dataset,
+        quantization_config=get_quantization_config(model_args),
+        peft_config=get_peft_config(model_args),
+        callbacks=callbacks,
+    )
 
 
 def build_trainer(step: str, args: tuple, callbacks: list | None = None):

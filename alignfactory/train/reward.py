@@ -6,13 +6,8 @@ from __future__ import annotations
 
 
 def build(training_args, model_args, train_dataset, callbacks: list):
-    from trl import RewardTrainer, get_peft_config, get_quantization_config
+    from trl import RewardTrainer
 
-    return RewardTrainer(
-        model=model_args.model_name_or_path,
-        args=training_args,
-        train_dataset=train_dataset,
-        quantization_config=get_quantization_config(model_args),
-        peft_config=get_peft_config(model_args),
-        callbacks=callbacks,
-    )
+    from alignfactory.train.common import trl_trainer
+
+    return trl_trainer(RewardTrainer, training_args, model_args, train_dataset, callbacks)

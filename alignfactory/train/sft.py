@@ -10,13 +10,8 @@ from __future__ import annotations
 
 
 def build(training_args, model_args, train_dataset, callbacks: list):
-    from trl import SFTTrainer, get_peft_config, get_quantization_config
+    from trl import SFTTrainer
 
-    return SFTTrainer(
-        model=model_args.model_name_or_path,
-        args=training_args,
-        train_dataset=train_dataset,
-        quantization_config=get_quantization_config(model_args),  # QLoRA: load_in_4bit + use_peft
-        peft_config=get_peft_config(model_args),
-        callbacks=callbacks,
-    )
+    from alignfactory.train.common import trl_trainer
+
+    return trl_trainer(SFTTrainer, training_args, model_args, train_dataset, callbacks)
