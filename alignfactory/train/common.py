@@ -63,12 +63,13 @@ def link_embedded_model(link: str | os.PathLike = EMBEDDED_LINK) -> Path:
     return link
 
 
-def tiny_llama(out_dir: str | os.PathLike, seed: int = 0) -> Path:
+def tiny_llama(out_dir: str | os.PathLike, seed: int = 0, num_labels: int | None = None) -> Path:
     """A random 2-layer llama (hidden 64, 4 heads) with SmolLM2's tokenizer and chat template, saved
     to `out_dir`: 3.2M params, almost all in the 49152 x 64 embedding. For tests of training code,
-    where the code and not the weights is under test."""
+    where the code and not the weights is under test. `num_labels`: a sequence classifier with that
+    many outputs instead of a causal LM (1 = a reward model, as `trl reward` writes one)."""
     import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
 
     from alignfactory.llm.embedded import embedded_model_dir
 
@@ -85,12 +86,16 @@ def tiny_llama(out_dir: str | os.PathLike, seed: int = 0) -> Path:
         tie_word_embeddings=True,
         bos_token_id=tok.bos_token_id,
         eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
+        pad_token_id=tok.pad_token_id,  # the classifier scores the last non-pad token
+        **({"num_labels": num_labels} if num_labels else {}),
     )
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(cfg)
-    model.generation_config.pad_token_id = tok.pad_token_id
-    model.generation_config.eos_token_id = tok.eos_token_id
+    if num_labels:
+        model = LlamaForSequenceClassification(cfg)
+    else:
+        model = LlamaForCausalLM(cfg)
+        model.generation_config.pad_token_id = tok.pad_token_id
+        model.generation_config.eos_token_id = tok.eos_token_id
     tok.save_pretrained(str(out))
     model.save_pretrained(str(out))
     return out

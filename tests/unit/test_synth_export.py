@@ -148,33 +148,12 @@ def test_holdout_is_deterministic_by_row_id_and_follows_pairs(tmp_path):
 # ---- reward -------------------------------------------------------------------------------------
 
 
-def build_reward_model(path):
-    """A random 2-layer llama (hidden 64) with num_labels=1 and the SmolLM2 tokenizer, saved to `path`."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForSequenceClassification
-
-    from alignfactory.llm.embedded import embedded_model_dir
-
-    tok = AutoTokenizer.from_pretrained(embedded_model_dir())
-    cfg = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        num_labels=1,
-        pad_token_id=tok.pad_token_id,
-    )
-    torch.manual_seed(0)
-    LlamaForSequenceClassification(cfg).save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
-
-
 @pytest.fixture(scope="module")
 def tiny_reward_model(tmp_path_factory):
-    return build_reward_model(tmp_path_factory.mktemp("rm"))
+    """The training tests' random 2-layer llama as a 1-label sequence classifier (a reward model)."""
+    from alignfactory.train.common import tiny_llama
+
+    return tiny_llama(tmp_path_factory.mktemp("rm"), num_labels=1)
 
 
 def test_reward_scores_batched_like_one_by_one_and_gates(tiny_reward_model):
