@@ -1,0 +1,229 @@
+"""The training chain through the Ray Train launcher, as a user runs it: SFT -> DPO (from SFT) -> reward
+model (from SFT) -> online DPO (from DPO, N=4, reward-model scorer), each one
+`alignfactory train <step> --workers 2` on 2 CPU workers (DDP over gloo), one Ray session for all four.
+The online DPO run is also the kill test: once Ray has registered its first checkpoint, rank 1 is
+SIGKILLed; the group restarts and both new workers resume from that checkpoint.
+
+Tiny random llama (tests of the training code, not of the weights) and the factory-format run dir of
+test_train_chain. Every worker writes what it did to <storage>/<step>/workers/ (ray_launcher's
+docstring): which rows it trained on, and a digest of its final weights.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.integration.conftest import PY, REPO, read_jsonl
+from tests.integration.test_train_chain import distance, make_run_dir, weights
+
+pytestmark = pytest.mark.slow
+
+ONLINE_STEPS = 8
+
+# One Ray session (2 logical CPUs, started here, never a cluster someone else runs), the CLI's own
+# main() for each step, in order; each step's result line and time go to RESULTS.
+DRIVER = """
+import contextlib, io, json, sys, time, ray
+ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+from alignfactory.cli import main
+results = {}
+for argv in json.loads(sys.argv[1]):
+    t0, buf = time.perf_counter(), io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        rc = main(argv)
+    print(buf.getvalue(), flush=True)
+    if rc:
+        sys.exit(f"{argv[1]}: exit {rc}")
+    results[argv[1]] = json.loads(buf.getvalue().strip().splitlines()[-1])
+    results[argv[1]]["seconds"] = round(time.perf_counter() - t0, 1)
+print("RESULTS " + json.dumps(results, default=str), flush=True)
+"""
+
+
+def registered_steps(run: Path) -> list[int]:
+    """Steps of the checkpoints Ray Train's controller has registered (what a restart resumes from)."""
+    try:
+        snap = json.loads((run / "checkpoint_manager_snapshot.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):  # not yet written, or mid-write
+        return []
+    return [c["metrics"]["step"] for c in snap.get("checkpoint_results", [])]
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory):
+    from alignfactory.train.common import tiny_llama
+
+    tmp = tmp_path_factory.mktemp("ray_chain")
+    base = str(tiny_llama(tmp / "tiny"))
+    run = make_run_dir(tmp / "run")
+    root, store = tmp / "out", tmp / "store"
+    trl = ["--max_length", "128", "--max_steps", "3", "--save_strategy", "no"]
+    trl += ["--per_device_train_batch_size", "2"]
+    steps = [
+        ["train", step, "--config", f"pipelines/train_{step}_cpu.yaml", "--workers", "2"]
+        + ["--storage-path", str(store), "--name", step, "--data", str(run)]
+        + ["--model_name_or_path", src, "--output_dir", str(root / step), *trl]
+        for step, src in (("sft", base), ("dpo", str(root / "sft")), ("reward", str(root / "sft")))
+    ]
+    steps.append(
+        ["train", "online-dpo", "--config", "pipelines/train_online_dpo_cpu.yaml", "--workers", "2"]
+        + ["--storage-path", str(store), "--name", "online"]
+        + ["--policy", str(root / "dpo"), "--reference", str(root / "dpo"), "--n", "4"]
+        + ["--prompts", json.dumps([str(run / "sft/train.jsonl"), str(run / "preference/train.jsonl")])]
+        + ["--scorer.reward_model", str(root / "reward"), "--output_dir", str(root / "online")]
+        + ["--steps", str(ONLINE_STEPS), "--prompts_per_step", "2", "--save_steps", "2"]
+        + ["--max_new_tokens", "8"]
+    )
+    env = os.environ | {"PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
+    env.pop("RAY_ADDRESS", None)
+    online = store / "online"
+    pid_file, killed, at_kill = online / "workers/rank-1.pid", None, []
+    t0 = time.perf_counter()
+    with open(tmp / "driver.log", "w") as log:  # a file: nobody reads a pipe while we poll
+        p = subprocess.Popen(
+            [PY, "-c", DRIVER, json.dumps(steps)], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT
+        )
+        deadline = time.time() + 600
+        while time.time() < deadline and p.poll() is None:
+            at_kill = registered_steps(online)
+            if at_kill and pid_file.exists():  # Ray holds a checkpoint to restart from
+                killed = int(pid_file.read_text())
+                os.kill(killed, signal.SIGKILL)  # rank 1 dies mid-run
+                break
+            time.sleep(0.1)
+        p.wait(timeout=max(1, deadline - time.time()))
+    out = (tmp / "driver.log").read_text()
+    assert p.returncode == 0, out[-4000:]
+    res = json.loads(out.split("RESULTS ", 1)[1].splitlines()[0])
+    print("ray chain seconds:", {k: v["seconds"] for k, v in res.items()}, round(time.perf_counter() - t0, 1))
+    return {
+        "base": base,
+        "root": root,
+        "store": store,
+        "res": res,
+        "killed": killed,
+        "at_kill": at_kill,
+        "log": out,
+    }
+
+
+def workers(chain, step: str, kind: str) -> list:
+    d = chain["store"] / step / "workers"
+    if kind.endswith(".jsonl"):
+        return [read_jsonl(d / f"rank-{r}.{kind}") for r in (0, 1)]
+    return [json.loads((d / f"rank-{r}.{kind}").read_text()) for r in (0, 1)]
+
+
+def test_each_step_starts_from_the_previous_checkpoint(chain):
+    root = chain["root"]
+    base, sft, dpo, online = (
+        weights(p) for p in (chain["base"], root / "sft", root / "dpo", root / "online")
+    )
+    keys = [k for k in sft if k in base and sft[k].is_floating_point()]
+    assert distance(sft, base, keys) > 0
+    assert distance(dpo, sft, keys) < distance(sft, base, keys) / 2  # DPO started from SFT
+    assert 0 < distance(online, dpo, keys) < distance(dpo, base, keys) / 2  # online DPO from DPO
+    rm = weights(root / "reward")  # the reward model's backbone started from SFT
+    e_rm, e_sft, e_base = (w["model.embed_tokens.weight"].float() for w in (rm, sft, base))
+    assert float((e_rm - e_sft).norm()) < float((e_sft - e_base).norm()) / 2
+    assert (
+        "ForSequenceClassification"
+        in json.loads((root / "reward/config.json").read_text())["architectures"][0]
+    )
+
+
+def test_losses_are_finite_and_online_dpo_logs_pairs_and_margins(chain):
+    for step in ("sft", "dpo", "reward"):
+        loss = chain["res"][step]["metrics"]["train_loss"]
+        assert math.isfinite(loss) and loss > 0, (step, loss)
+    logs = [read_jsonl(chain["root"] / f"online/{f}") for f in ("log.jsonl", "log.rank1.jsonl")]
+    for rank, log in enumerate(logs):
+        for r in log:
+            assert r["rank"] == rank and r["prompts"] == 2
+            assert r["pairs"] + r["ties_skipped"] + r["low_margin_skipped"] + r["unscored_skipped"] == 2
+            assert math.isfinite(r["loss"]) and math.isfinite(r["kl"])
+            if r["pairs"]:
+                assert r["margin"] > 0 and r["reward_chosen"] > r["reward_rejected"]
+                assert r["scorers"].get("reward_model", 0) >= 1
+        assert sum(r["pairs"] for r in log) >= 1
+    # the step's update used the pairs of both workers: one step, both optimizer_step flags alike
+    assert [r["optimizer_step"] for r in logs[0]] == [r["optimizer_step"] for r in logs[1]]
+
+
+def test_the_two_workers_trained_on_different_rows_into_one_model(chain):
+    for step in ("sft", "dpo", "reward"):
+        b0, b1 = workers(chain, step, "batches.jsonl")
+        assert [b["step"] for b in b0] == [b["step"] for b in b1] == [1, 2, 3], step
+        assert all(b["rows"] for b in b0 + b1), step  # every step saw training rows on both ranks
+        # rank 1 got its own shard of the data (DistributedSampler), not rank 0's rows
+        assert any(set(x["rows"]) != set(y["rows"]) for x, y in zip(b0, b1, strict=True)), step
+    online = [read_jsonl(chain["root"] / f"online/{f}") for f in ("log.jsonl", "log.rank1.jsonl")]
+    for r0, r1 in zip(*online, strict=True):
+        assert r0["step"] == r1["step"] and not set(r0["prompt_index"]) & set(r1["prompt_index"])
+    for step in ("sft", "dpo", "reward", "online"):  # gradients averaged: one model on every rank
+        f0, f1 = workers(chain, step, "final.json")
+        assert f0 == f1, (step, f0, f1)
+        assert f0["step"] == (ONLINE_STEPS if step == "online" else 3)
+
+
+def test_a_killed_online_dpo_worker_resumes_from_its_checkpoint(chain):
+    online = chain["store"] / "online"
+    assert chain["killed"] is not None, chain["log"][-3000:]
+    assert int((online / "workers/rank-1.pid").read_text()) != chain["killed"]  # the group restarted
+    resumed = workers(chain, "online", "resumed")
+    steps = {r["step"] for r in resumed}
+    assert len(steps) == 1, resumed  # both new workers from the same checkpoint
+    (step,) = steps
+    # the newest checkpoint Ray had registered when rank 1 died (or one it registered in between)
+    assert 2 <= max(chain["at_kill"]) <= step < ONLINE_STEPS, (resumed, chain["at_kill"])
+    assert all(Path(r["path"]).parent.parent == online for r in resumed)  # Ray's copy, not output_dir
+    final = Path(chain["res"]["online-dpo"]["checkpoint"]) / "checkpoint/state.json"
+    assert json.loads(final.read_text())["step"] == ONLINE_STEPS
+    for f in ("log.jsonl", "log.rank1.jsonl"):  # the steps redone after the restart are logged once
+        assert [r["step"] for r in read_jsonl(chain["root"] / "online" / f)] == list(
+            range(1, ONLINE_STEPS + 1)
+        )
+    assert (chain["root"] / "online/model.safetensors").is_file()
+
+
+def test_a_resumed_online_dpo_run_cuts_its_log_back_to_the_checkpoint(chain, tmp_path):
+    """What a worker killed after its checkpoint leaves: log lines of steps it will do again, maybe
+    a line cut off mid-write. The resumed run keeps only the steps up to its checkpoint."""
+    import shutil
+
+    from alignfactory.train.online_dpo import OnlineDPO, load_config
+
+    out = tmp_path / "online"
+    shutil.copytree(chain["root"] / "online", out)
+    with open(out / "log.jsonl", "a") as f:
+        f.write('{"step": 9, "rank": 0, "pai')  # killed mid-line
+    cfg = load_config(
+        "pipelines/train_online_dpo_cpu.yaml",
+        {
+            "policy": str(chain["root"] / "dpo"),
+            "reference": str(chain["root"] / "dpo"),
+            "prompts": [str(chain["root"].parent / "run")],
+            "output_dir": str(out),
+            "scorer": {"kind": "reward_model", "reward_model": str(chain["root"] / "reward")},
+        },
+    )
+    trainer = OnlineDPO(cfg, resume=out / "checkpoint-6")
+    assert trainer.start_step == 6
+    trainer._cut_log()
+    assert [r["step"] for r in read_jsonl(out / "log.jsonl")] == [1, 2, 3, 4, 5, 6]
+
+
+def test_online_dpo_overrides_are_not_taken_for_abbreviated_launcher_flags():
+    """`--n 4` is online DPO's n: argparse's prefix matching once read it as --name 4."""
+    from alignfactory.cli import online_overrides, parser
+
+    args, extra = parser().parse_known_args(["train", "online-dpo", "--config", "c.yaml", "--n", "2"])
+    assert args.name is None and online_overrides(extra) == {"n": 2}
