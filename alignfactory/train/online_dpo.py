@@ -222,6 +222,7 @@ class OnlineDPO:
         if ck is not None and (ck / "optimizer.pt").is_file():
             self.opt.load_state_dict(torch.load(ck / "optimizer.pt", map_location=self.device))
         self.prompts = load_prompts(cfg.prompts)
+        self._order: tuple[int | None, list[int]] = (None, [])  # (epoch, its shuffled prompt order)
         self.scorers = Scorers(
             cfg.scorer.kind,
             cfg.scorer.reward_model,
@@ -377,13 +378,22 @@ class OnlineDPO:
     # the loop ----------------------------------------------------------------------------------------
 
     def batch_indices(self, step: int) -> list[int]:
-        """This worker's prompt indices for `step`: a seeded shuffle per epoch, strided by rank."""
-        k, per = self.cfg.prompts_per_step, self.cfg.prompts_per_step * self.world
-        order = list(range(len(self.prompts)))
-        start = step * per
-        epoch = start // max(1, len(order))
-        random.Random(self.cfg.seed + epoch).shuffle(order)
-        return [order[(start + self.rank * k + j) % len(order)] for j in range(k)]
+        """This worker's prompt indices for `step`: positions step*k*world + rank*k + j in the stream
+        of epochs, each epoch its own seeded shuffle; a step that crosses an epoch's end continues
+        in the next epoch's order (every prompt once per epoch, across all ranks)."""
+        k, n = self.cfg.prompts_per_step, max(1, len(self.prompts))
+        out = []
+        for j in range(k):
+            epoch, i = divmod(step * k * self.world + self.rank * k + j, n)
+            out.append(self.epoch_order(epoch)[i])
+        return out
+
+    def epoch_order(self, epoch: int) -> list[int]:
+        if self._order[0] != epoch:
+            order = list(range(len(self.prompts)))
+            random.Random(self.cfg.seed + epoch).shuffle(order)
+            self._order = (epoch, order)
+        return self._order[1]
 
     def step(self, step: int) -> dict:
         idx = self.batch_indices(step)

@@ -91,3 +91,24 @@ def test_auto_picks_a_verifier_per_row():
     assert kind_of({}, True, False) == "reward_model"
     assert kind_of({}, False, True) == "judge"
     assert kind_of({}, False, False) is None
+
+
+def test_prompts_are_dealt_once_per_epoch_across_ranks_and_steps(trainer):
+    """5 prompts, 2 per step, 2 ranks: the stream of positions crosses epoch ends mid-step; each
+    epoch (5 consecutive positions) holds every prompt once, and a step's ranks never share one
+    within an epoch."""
+    import copy
+
+    ranks = []
+    for rank in range(2):
+        t = copy.copy(trainer)
+        t.prompts, t.rank, t.world = list(range(5)), rank, 2
+        t.cfg = trainer.cfg.model_copy(update={"prompts_per_step": 2})
+        ranks.append(t)
+    stream = []
+    for step in range(5):  # 20 positions = 4 epochs
+        for t in ranks:
+            stream += t.batch_indices(step)
+    epochs = [stream[e * 5 : (e + 1) * 5] for e in range(4)]
+    assert all(sorted(e) == [0, 1, 2, 3, 4] for e in epochs)
+    assert epochs[0] != epochs[1]  # each epoch its own shuffle
