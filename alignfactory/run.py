@@ -9,9 +9,10 @@ per stage (LLM stages in actor pools, CPU stages as tasks). A shard travels as o
 its rows and every stage's output; the driver writes each finished shard's outputs atomically, so
 a kill -9 loses only the shards in flight and a re-run sends only the shards not yet written.
 A distributed corpus stage (CorpusStage, e.g. dedup) runs map -> combine -> apply: summarize per
-input shard on Ray Data (tasks, or actors for stages that embed), the small summaries meet in the
-driver for combine, whose plan is kept in <stage dir>/_PLAN.pkl, then apply per shard on Ray writes
-output shard i for input shard i; the driver never holds the rows. Other corpus stages get all rows
+input shard on Ray Data (tasks, or actors for stages that embed) into <stage dir>/_SUMMARY-<i>.pkl,
+the small summaries meet in the driver for combine, whose plan is kept in <stage dir>/_PLAN.pkl,
+then apply per shard on Ray makes output shard i for input shard i (parsing only the rows the plan
+touches, where the stage says which: CorpusStage.touched); the driver never holds the rows. Other corpus stages get all rows
 in one Ray task (or the driver, for export) and their output is re-sharded.
 `python -m alignfactory.run spec.yaml` is what `ray job submit` runs.
 """
@@ -288,12 +289,13 @@ class CorpusWorker:
         for shard, path in zip(batch["shard"], batch["path"], strict=True):
             shard = int(shard)
             t0 = time.perf_counter()
-            if self.phase == "summarize":
+            if self.phase == "summarize":  # -> <stage dir>/_SUMMARY-<shard>.pkl; the driver reads the files
                 rows = read_shard(Path(path))[0]
                 lines = np.array([i for i, r in enumerate(rows) if not r.get("reject")], dtype=np.int32)
-                result = pickle.dumps(self.stage.summarize([rows[i] for i in lines], shard), protocol=5)
-                seconds = time.perf_counter() - t0
-                out.append(pickle.dumps({"summary": result, "seconds": seconds, "kept_lines": lines}))
+                summary = self.stage.summarize([rows[i] for i in lines], shard)
+                record = {"summary": summary, "seconds": time.perf_counter() - t0, "kept_lines": lines}
+                io.write_atomic(summary_path(Path(self.plan_path), shard), pickle.dumps(record, protocol=5))
+                out.append(b"")
                 continue
             meta = load_plan(Path(self.plan_path))
             touched = self.stage.touched(meta["plan"], shard)
@@ -328,6 +330,10 @@ class CorpusWorker:
             body[pos] = row
         rejected = sum(1 for r in rows.values() if r.get("reject"))
         return body, {"rows_in": len(body), "rows_out": len(body) - rejected, "rejected": rejected}
+
+
+def summary_path(plan_path: Path, shard: int) -> Path:
+    return plan_path.with_name(f"_SUMMARY-{shard:05d}.pkl")
 
 
 def run_corpus_task(batch: dict, name: str, params: dict, ctx: StageContext, phase: str, plan_path=None):
@@ -546,27 +552,27 @@ class Runner:
         ctx = replace(step.ctx, run_dir=self.root)
         plan_path = step.dir / "_PLAN.pkl"
         if not plan_path.exists():
-            log.info("%s: summarizing %d shards", step.name, len(items))
-            summaries: list = [None] * len(items)
-            seconds = [0.0] * len(items)
-            kept_lines: list = [None] * len(items)
-            for out in self.corpus_dataset(step, items, ctx, "summarize").iter_rows() if items else ():
-                got = pickle.loads(out["payload"])
-                summaries[int(out["shard"])] = pickle.loads(got["summary"])
-                kept_lines[int(out["shard"])] = got["kept_lines"]
-                seconds[int(out["shard"])] = got["seconds"]
+            # summaries are files, so a kill here loses only the shards in flight
+            todo = [it for it in items if not summary_path(plan_path, it["shard"]).exists()]
+            log.info("%s: summarizing %d of %d shards", step.name, len(todo), len(items))
+            if todo:
+                for _ in self.corpus_dataset(step, todo, ctx, "summarize", str(plan_path)).iter_rows():
+                    pass  # each worker writes its shard's summary file
+            summaries = [pickle.loads(summary_path(plan_path, it["shard"]).read_bytes()) for it in items]
             t0 = time.perf_counter()
             stage = build_stage(step.name, params, ctx)
-            plan = stage.combine(summaries)
-            del summaries
+            plan = stage.combine([r["summary"] for r in summaries])
             record = {
                 "plan": plan,
-                "summarize_seconds": seconds,
+                "summarize_seconds": [r["seconds"] for r in summaries],
                 "combine_seconds": time.perf_counter() - t0,
-                "kept_lines": kept_lines,
+                "kept_lines": [r["kept_lines"] for r in summaries],
             }
+            del summaries
             io.write_atomic(plan_path, pickle.dumps(record, protocol=5))
             del plan, record
+            for it in items:
+                summary_path(plan_path, it["shard"]).unlink()
             log.info("%s: combined in %.1f s", step.name, time.perf_counter() - t0)
         todo = [it for it in items if not (step.dir / inputs[it["shard"]].name).exists()]
         if todo:

@@ -168,3 +168,41 @@ def test_kill_9_during_apply_resumes_from_the_plan(tmp_path):
     want = Dedup(Dedup.Params(method="minhash"), StageContext("slowdedup", 1))(rows)
     assert outcome(stage_rows(step_dir)) == outcome(want)
     assert sum(1 for r in want if r["reject"]) == 6  # 3 exact + 3 near copies, none lost or doubled
+
+
+def test_kill_9_during_summarize_resumes_from_the_summaries_written(tmp_path):
+    """Each shard's summary is a file: a kill -9 while summarizing loses only the shards in flight."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    path = write_jsonl(tmp_path / "in.jsonl", corpus())
+    out = tmp_path / "run"
+    stage = {
+        "name": SLOW,
+        "params": {"method": "minhash", "summarize_sleep": 1.0},
+        "resources": {"concurrency": 1, "num_cpus": 1},
+    }
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump(spec_tree(path, out, [stage])), "utf-8")
+
+    proc = run_cli(spec)
+    step_dir = out / "stages" / "01-slowdedup"
+    deadline = time.time() + 300
+    while time.time() < deadline and len(list(step_dir.glob("_SUMMARY-*.pkl"))) < 2:
+        assert proc.poll() is None, "run ended before it could be killed: " + proc.stdout.read()[-3000:]
+        time.sleep(0.1)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    time.sleep(1)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    done = sorted(p.name for p in step_dir.glob("_SUMMARY-*.pkl"))
+    assert 2 <= len(done) < 10 and not (step_dir / "_PLAN.pkl").exists()
+
+    log = finish_run(run_cli(spec))
+    assert f"summarizing {10 - len(done)} of 10 shards" in log  # the written summaries were reused
+    assert not list(step_dir.glob("_SUMMARY-*.pkl"))  # folded into _PLAN.pkl, then removed
+    rows = list(read_inputs([path]))
+    want = Dedup(Dedup.Params(method="minhash"), StageContext("slowdedup", 1))(rows)
+    assert outcome(stage_rows(step_dir)) == outcome(want)

@@ -41,28 +41,24 @@ def shard_files(tmp_path: Path) -> list[Path]:
 
 
 def run_worker(tmp_path: Path, paths: list[Path], params: dict) -> list[bytes]:
+    """summarize (each shard's summary file) -> combine -> _PLAN.pkl -> apply, as the runner does."""
     ctx = StageContext("dedup", 2)
-    summaries, kept_lines = [], []
+    plan_path = tmp_path / f"run{len(list(tmp_path.glob('run*')))}" / "_PLAN.pkl"
+    summarize = run.CorpusWorker("dedup", params, ctx, "summarize", str(plan_path))
     for i, p in enumerate(paths):
-        got = pickle.loads(
-            run.CorpusWorker("dedup", params, ctx, "summarize")({"shard": [i], "path": [str(p)]})["payload"][
-                0
-            ]
-        )
-        summaries.append(pickle.loads(got["summary"]))
-        kept_lines.append(got["kept_lines"])
-    plan = run.build_stage("dedup", params, ctx).combine(summaries)
-    plan_path = tmp_path / f"plan-{len(list(tmp_path.glob('plan-*')))}.pkl"
+        summarize({"shard": [i], "path": [str(p)]})
+    got = [pickle.loads(run.summary_path(plan_path, i).read_bytes()) for i in range(len(paths))]
+    plan = run.build_stage("dedup", params, ctx).combine([g["summary"] for g in got])
     record = {
         "plan": plan,
         "summarize_seconds": [0.0] * len(paths),
         "combine_seconds": 0.0,
-        "kept_lines": kept_lines,
+        "kept_lines": [g["kept_lines"] for g in got],
     }
     io.write_atomic(plan_path, pickle.dumps(record))
-    worker = run.CorpusWorker("dedup", params, ctx, "apply", str(plan_path))
+    apply = run.CorpusWorker("dedup", params, ctx, "apply", str(plan_path))
     return [
-        pickle.loads(worker({"shard": [i], "path": [str(p)]})["payload"][0])["shard_bytes"]
+        pickle.loads(apply({"shard": [i], "path": [str(p)]})["payload"][0])["shard_bytes"]
         for i, p in enumerate(paths)
     ]
 

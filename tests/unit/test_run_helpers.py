@@ -498,14 +498,20 @@ def test_corpus_worker_summarize_then_apply_on_shard_files(tmp_path):
         shards.append(path)
     batch = {"shard": np.array([0, 1]), "path": np.array([str(p) for p in shards], dtype=object)}
     ctx = StageContext("dedup", 1, run_dir=tmp_path)
-    res = run.run_corpus_task(batch, "dedup", {}, ctx, "summarize")
-    summaries = [pickle.loads(pickle.loads(p)["summary"]) for p in res["payload"]]
-    assert [len(s["ids"]) for s in summaries] == [2, 2] and summaries[0]["keys"].dtype == np.uint64
-    stage = run.build_stage("dedup", {}, ctx)
     plan_path = tmp_path / "_PLAN.pkl"
-    plan_path.write_bytes(pickle.dumps({"plan": stage.combine(summaries)}))
+    run.run_corpus_task(batch, "dedup", {}, ctx, "summarize", str(plan_path))  # -> _SUMMARY-<i>.pkl
+    got = [pickle.loads(run.summary_path(plan_path, i).read_bytes()) for i in (0, 1)]
+    summaries = [g["summary"] for g in got]
+    assert [len(s["ids"]) for s in summaries] == [2, 2] and summaries[0]["keys"].dtype == np.uint64
+    assert [g["kept_lines"].tolist() for g in got] == [[0, 1], [0, 1]]  # the rejected row is line 2
+    stage = run.build_stage("dedup", {}, ctx)
+    record = {"plan": stage.combine(summaries), "summarize_seconds": [0.0, 0.0], "combine_seconds": 0.0}
+    plan_path.write_bytes(pickle.dumps(record | {"kept_lines": [g["kept_lines"] for g in got]}))
     res = run.run_corpus_task(batch, "dedup", {}, ctx, "apply", str(plan_path))
-    out = [json.loads(p) for p in res["payload"]]
+    out = []
+    for p in res["payload"]:
+        lines = pickle.loads(p)["shard_bytes"].decode().splitlines()  # the output shard file's bytes
+        out.append({"stats": json.loads(lines[0])["_shard"], "rows": [json.loads(x) for x in lines[1:]]})
     first = records.message_id([{"role": "user", "content": texts[0]}])
     assert [reasons(o["rows"]) for o in out] == [
         [None, f"duplicate of {first}"],
