@@ -236,9 +236,73 @@ def throughput(args, tmp: Path) -> None:
             f"    {name:8s} {rate:10.0f} docs/s  ({secs:.2f} s, {dups} rejected)  "
             f"vs library {rate / lib:.2f}  vs lib_lsh {rate / lib_lsh:.2f}"
         )
+    breakdown(texts, rows, p)
     print("    library: rensa RMinHashDeduplicator.add_pairs (flags only); lib_lsh: RMinHashLSH insert/query")
     print("    naming the matched row; both tokenize the same way as the stage (timed)")
     print("    ray: 2 summarize/apply tasks on 2 cores, shard files read and written; the others: 1 process")
+
+
+def breakdown(texts: list[str], rows: list[dict], p) -> None:
+    """Where the plain stage's time goes next to the library's, one pass each (us per doc)."""
+    import numpy as np
+    from rensa import RMinHash, RMinHashLSH
+
+    from alignfactory import records
+    from alignfactory.stages.base import StageContext
+    from alignfactory.stages.curate.dedup import Dedup, normalize, shingles
+
+    n, parts = len(texts), {}
+
+    def timed(name, fn):
+        t0 = time.perf_counter()
+        out = fn()
+        parts[name] = (time.perf_counter() - t0) / n * 1e6
+        return out
+
+    rows = copy.deepcopy(rows)
+    stage = Dedup(p, StageContext("dedup", 1))
+    timed("row -> text", lambda: [records.instruction(r) for r in rows])
+    sets = timed(
+        "tokenize (both)", lambda: [shingles(normalize(t), p.word_ngram, p.char_ngram) for t in texts]
+    )
+    digests = timed("rensa digests as lists", lambda: RMinHash.digests_from_token_sets(sets, p.num_perm, 42))
+    timed("lists -> numpy", lambda: np.array(digests, dtype=np.uint32))
+    summary = stage.summarize(rows, 0)
+    plan = timed("combine (LSH, verify, clusters)", lambda: stage.combine([summary]))
+    timed("apply", lambda: stage.apply(rows, plan, 0))
+    mhs = timed("library: RMinHash objects", lambda: RMinHash.from_token_sets(sets, p.num_perm, 42))
+    lsh = RMinHashLSH(0.7, p.num_perm, p.bands)
+    timed("library: LSH insert/query", lambda: [lsh.query(m) or lsh.insert(i, m) for i, m in enumerate(mhs)])
+    print("    one pass each, us/doc: " + ", ".join(f"{k} {v:.1f}" for k, v in parts.items()))
+
+
+def run_distributed(path: Path, out: Path, params: dict, shard_size: int):
+    """read -> dedup through the Runner on a fresh local Ray, peak RSS of every process sampled."""
+    import ray
+
+    from alignfactory import run
+
+    t0 = time.perf_counter()
+    with PeakRSS() as mem:
+        start_ray()
+        runner = run.Runner(spec(path, out, params, shard_size, {"concurrency": 2, "num_cpus": 1}))
+        manifest = runner.run()
+        ray.shutdown()
+    return time.perf_counter() - t0, runner, manifest, mem
+
+
+def keepers(runner) -> tuple[dict[int, str], set[int]]:
+    """{input line (0-based): the id of the row its cluster kept}, and the rejected lines."""
+    from alignfactory import run
+
+    keeper, rejected = {}, set()
+    for shard in sorted(runner.steps[1].dir.glob("shard-*.jsonl")):
+        for r in run.read_shard(shard)[0]:
+            line = r["source"]["line"] - 1
+            keeper[line] = r["meta"]["dedup"]["duplicate_of"] if r["reject"] else r["id"]
+            if r["reject"]:
+                rejected.add(line)
+    return keeper, rejected
 
 
 def make_scale_input(n: int, path: Path) -> tuple[list, list]:
@@ -257,8 +321,6 @@ def make_scale_input(n: int, path: Path) -> tuple[list, list]:
 def scale(args, tmp: Path) -> None:
     import multiprocessing
 
-    from alignfactory import run
-
     threshold = args.truth
     path = tmp / "scale.jsonl"
     with multiprocessing.get_context("fork").Pool(1) as pool:  # keeps the corpus out of the driver's RSS
@@ -267,23 +329,9 @@ def scale(args, tmp: Path) -> None:
         f"\n[2] distributed minhash dedup: {args.scale_docs} docs, {len(planted)} planted copies, shard "
         f"{args.scale_shard}, stage threshold {args.threshold} (estimated Jaccard), truth cut {args.truth}"
     )
-    import ray
-
-    t0 = time.perf_counter()
-    with PeakRSS() as mem:
-        start_ray()
-        runner = run.Runner(
-            spec(
-                path,
-                tmp / "scale",
-                {"method": "minhash", "threshold": args.threshold},
-                args.scale_shard,
-                {"concurrency": 2, "num_cpus": 1},
-            )
-        )
-        manifest = runner.run()
-        ray.shutdown()
-    secs = time.perf_counter() - t0
+    secs, runner, manifest, mem = run_distributed(
+        path, tmp / "scale", {"method": "minhash", "threshold": args.threshold}, args.scale_shard
+    )
     st = manifest["stages"][1]
     print(
         f"    {secs:.0f} s end to end (read {manifest['stages'][0]['shards']} shards, dedup {st['rejected']} rejected)"
@@ -292,14 +340,7 @@ def scale(args, tmp: Path) -> None:
     print(
         f"    max peak RSS of any process: {worst:.2f} GiB (driver ru_maxrss {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1 << 20):.2f} GiB)"
     )
-    keeper: dict[int, str] = {}
-    rejected: set[int] = set()
-    for shard in sorted(runner.steps[1].dir.glob("shard-*.jsonl")):
-        for r in run.read_shard(shard)[0]:
-            line = r["source"]["line"] - 1
-            keeper[line] = r["meta"]["dedup"]["duplicate_of"] if r["reject"] else r["id"]
-            if r["reject"]:
-                rejected.add(line)
+    keeper, rejected = keepers(runner)
     found = [keeper[i] == keeper[j] for j, i in planted]
     should = [f for f, t in zip(found, truth, strict=True) if t >= threshold]
     print(
@@ -316,7 +357,6 @@ def scale(args, tmp: Path) -> None:
 
 
 def semantic(args, tmp: Path) -> None:
-    from alignfactory import run
     from alignfactory.llm.embedded import embedder_path
 
     # Instructions made of real English words from the embedder's own vocabulary (varied topics, so
@@ -340,30 +380,13 @@ def semantic(args, tmp: Path) -> None:
         f"\n[3] distributed semantic dedup: {len(texts)} short texts ({len(planted)} planted copies), "
         f"shard {args.semantic_shard}, cosine >= 0.9"
     )
-    import ray
-
-    t0 = time.perf_counter()
-    with PeakRSS() as mem:
-        start_ray()
-        runner = run.Runner(
-            spec(
-                path,
-                tmp / "semantic",
-                {"method": "semantic", "threshold": 0.9},
-                args.semantic_shard,
-                {"concurrency": 2, "num_cpus": 1},
-            )
-        )
-        manifest = runner.run()
-        ray.shutdown()
-    secs = time.perf_counter() - t0
+    secs, runner, manifest, mem = run_distributed(
+        path, tmp / "semantic", {"method": "semantic", "threshold": 0.9}, args.semantic_shard
+    )
     print(f"    {secs:.0f} s end to end, {manifest['stages'][1]['rejected']} rejected")
     worst = mem.report()
     print(f"    max peak RSS of any process: {worst:.2f} GiB")
-    keeper = {}
-    for shard in sorted(runner.steps[1].dir.glob("shard-*.jsonl")):
-        for r in run.read_shard(shard)[0]:
-            keeper[r["source"]["line"] - 1] = r["meta"]["dedup"]["duplicate_of"] if r["reject"] else r["id"]
+    keeper, _ = keepers(runner)
     found = sum(keeper[i] == keeper[j] for j, i in planted)
     print(f"    planted copies in their original's cluster: {found}/{len(planted)}")
 
