@@ -271,19 +271,28 @@ def test_eval_before_after_table_on_held_out_rows(chain):
     assert m["reward_mean"]["n"] == 6 and math.isfinite(m["reward_mean"]["value"])
 
 
-def test_trl_cli_runs_our_sft_profile_as_is(base_model, run_dir, tmp_path):
-    cfg = yaml.safe_load((REPO / "pipelines/train_sft_cpu.yaml").read_text())
+@pytest.mark.parametrize(
+    ("step", "model", "data"),
+    [
+        ("sft", "base_model", "sft/train.jsonl"),  # the embedded model: its real chat template
+        ("dpo", "tiny_model", "preference/train.jsonl"),
+        ("reward", "tiny_model", "preference/train.jsonl"),
+    ],
+)
+def test_trl_cli_runs_our_cpu_profiles_as_is(step, model, data, run_dir, tmp_path, request):
+    """`trl <step> --config` (TRL's own CLI, a subprocess) on the factory's output, no conversion."""
+    cfg = yaml.safe_load((REPO / f"pipelines/train_{step}_cpu.yaml").read_text())
     cfg |= {
-        "model_name_or_path": base_model,
+        "model_name_or_path": request.getfixturevalue(model),
         "output_dir": str(tmp_path / "out"),
         "max_steps": 2,
         "max_length": 256,
-        "datasets": [{"path": "json", "data_files": str(run_dir / "sft/train.jsonl"), "split": "train"}],
+        "datasets": [{"path": "json", "data_files": str(run_dir / data), "split": "train"}],
     }
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
     trl = Path(PY).parent / "trl"
     p = subprocess.run(
-        [str(trl), "sft", "--config", str(tmp_path / "c.yaml")],
+        [str(trl), step, "--config", str(tmp_path / "c.yaml")],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -292,6 +301,11 @@ def test_trl_cli_runs_our_sft_profile_as_is(base_model, run_dir, tmp_path):
     assert p.returncode == 0, p.stderr[-3000:]
     assert (tmp_path / "out/model.safetensors").is_file()
     assert "'loss'" in p.stdout + p.stderr
+    if step == "reward":
+        assert (
+            "ForSequenceClassification"
+            in json.loads((tmp_path / "out/config.json").read_text())["architectures"][0]
+        )
 
 
 RAY_DRIVER = """
