@@ -369,3 +369,44 @@ def test_ray_train_two_cpu_workers_resume_after_a_worker_is_killed(tiny_model, r
     final = Path(result["checkpoint"]) / "checkpoint/trainer_state.json"
     assert json.loads(final.read_text())["global_step"] == 8
     assert (Path(result["output_dir"]) / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize(("step", "data"), [("sft", "sft"), ("dpo", "preference")])
+def test_lora_option_trains_and_saves_only_an_adapter(step, data, tiny_model, run_dir, tmp_path):
+    """LoRA through the same config keys `trl <step>` reads (use_peft, lora_r, ...): what is saved
+    is a LoRA adapter (rank 8, LoRA tensors only), not a full model."""
+    out = tmp_path / step
+    res = run_cli(
+        [
+            "train",
+            step,
+            "--config",
+            f"pipelines/train_{step}_cpu.yaml",
+            "--data",
+            str(run_dir / data / "train.jsonl"),
+            "--model_name_or_path",
+            tiny_model,
+            "--output_dir",
+            str(out),
+            "--max_steps",
+            "2",
+            "--max_length",
+            "128",
+            "--use_peft",
+            "true",
+            "--lora_r",
+            "8",
+            "--lora_alpha",
+            "16",
+            "--lora_target_modules",
+            "all-linear",
+        ]
+    )
+    assert math.isfinite(res["metrics"]["train_loss"])
+    cfg = json.loads((out / "adapter_config.json").read_text())
+    assert cfg["peft_type"] == "LORA" and cfg["r"] == 8
+    from safetensors.torch import load_file
+
+    adapter = load_file(str(out / "adapter_model.safetensors"))
+    assert adapter and all("lora_" in k for k in adapter)
+    assert not (out / "model.safetensors").exists()  # the adapter only, not a full copy
