@@ -15,8 +15,8 @@ import yaml
 
 from alignfactory.run import Runner
 from alignfactory.spec import load_spec
+from alignfactory.train.common import tiny_llama
 from tests.integration.conftest import REPO, read_jsonl, rejected_rows
-from tests.unit.test_synth_export import build_reward_model
 
 SPEC = REPO / "pipelines" / "preference_data.yaml"
 LIMIT = 3
@@ -31,7 +31,7 @@ def stage_rows(out, name: str) -> list[dict]:
 def run(local_ray, tmp_path_factory):
     """One run shared by the tests below: 3 prompts x 3 samples, 48 new tokens."""
     tmp = tmp_path_factory.mktemp("pref")
-    model_dir = build_reward_model(tmp / "rm")
+    model_dir = tiny_llama(tmp / "rm", num_labels=1)  # a random 1-label reward model
     tree = yaml.safe_load(SPEC.read_text("utf-8"))
     assert [s["name"] for s in tree["stages"]] == ["generate", "judge", "pairs", "constitution", "export"]
     reward = {
