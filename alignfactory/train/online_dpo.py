@@ -378,15 +378,16 @@ class OnlineDPO:
     # the loop ----------------------------------------------------------------------------------------
 
     def batch_indices(self, step: int) -> list[int]:
-        """This worker's prompt indices for `step`: positions step*k*world + rank*k + j in the stream
-        of epochs, each epoch its own seeded shuffle; a step that crosses an epoch's end continues
-        in the next epoch's order (every prompt once per epoch, across all ranks)."""
+        """This worker's prompt indices for `step`. An epoch is ceil(n / (k * world)) steps over one
+        seeded shuffle; in step s of it, rank r takes positions s*k*world + r*k .. + k-1, and the
+        epoch's last step wraps to the start of the same order (as torch's DistributedSampler
+        pads). So a step's ranks never share a prompt (while k * world <= n), and every epoch
+        covers every prompt."""
         k, n = self.cfg.prompts_per_step, max(1, len(self.prompts))
-        out = []
-        for j in range(k):
-            epoch, i = divmod(step * k * self.world + self.rank * k + j, n)
-            out.append(self.epoch_order(epoch)[i])
-        return out
+        per = k * self.world
+        epoch, s = divmod(step, -(-n // per))
+        order = self.epoch_order(epoch)
+        return [order[(s * per + self.rank * k + j) % n] for j in range(k)]
 
     def epoch_order(self, epoch: int) -> list[int]:
         if self._order[0] != epoch:

@@ -94,9 +94,9 @@ def test_auto_picks_a_verifier_per_row():
 
 
 def test_prompts_are_dealt_once_per_epoch_across_ranks_and_steps(trainer):
-    """5 prompts, 2 per step, 2 ranks: the stream of positions crosses epoch ends mid-step; each
-    epoch (5 consecutive positions) holds every prompt once, and a step's ranks never share one
-    within an epoch."""
+    """5 prompts, 2 per step, 2 ranks: an epoch is 2 steps (8 positions, the last 3 wrap to the
+    epoch's start); a step's ranks never share a prompt, every epoch covers every prompt, and each
+    epoch has its own shuffle."""
     import copy
 
     ranks = []
@@ -105,10 +105,10 @@ def test_prompts_are_dealt_once_per_epoch_across_ranks_and_steps(trainer):
         t.prompts, t.rank, t.world = list(range(5)), rank, 2
         t.cfg = trainer.cfg.model_copy(update={"prompts_per_step": 2})
         ranks.append(t)
-    stream = []
-    for step in range(5):  # 20 positions = 4 epochs
-        for t in ranks:
-            stream += t.batch_indices(step)
-    epochs = [stream[e * 5 : (e + 1) * 5] for e in range(4)]
-    assert all(sorted(e) == [0, 1, 2, 3, 4] for e in epochs)
+    steps = [[t.batch_indices(step) for t in ranks] for step in range(8)]  # 4 epochs
+    for r0, r1 in steps:
+        assert not set(r0) & set(r1)
+    epochs = [[i for st in steps[e : e + 2] for r in st for i in r] for e in range(0, 8, 2)]
+    for e in epochs:
+        assert set(e) == {0, 1, 2, 3, 4} and e[5:] == e[:3]  # all 5, then the pad from the start
     assert epochs[0] != epochs[1]  # each epoch its own shuffle
