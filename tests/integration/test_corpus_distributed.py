@@ -126,25 +126,25 @@ def run_cli(spec: Path) -> subprocess.Popen:
     return start_run([str(spec)])
 
 
-def test_kill_9_during_apply_resumes_from_the_plan(tmp_path):
+def start_then_kill(tmp_path: Path, params: dict, wait_for: str) -> tuple[Path, Path, Path]:
+    """Run a SlowDedup spec from the CLI and SIGKILL it (and its Ray) once 2 files match wait_for in
+    the stage dir. Returns (input path, spec path, stage dir)."""
     import ray
 
     if ray.is_initialized():
         ray.shutdown()
     path = write_jsonl(tmp_path / "in.jsonl", corpus())
-    out = tmp_path / "run"
     stage = {
         "name": SLOW,
-        "params": {"method": "minhash", "apply_sleep": 1.0},
+        "params": {"method": "minhash", **params},
         "resources": {"concurrency": 1, "num_cpus": 1},
     }
     spec = tmp_path / "spec.yaml"
-    spec.write_text(yaml.safe_dump(spec_tree(path, out, [stage])), "utf-8")
-
+    spec.write_text(yaml.safe_dump(spec_tree(path, tmp_path / "run", [stage])), "utf-8")
     proc = run_cli(spec)
-    step_dir = out / "stages" / "01-slowdedup"
+    step_dir = tmp_path / "run" / "stages" / "01-slowdedup"
     deadline = time.time() + 300
-    while time.time() < deadline and len(list(step_dir.glob("shard-*.jsonl"))) < 2:
+    while time.time() < deadline and len(list(step_dir.glob(wait_for))) < 2:
         assert proc.poll() is None, "run ended before it could be killed: " + proc.stdout.read()[-3000:]
         time.sleep(0.1)
     os.kill(proc.pid, signal.SIGKILL)
@@ -152,6 +152,11 @@ def test_kill_9_during_apply_resumes_from_the_plan(tmp_path):
     time.sleep(1)
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
+    return path, spec, step_dir
+
+
+def test_kill_9_during_apply_resumes_from_the_plan(tmp_path):
+    path, spec, step_dir = start_then_kill(tmp_path, {"apply_sleep": 1.0}, "shard-*.jsonl")
     plan = step_dir / "_PLAN.pkl"
     assert plan.exists() and not (step_dir / "_SUCCESS").exists()
     before = {p.name: p.stat().st_mtime_ns for p in step_dir.glob("shard-*.jsonl")}
@@ -172,31 +177,7 @@ def test_kill_9_during_apply_resumes_from_the_plan(tmp_path):
 
 def test_kill_9_during_summarize_resumes_from_the_summaries_written(tmp_path):
     """Each shard's summary is a file: a kill -9 while summarizing loses only the shards in flight."""
-    import ray
-
-    if ray.is_initialized():
-        ray.shutdown()
-    path = write_jsonl(tmp_path / "in.jsonl", corpus())
-    out = tmp_path / "run"
-    stage = {
-        "name": SLOW,
-        "params": {"method": "minhash", "summarize_sleep": 1.0},
-        "resources": {"concurrency": 1, "num_cpus": 1},
-    }
-    spec = tmp_path / "spec.yaml"
-    spec.write_text(yaml.safe_dump(spec_tree(path, out, [stage])), "utf-8")
-
-    proc = run_cli(spec)
-    step_dir = out / "stages" / "01-slowdedup"
-    deadline = time.time() + 300
-    while time.time() < deadline and len(list(step_dir.glob("_SUMMARY-*.pkl"))) < 2:
-        assert proc.poll() is None, "run ended before it could be killed: " + proc.stdout.read()[-3000:]
-        time.sleep(0.1)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    time.sleep(1)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
+    path, spec, step_dir = start_then_kill(tmp_path, {"summarize_sleep": 1.0}, "_SUMMARY-*.pkl")
     done = sorted(p.name for p in step_dir.glob("_SUMMARY-*.pkl"))
     assert 2 <= len(done) < 10 and not (step_dir / "_PLAN.pkl").exists()
 
