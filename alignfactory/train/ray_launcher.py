@@ -12,7 +12,9 @@ writes to <storage_path>/<name>/workers/:
     rank-<r>.pid             its pid (tests kill a worker mid-run)
     rank-<r>.reported        the last step it reported
     rank-<r>.resumed         {"path", "step"}: the Ray checkpoint a restarted worker continued from
-    rank-<r>.batches.jsonl   TRL steps: per optimizer step, a short hash of each row it trained on
+    rank-<r>.batches.jsonl   TRL steps, with ALIGNFACTORY_TRAIN_RECORD_ROWS=1 where `launch` runs (an
+                             audit for tests: it copies every batch to the CPU): per optimizer
+                             step, a short hash of each row it trained on
                              (a resumed worker appends; online DPO logs its prompt_index in its own
                              log.rank<r>.jsonl instead)
     rank-<r>.final.json      {"step", "weights"}: a digest of its final weights; with gradients
@@ -55,9 +57,11 @@ def _report_callback():
     return RankZeroReport()
 
 
-def _rank_log_callback():
-    """A TrainerCallback that writes rank-<r>.batches.jsonl (which rows this worker trained on, as
-    hashes of their token ids, seen by a forward pre-hook on the policy) and rank-<r>.final.json."""
+def _rank_log_callback(record_rows: bool):
+    """A TrainerCallback that writes rank-<r>.final.json and, with record_rows, rank-<r>.batches.jsonl
+    (which rows this worker trained on, as hashes of their token ids, seen by a forward pre-hook on
+    the policy). The hook copies every batch to the CPU (a sync per forward on GPU): an audit for
+    tests (ALIGNFACTORY_TRAIN_RECORD_ROWS=1 where `launch` runs), not for production runs."""
     from transformers import TrainerCallback
 
     class RankLog(TrainerCallback):
@@ -66,6 +70,9 @@ def _rank_log_callback():
 
         def on_train_begin(self, args, state, control, model=None, **kw):
             import torch
+
+            if not record_rows:
+                return
 
             def hook(module, a, kwargs):
                 ids = kwargs.get("input_ids", a[0] if a else None)
@@ -76,6 +83,8 @@ def _rank_log_callback():
                 model.register_forward_pre_hook(hook, with_kwargs=True)
 
         def on_step_end(self, args, state, control, **kw):
+            if not record_rows:
+                return
             _write_rank_file(
                 "batches.jsonl", json.dumps({"step": state.global_step, "rows": self.rows}) + "\n"
             )
@@ -182,7 +191,7 @@ def _loop(cfg: dict) -> None:
             cfg["config"],
             overrides,
             cfg["data"],
-            callbacks=[_report_callback(), _rank_log_callback()],
+            callbacks=[_report_callback(), _rank_log_callback(cfg["record_rows"])],
             resume=str(resume_dir) if resume_dir else None,
         )
         result = {"output_dir": result["output_dir"], "metrics": result["metrics"]}
@@ -229,6 +238,7 @@ def launch(
             "threads": max(1, int(cpus_per_worker)),
             "run_dir": str(run_dir),
             "cwd": os.getcwd(),
+            "record_rows": os.environ.get("ALIGNFACTORY_TRAIN_RECORD_ROWS") == "1",  # rank-<r>.batches.jsonl
         },
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=gpus > 0, resources_per_worker=resources),
         run_config=RunConfig(

@@ -82,7 +82,7 @@ def chain(tmp_path_factory):
         + ["--steps", str(ONLINE_STEPS), "--prompts_per_step", "2", "--save_steps", "2"]
         + ["--max_new_tokens", "8"]
     )
-    env = os.environ | {"PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
+    env = os.environ | {"PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "ALIGNFACTORY_TRAIN_RECORD_ROWS": "1"}
     env.pop("RAY_ADDRESS", None)
     online = store / "online"
     pid_file, killed, at_kill = online / "workers/rank-1.pid", None, []
