@@ -36,6 +36,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, Field, ValidationError
 
+from alignfactory import io
 from alignfactory.train.common import ConfigError, ensure_model
 
 log = logging.getLogger(__name__)
@@ -480,9 +481,7 @@ class OnlineDPO:
                 continue
             if isinstance(rec, dict) and isinstance(rec.get("step"), int) and rec["step"] <= self.start_step:
                 keep.append(line + "\n")
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text("".join(keep), encoding="utf-8")
-        tmp.replace(path)
+        io.write_atomic(path, "".join(keep).encode("utf-8"))
 
     def train(self, on_checkpoint=None) -> dict:
         """Run to cfg.steps; `on_checkpoint(path, step_log)` after each checkpoint (Ray Train reports)."""
