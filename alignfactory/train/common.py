@@ -166,12 +166,13 @@ def trl_trainer(cls, training_args, model_args, train_dataset, callbacks: list):
 def build_trainer(step: str, args: tuple, callbacks: list | None = None):
     """The TRL trainer for `step` (sft | dpo | reward), built the way `trl <step>` builds it, plus
     our callbacks (the Ray Train checkpoint reporter)."""
-    module = importlib.import_module(f"alignfactory.train.{step}")
+    name = importlib.import_module(f"alignfactory.train.{step}").TRAINER  # "SFTTrainer", ...
+    trainer_cls = getattr(importlib.import_module("trl"), name)
     script_args, training_args, model_args, dataset_args = args
     model_args.model_name_or_path = ensure_model(model_args.model_name_or_path)
     training_args.model_init_kwargs = model_kwargs(training_args, model_args)
     train = load_train_split(script_args, dataset_args)
-    return module.build(training_args, model_args, train, callbacks or [])
+    return trl_trainer(trainer_cls, training_args, model_args, train, callbacks or [])
 
 
 def train(

@@ -6,12 +6,4 @@ decreasing (padding-free) where the config asks for it. LoRA/QLoRA from the Mode
 (use_peft, lora_r, load_in_4bit, ...), exactly as `trl sft` reads them.
 """
 
-from __future__ import annotations
-
-
-def build(training_args, model_args, train_dataset, callbacks: list):
-    from trl import SFTTrainer
-
-    from alignfactory.train.common import trl_trainer
-
-    return trl_trainer(SFTTrainer, training_args, model_args, train_dataset, callbacks)
+TRAINER = "SFTTrainer"  # the trl class common.build_trainer builds with trl_trainer
