@@ -12,8 +12,9 @@ A distributed corpus stage (CorpusStage, e.g. dedup) runs map -> combine -> appl
 input shard on Ray Data (tasks, or actors for stages that embed) into <stage dir>/_SUMMARY-<i>.pkl,
 the small summaries meet in the driver for combine, whose plan is kept in <stage dir>/_PLAN.pkl,
 then apply per shard on Ray makes output shard i for input shard i (parsing only the rows the plan
-touches, where the stage says which: CorpusStage.touched); the driver never holds the rows. Other corpus stages get all rows
-in one Ray task (or the driver, for export) and their output is re-sharded.
+touches, where the stage says which: CorpusStage.touched); the driver never holds the rows. Other
+corpus stages get all rows in one Ray task (or the driver, for export) and their output is
+re-sharded.
 `python -m alignfactory.run spec.yaml` is what `ray job submit` runs.
 """
 
