@@ -85,7 +85,7 @@ def _with_optional_answer(prompt: str, answer, system) -> list[dict]:
     msgs = [{"role": "system", "content": _text(system, "system")}] if system else []
     msgs.append({"role": "user", "content": prompt})
     if answer is not None and answer != "":
-        msgs.append({"role": "assistant", "content": _text(answer, "output")})
+        msgs.append(records.assistant(_text(answer, "output"), records.FROM_INPUT))
     return msgs
 
 
@@ -96,7 +96,10 @@ def _check_messages(msgs, key: str) -> list[dict]:
     for i, m in enumerate(msgs):
         if not isinstance(m, dict) or m.get("role") not in records.ROLES:
             raise ValueError(f"{key}[{i}] has no valid role (system/user/assistant)")
-        out.append({"role": m["role"], "content": _text(m.get("content"), f"{key}[{i}].content")})
+        msg = {"role": m["role"], "content": _text(m.get("content"), f"{key}[{i}].content")}
+        if m["role"] == "assistant":
+            msg["finish_reason"] = records.FROM_INPUT  # written by a person or given, not generated
+        out.append(msg)
     if not any(m["role"] == "user" for m in out):
         raise ValueError(f"'{key}' has no user turn")
     return out

@@ -20,6 +20,7 @@ import hashlib
 import json
 
 ROLES = ("system", "user", "assistant")
+FROM_INPUT = "input"  # finish reason of an assistant turn that came with the input (llm.base.FROM_INPUT)
 
 
 def message_id(messages: list[dict]) -> str:
@@ -86,8 +87,29 @@ def response(row: dict) -> str | None:
     return msgs[-1]["content"] if msgs and msgs[-1]["role"] == "assistant" else None
 
 
-def with_response(row: dict, text: str) -> list[dict]:
-    return prompt_messages(row) + [{"role": "assistant", "content": text}]
+def assistant(text: str, finish_reason: str | None) -> dict:
+    """An assistant turn that carries the finish reason of its text, so a later check reads the reason
+    of the text actually exported, not of one it replaced. The id (message_id) and the TRL views
+    ignore the extra key."""
+    return {"role": "assistant", "content": text, "finish_reason": finish_reason}
+
+
+def with_response(row: dict, text: str, finish_reason: str | None = None) -> list[dict]:
+    return prompt_messages(row) + [assistant(text, finish_reason)]
+
+
+def response_finish_reason(row: dict) -> str | None:
+    """The finish reason of the final assistant turn: "stop" (the model ended it), "input" (it came
+    with the input), "length"/"abort"/... (incomplete), None (nobody recorded one: incomplete)."""
+    msgs = row["messages"]
+    if not msgs or msgs[-1]["role"] != "assistant":
+        return None
+    return msgs[-1].get("finish_reason")
+
+
+def response_complete(row: dict) -> bool:
+    """True when the final assistant text is whole: the model stopped by itself, or it is input text."""
+    return response_finish_reason(row) in ("stop", "input")
 
 
 def to_trl_sft(row: dict) -> dict:

@@ -108,6 +108,8 @@ def plan(spec: PipelineSpec, root: Path) -> list[Step]:
             "seed": spec.seed,
             "input": steps[-1].fingerprint,
         }
+        if cls.output_constraints(params):  # structured-output shapes it asks for
+            parts["constraints"] = [c.to_dict() for c in cls.output_constraints(params)]
         if cls.data_files(params):  # files a stage reads (benchmarks): their identity
             parts["data_files"] = [(str(p), *_file_identity(Path(p))) for p in cls.data_files(params)]
         if cls.uses_llm:

@@ -10,8 +10,55 @@ never draw the same samples for different rows and a re-run draws the same ones.
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import asdict, dataclass, field
-from typing import Protocol
+from typing import Literal, Protocol
+
+# The one finish reason that means "the model ended the text itself". Anything else ("length",
+# "abort", "content_filter", a missing reason) is incomplete: never training data or a decision.
+COMPLETE = "stop"
+# An assistant turn that came with the input (a seed's reference output): not generated, so no stop.
+FROM_INPUT = "input"
+
+
+def is_complete(reason: str | None) -> bool:
+    return reason == COMPLETE
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """The shape an output must take: a JSON schema, one of a few strings, or a regex.
+
+    Engines that can constrain decoding enforce it (vLLM structured outputs, an OpenAI-compatible
+    `response_format`, a transformers logits processor); one that cannot returns free text with
+    Completion.constrained False, and the stage parses it as free text, recording why.
+    Built with Constraint.json(schema) / .choice([...]) / .regex(r"..."); frozen and hashable
+    (the schema is kept as canonical JSON text) so it can live inside a Sampling.
+    """
+
+    kind: Literal["json", "choice", "regex"]
+    schema_json: str | None = None  # canonical JSON text of the schema (kind "json")
+    choices: tuple[str, ...] = ()  # kind "choice"
+    pattern: str | None = None  # kind "regex"
+
+    @classmethod
+    def json(cls, schema: dict) -> Constraint:
+        return cls("json", schema_json=json.dumps(schema, sort_keys=True, ensure_ascii=False))
+
+    @classmethod
+    def choice(cls, options) -> Constraint:
+        return cls("choice", choices=tuple(options))
+
+    @classmethod
+    def regex(cls, pattern: str) -> Constraint:
+        return cls("regex", pattern=pattern)
+
+    @property
+    def schema(self) -> dict | None:
+        return json.loads(self.schema_json) if self.schema_json is not None else None
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "schema": self.schema, "choices": list(self.choices), "regex": self.pattern}
 
 
 @dataclass(frozen=True)
@@ -22,9 +69,15 @@ class Sampling:
     top_p: float = 0.95
     seed: int = 0  # base seed; per-request seeds come from request_seed()
     stop: tuple[str, ...] = ()
+    constraint: Constraint | None = None  # output shape; stages set it per call (see Constraint)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if self.constraint is None:
+            d.pop("constraint")  # keeps fingerprints of unconstrained sampling as they were
+        else:
+            d["constraint"] = self.constraint.to_dict()
+        return d
 
 
 @dataclass
@@ -32,7 +85,18 @@ class Completion:
     texts: list[str]  # n samples, in sample order
     prompt_tokens: int = 0  # tokens of the rendered prompt (counted once, not per sample)
     completion_tokens: int = 0  # new tokens over all n samples
-    finish_reasons: list[str] = field(default_factory=list)  # "stop" | "length", per sample
+    finish_reasons: list[str] = field(default_factory=list)  # "stop" | "length" | ..., per sample
+    # True when the engine enforced sampling.constraint; False when it had none or could not (then
+    # `unconstrained_why` says why, e.g. "server rejected response_format: 400 ...").
+    constrained: bool = False
+    unconstrained_why: str | None = None
+    retried: list[int] = field(default_factory=list)  # samples re-asked with a larger budget
+
+    def finish_reason(self, k: int = 0) -> str | None:
+        return self.finish_reasons[k] if k < len(self.finish_reasons) else None
+
+    def complete(self, k: int = 0) -> bool:
+        return is_complete(self.finish_reason(k))
 
 
 class Engine(Protocol):

@@ -15,6 +15,8 @@ row's fault (RequestRejected). All quote the server's message.
 
 from __future__ import annotations
 
+import dataclasses
+
 import os
 import random
 import threading
@@ -152,7 +154,7 @@ class OpenAIEngine:
         # samples the server did not give: one request each, seeded like the transformers engine
         have = sum(len(b.get("choices") or []) for b in bodies)
         for j in range(have, n):
-            one = Sampling(**{**sampling.to_dict(), "n": 1})
+            one = dataclasses.replace(sampling, n=1)
             bodies.append(self._complete(messages, one, sample_seed(seed, j), 1))
 
         texts, reasons = [], []

@@ -8,16 +8,17 @@ builds them inside Ray workers, so constructors are where heavy state (engines) 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 from pydantic import BaseModel
 
 from alignfactory import records
-from alignfactory.llm.base import Sampling, request_seed
+from alignfactory.llm.base import Constraint, Sampling, request_seed
 from alignfactory.llm.config import ModelConfig
 
 RUBRICS = Path(__file__).resolve().parents[2] / "rubrics"
@@ -67,6 +68,12 @@ class Stage:
         return []
 
     @classmethod
+    def output_constraints(cls, params: BaseModel) -> list[Constraint]:
+        """The output shapes the stage asks its engine for (structured outputs): part of the
+        fingerprint, so changing a schema re-runs the stage."""
+        return []
+
+    @classmethod
     def data_files(cls, params: BaseModel) -> list[str]:
         """Files the stage reads besides its rows (benchmark lists): their size and mtime go into the
         fingerprint, so replacing one re-runs the stage."""
@@ -113,10 +120,20 @@ class CorpusStage(Stage):
         return self.apply(rows, self.combine([self.summarize(rows, 0)]), 0)
 
 
+class LLMParams(BaseModel, extra="forbid"):
+    """Params every LLM stage has. on_truncated: what to do with a text that did not end by itself
+    (finish reason "length", or anything but "stop"): "retry" asks once more with twice the
+    max_tokens (a new seed), then the stage rejects what is still incomplete as `truncated`, raw kept;
+    "reject" rejects at once. Never does an incomplete text become data or a decision."""
+
+    on_truncated: Literal["reject", "retry"] = "retry"
+
+
 class LLMStage(Stage):
     """A row stage that calls an engine: build_messages -> engine.chat -> parse."""
 
     uses_llm = True
+    Params = LLMParams
 
     def __init__(self, params: BaseModel, ctx: StageContext, engine=None):
         super().__init__(params, ctx)
@@ -139,12 +156,52 @@ class LLMStage(Stage):
         sampling: Sampling | None = None,
         what: str | None = None,
     ):
-        """engine.chat over rows, counting tokens; returns Completions in row order."""
-        outs = self.engine.chat(conversations, sampling or self.ctx.sampling, self.seeds(rows, what))
+        """engine.chat over rows, counting tokens; returns Completions in row order. With
+        params.on_truncated == "retry", every sample that did not finish with "stop" is asked once
+        more (n=1, twice the max_tokens, its own seed) and replaced in place; its index goes into
+        Completion.retried. The caller still checks Completion.complete(k): a retry can be cut too."""
+        sampling = sampling or self.ctx.sampling
+        outs = self._chat(conversations, sampling, self.seeds(rows, what))
+        if getattr(self.params, "on_truncated", "reject") != "retry":
+            return outs
+        redo = [(i, k) for i, o in enumerate(outs) for k in range(len(o.texts)) if not o.complete(k)]
+        if not redo:
+            return outs
+        longer = dataclasses.replace(sampling, n=1, max_tokens=2 * sampling.max_tokens)
+        suffix = f":{what}" if what else ""
+        seeds = [request_seed(self.ctx.seed, f"{self.ctx.name}:{rows[i]['id']}{suffix}:retry:{k}") for i, k in redo]
+        again = self._chat([conversations[i] for i, _ in redo], longer, seeds)
+        for (i, k), o in zip(redo, again, strict=True):
+            out = outs[i]
+            reasons = list(out.finish_reasons) + [None] * (len(out.texts) - len(out.finish_reasons))
+            out.texts[k], reasons[k] = o.texts[0], o.finish_reason(0)
+            out.finish_reasons = reasons
+            out.retried.append(k)
+        self.retries += len(redo)
+        return outs
+
+    def _chat(self, conversations, sampling, seeds):
+        outs = self.engine.chat(conversations, sampling, seeds)
         for out in outs:
             self.tokens_in += out.prompt_tokens
             self.tokens_out += out.completion_tokens
         return outs
+
+    @property
+    def retries(self) -> int:
+        return getattr(self, "_retries", 0)
+
+    @retries.setter
+    def retries(self, value: int) -> None:
+        self._retries = value
+
+    def reject_incomplete(self, row: dict, out, k: int = 0, what: str = "") -> bool:
+        """Reject `row` as truncated when sample k of `out` did not end by itself; True if it did so."""
+        if out.complete(k):
+            return False
+        label = f"{what}: " if what else ""
+        self.reject(row, f"truncated: {label}finish_reason {out.finish_reason(k)!r}", raw=out.texts[k])
+        return True
 
 
 def render(template: str, **values) -> str:

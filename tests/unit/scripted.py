@@ -42,12 +42,17 @@ class ScriptedEngine:
         truncated: set[str] | None = None,  # prompts whose samples finish with "length"
         fail_on: dict[str, BaseException] | None = None,  # prompt -> exception raised by chat()
         engine_error: str | None = None,  # when set, every call raises EngineError(engine_error)
+        constrains: bool = True,  # report sampling.constraint as enforced (the replies are scripted)
+        truncated_once: set[str] | None = None,  # prompts cut ("length") unless max_tokens was raised
     ):
         self.script = dict(script or {})
         self.rule = rule
         self.truncated = set(truncated or ())
         self.fail_on = dict(fail_on or {})
         self.engine_error = engine_error
+        self.constrains = constrains
+        self.truncated_once = set(truncated_once or ())
+        self.max_tokens_seen: list[int] = []
         self.calls: list[dict] = []
 
     def text(self, conversation: list[dict], k: int, seed: int | None) -> str:
@@ -62,6 +67,7 @@ class ScriptedEngine:
     def chat(
         self, conversations: list[list[dict]], sampling: Sampling, seeds: list[int] | None = None
     ) -> list[Completion]:
+        self.max_tokens_seen.append(sampling.max_tokens)
         self.calls.append(
             {
                 "conversations": copy.deepcopy(conversations),
@@ -81,12 +87,23 @@ class ScriptedEngine:
             seed = None if seeds is None else seeds[i]
             texts = [self.text(conv, k, seed) for k in range(sampling.n)]
             reason = "length" if last_user(conv) in self.truncated else "stop"
+            if last_user(conv) in self.truncated_once and not self.raised(sampling):
+                reason = "length"
+            constrained = sampling.constraint is not None and self.constrains
             outs.append(
                 Completion(
                     texts=texts,
                     prompt_tokens=sum(count_tokens(m["content"]) for m in conv),
                     completion_tokens=sum(count_tokens(t) for t in texts),
                     finish_reasons=[reason] * len(texts),
+                    constrained=constrained,
+                    unconstrained_why=None
+                    if constrained or sampling.constraint is None
+                    else "scripted engine set to not constrain",
                 )
             )
         return outs
+
+    def raised(self, sampling: Sampling) -> bool:
+        """True when this call's max_tokens is above the first one seen (a retry with a bigger budget)."""
+        return sampling.max_tokens > self.max_tokens_seen[0]

@@ -42,7 +42,8 @@ def user(text):
 
 
 def assistant(text):
-    return {"role": "assistant", "content": text}
+    # an assistant turn that came with the input carries finish_reason "input" (not generated)
+    return {"role": "assistant", "content": text, "finish_reason": "input"}
 
 
 # ---- formats -> messages ------------------------------------------------------------------------

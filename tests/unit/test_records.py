@@ -106,8 +106,21 @@ def test_instruction_and_response():
 
 def test_with_response_replaces_the_final_assistant_turn():
     row = {"messages": [USER, ANSWER]}
-    assert records.with_response(row, "new") == [USER, {"role": "assistant", "content": "new"}]
-    assert records.with_response({"messages": [USER]}, "x") == [USER, {"role": "assistant", "content": "x"}]
+    new = {"role": "assistant", "content": "new", "finish_reason": "stop"}
+    assert records.with_response(row, "new", "stop") == [USER, new]
+    x = {"role": "assistant", "content": "x", "finish_reason": None}
+    assert records.with_response({"messages": [USER]}, "x") == [USER, x]
+
+
+def test_the_finish_reason_travels_with_the_final_text():
+    row = {"messages": [USER, records.assistant("cut", "length")]}
+    assert records.response_finish_reason(row) == "length" and not records.response_complete(row)
+    row["messages"] = records.with_response(row, "whole", "stop")  # a later stage replaced the text
+    assert records.response_finish_reason(row) == "stop" and records.response_complete(row)
+    assert records.response_complete({"messages": [USER, records.assistant("given", "input")]})
+    # nobody recorded a reason (or an engine that returned none): incomplete, never accepted
+    assert not records.response_complete({"messages": [USER, {"role": "assistant", "content": "a"}]})
+    assert records.message_id(row["messages"]) == records.message_id([USER, ANSWER | {"content": "whole"}])
 
 
 def test_to_trl_sft_is_conversational_messages_only():

@@ -10,6 +10,7 @@ from pydantic import BaseModel, Field
 
 from alignfactory import records
 from alignfactory.stages.base import LLMStage
+from alignfactory.stages.verify.code_utils import sampling_with
 
 
 class Generate(LLMStage):
@@ -31,14 +32,7 @@ class Generate(LLMStage):
     def __call__(self, rows: list[dict]) -> list[dict]:
         p = self.params
         sampling = self.ctx.sampling
-        sampling = type(sampling)(
-            **sampling.to_dict()
-            | {
-                k: v
-                for k, v in {"n": p.n, "max_tokens": p.max_tokens, "temperature": p.temperature}.items()
-                if v is not None
-            }
-        )
+        sampling = sampling_with(sampling, n=p.n, max_tokens=p.max_tokens, temperature=p.temperature)
         outs = self.complete([self.build_messages(r) for r in rows], rows, sampling)
         result = []
         for row, out in zip(rows, outs, strict=True):

@@ -283,7 +283,9 @@ def open_sandbox(p: SandboxParams):
 
 def sampling_with(sampling, **override):
     """A copy of a Sampling with the non-None overrides applied."""
-    return type(sampling)(**sampling.to_dict() | {k: v for k, v in override.items() if v is not None})
+    import dataclasses
+
+    return dataclasses.replace(sampling, **{k: v for k, v in override.items() if v is not None})
 
 
 class SandboxStage(LLMStage):
