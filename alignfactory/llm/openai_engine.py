@@ -16,7 +16,6 @@ row's fault (RequestRejected). All quote the server's message.
 from __future__ import annotations
 
 import dataclasses
-
 import os
 import random
 import threading
