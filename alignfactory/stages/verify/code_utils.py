@@ -5,7 +5,8 @@ pick_function(text, name)     -> "def name(...): ..." | None
 parse_tests(text, name)       -> [{"kind": "call", args, kwargs, expected} | {"kind": "assert", code}]
 seed_fields(row, keys)        -> {key: value}             extra fields of the seed line (entry_point, tests, ...)
 first_of_each(items, key)     -> items, the first of each key kept
-preference_pairs(...)         -> [{"chosen", "rejected", "stage", "chosen_score", "rejected_score"}, ...]
+preference_pairs(...)         -> [{"chosen", "rejected", "stage", "chosen_score", "rejected_score",
+                                  "chosen_finish_reason", "rejected_finish_reason"}, ...]
 SandboxParams / open_sandbox  -> the sandbox params every code stage takes, and the Sandbox they build
 SandboxStage.run_groups       -> one sandbox.run for a batch's jobs, verdicts handed back per group
 """
@@ -166,10 +167,15 @@ def first_of_each(items: list, key) -> list:
     return out
 
 
-def preference_pairs(texts, scores, chosen, rejected, stage: str, max_pairs: int) -> list[dict]:
+def preference_pairs(
+    texts, scores, chosen, rejected, stage: str, max_pairs: int, reasons=None
+) -> list[dict]:
     """(chosen, rejected) pairs in `chosen` order, at most max_pairs; identical texts and repeated
-    pairs are skipped."""
+    pairs are skipped. `reasons[i]` is text i's finish reason ("stop", "input", ...): each side's
+    goes into the pair as chosen_finish_reason / rejected_finish_reason (None when not given, which
+    export counts as incomplete)."""
     pairs, seen = [], set()
+    reasons = reasons if reasons is not None else [None] * len(texts)
     for i in chosen:
         for j in rejected:
             if texts[i] != texts[j] and (texts[i], texts[j]) not in seen and len(pairs) < max_pairs:
@@ -181,6 +187,8 @@ def preference_pairs(texts, scores, chosen, rejected, stage: str, max_pairs: int
                         "stage": stage,
                         "chosen_score": scores[i],
                         "rejected_score": scores[j],
+                        "chosen_finish_reason": reasons[i],
+                        "rejected_finish_reason": reasons[j],
                     }
                 )
     return pairs
