@@ -122,7 +122,20 @@ def summary(manifest: dict, run_dir: str | Path) -> dict:
             if n
             else {"count": 0}
         )
-    return {"stages": stages, "total": total, "per": per}
+    read = next((s for s in stages if s["stage"].startswith("00-")), None)
+    lines_read = read["rows_in"] if read else 0
+    return {"stages": stages, "total": total, "per": per, "yield": yield_of(lines_read, units)}
+
+
+def yield_of(lines_read: int, units: dict) -> dict:
+    """Input lines read -> accepted SFT rows and preference pairs, as counts and SFT rows per line."""
+    sft, pairs = units["sft_rows"], units["preference_pairs"]
+    return {
+        "input_rows": lines_read,
+        "sft_rows": sft,
+        "preference_pairs": pairs,
+        "sft_per_input": round(sft / lines_read, 4) if lines_read else None,
+    }
 
 
 def table(cost: dict) -> str:
@@ -163,6 +176,13 @@ def table(cost: dict) -> str:
             )
         else:
             lines.append(f"{label}: none accepted")
+    y = cost.get("yield")
+    if y:
+        share = f" ({100 * y['sft_per_input']:.0f}%)" if y["sft_per_input"] is not None else ""
+        lines.append(
+            f"yield: {y['input_rows']} input rows -> {y['sft_rows']} SFT rows{share}, "
+            f"{y['preference_pairs']} preference pairs"
+        )
     return "\n".join(lines)
 
 

@@ -63,6 +63,21 @@ def test_table_lists_every_stage_and_the_totals(rich):
         and int(total[2]) == c["total"]["tokens_out"]
     )
     assert f"per SFT row ({c['per']['sft_rows']['count']})" in text
+    # the yield: input lines read -> accepted SFT rows and pairs, from the run's own files
+    m = manifest(rich)
+    n_read = m["stages"][0]["rows_in"]
+    n_sft = len(io.read_jsonl(rich / "sft" / "train.jsonl"))
+    n_pairs = len(io.read_jsonl(rich / "preference" / "train.jsonl"))
+    assert c["yield"] == {
+        "input_rows": n_read,
+        "sft_rows": n_sft,
+        "preference_pairs": n_pairs,
+        "sft_per_input": round(n_sft / n_read, 4),
+    }
+    assert lines[-1] == (
+        f"yield: {n_read} input rows -> {n_sft} SFT rows ({100 * n_sft / n_read:.0f}%), "
+        f"{n_pairs} preference pairs"
+    )
 
 
 def test_per_stage_model_and_unpriced_models():
