@@ -167,9 +167,7 @@ def first_of_each(items: list, key) -> list:
     return out
 
 
-def preference_pairs(
-    texts, scores, chosen, rejected, stage: str, max_pairs: int, reasons=None
-) -> list[dict]:
+def preference_pairs(texts, scores, chosen, rejected, stage: str, max_pairs: int, reasons=None) -> list[dict]:
     """(chosen, rejected) pairs in `chosen` order, at most max_pairs; identical texts and repeated
     pairs are skipped. `reasons[i]` is text i's finish reason ("stop", "input", ...): each side's
     goes into the pair as chosen_finish_reason / rejected_finish_reason (None when not given, which
