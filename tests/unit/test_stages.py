@@ -24,8 +24,8 @@ EN_A = "Dear Mr. Smith, I hope you are well. The kitchen faucet has been drippin
 def row(instr: str, answer: str | None = None, line: int = 1, system: str | None = None) -> dict:
     msgs = [{"role": "system", "content": system}] if system else []
     msgs.append({"role": "user", "content": instr})
-    if answer is not None:
-        msgs.append({"role": "assistant", "content": answer})
+    if answer is not None:  # as the reader gives it: an assistant turn from the input is whole
+        msgs.append(records.assistant(answer, records.FROM_INPUT))
     return records.new_row(msgs, {"file": "seeds.jsonl", "line": line})
 
 
@@ -67,16 +67,9 @@ def test_filter_instruction_too_short():
     assert out["reject"]["reason"] == "instruction_too_short: 2 < 10 chars"
 
 
-def test_filter_drops_truncated_only_when_asked():
-    r = row(EN_Q, EN_A)
-    r["meta"]["generate"] = {"finish_reason": "length"}
-    (kept,) = make_filter()([json.loads(json.dumps(r))])
-    assert kept["reject"] is None
-    (out,) = make_filter(drop_truncated=True)([r])
-    assert out["reject"]["reason"] == "truncated"
-    done = row(EN_Q, EN_A)
-    done["meta"]["generate"] = {"finish_reason": "stop"}
-    assert make_filter(drop_truncated=True)([done])[0]["reject"] is None
+def test_filter_drop_truncated_is_gone_with_a_message_that_says_why():
+    with pytest.raises(ValueError, match="drop_truncated was removed"):
+        make_filter(drop_truncated=True)
 
 
 @pytest.mark.parametrize(
@@ -279,12 +272,12 @@ def test_generate_token_counts_accumulate_on_the_stage():
     assert (stage.tokens_in, stage.tokens_out) == (3 + 2, 4 + 4)
 
 
-def test_generate_finish_reason_feeds_filter_drop_truncated():
+def test_generate_finish_reason_feeds_filter():
     engine = ScriptedEngine(truncated={EN_Q})
-    out = make_generate(engine)([row(EN_Q), row(ZH_Q)])
+    out = make_generate(engine)([row(EN_Q), row(ZH_Q)])  # on_truncated retry: cut again at 2x
     assert [r["meta"]["generate"]["finish_reason"] for r in out] == ["length", "stop"]
-    filtered = make_filter(drop_truncated=True, same_language=False)(out)
-    assert reasons(filtered) == ["truncated", None]
+    filtered = make_filter(same_language=False)(out)
+    assert reasons(filtered) == ["truncated: finish_reason 'length'", None]
 
 
 def test_generate_system_prompt_goes_before_conversations_without_one():
@@ -318,7 +311,7 @@ def test_export_writes_trl_sft_jsonl_parquet_and_dataset(tmp_path):
     assert reasons(out) == [None, "no_response", None]
     assert out[1]["reject"]["stage"] == "export"
 
-    expected = [{"messages": r["messages"]} for r in good]
+    expected = [records.to_trl_sft(r) for r in good]  # role and content only
     sft = tmp_path / "sft"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sft"]  # no temp dirs left
     assert sorted(p.name for p in sft.iterdir()) == ["dataset", "train.jsonl", "train.parquet"]

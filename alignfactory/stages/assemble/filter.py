@@ -1,11 +1,17 @@
-"""filter: drop rows whose response is empty, too short/long, truncated, a refusal, or in another
-language than its instruction. Each drop is a reject with a reason naming the rule."""
+"""filter: drop rows whose response is empty, incomplete, too short/long, a refusal, or in another
+language than its instruction. Each drop is a reject with a reason naming the rule.
+
+Completeness always runs (it replaced the `drop_truncated` switch): the finish reason read is the one
+on the final assistant message itself (records.response_finish_reason), so a response that a later
+stage replaced (reject_sample, constitution) is judged by its own reason, not by meta.generate's.
+"stop" (the model ended it) and "input" (it came with the input) pass; "length" is rejected
+`truncated: finish_reason 'length'`, anything else, a missing reason included, `incomplete: ...`."""
 
 from __future__ import annotations
 
 import re
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from alignfactory import records
 from alignfactory.stages.base import Stage
@@ -21,6 +27,16 @@ CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
 LATIN = re.compile(r"[A-Za-z]")
 
 
+def incomplete_reason(finish_reason: str | None) -> str | None:
+    """None for a whole text ("stop": the model ended it; "input": it came with the input), else the
+    reject reason: `truncated: ...` for a text cut at max_tokens, `incomplete: ...` for any other or a
+    missing reason (abort, content_filter, nobody recorded one)."""
+    if finish_reason in ("stop", records.FROM_INPUT):
+        return None
+    kind = "truncated" if finish_reason == "length" else "incomplete"
+    return f"{kind}: finish_reason {finish_reason!r}"
+
+
 def language(text: str) -> str:
     """'zh' when CJK characters make up at least 20% of the letters, 'en' for Latin text, else 'other'."""
     cjk, latin = len(CJK.findall(text)), len(LATIN.findall(text))
@@ -34,10 +50,19 @@ class Filter(Stage):
         min_chars: int = Field(1, ge=0)  # response length, characters
         max_chars: int = Field(20000, ge=1)
         min_instruction_chars: int = Field(1, ge=0)
-        drop_truncated: bool = False  # finish_reason == "length"
         refusal_patterns: list[str] = REFUSALS
         languages: list[str] | None = None  # e.g. ["en", "zh"]; None = any
         same_language: bool = True  # response language must match the instruction's
+
+        @model_validator(mode="before")
+        @classmethod
+        def _removed(cls, data):
+            if isinstance(data, dict) and "drop_truncated" in data:
+                raise ValueError(
+                    "drop_truncated was removed: filter always rejects a response whose finish reason is "
+                    "not 'stop' or 'input' (LLM stages take on_truncated: reject | retry); delete the key"
+                )
+            return data
 
     requires = {"messages": "a conversation ending in an assistant turn"}
     adds = ("reject",)
@@ -58,6 +83,9 @@ class Filter(Stage):
         instr, resp = records.instruction(row), records.response(row)
         if resp is None or not resp.strip():
             return "empty_response"
+        cut = incomplete_reason(records.response_finish_reason(row))  # the reason of this very text
+        if cut:
+            return cut
         if len(instr.strip()) < p.min_instruction_chars:
             return f"instruction_too_short: {len(instr.strip())} < {p.min_instruction_chars} chars"
         n = len(resp.strip())
@@ -65,8 +93,6 @@ class Filter(Stage):
             return f"too_short: {n} < {p.min_chars} chars"
         if n > p.max_chars:
             return f"too_long: {n} > {p.max_chars} chars"
-        if p.drop_truncated and row["meta"].get("generate", {}).get("finish_reason") == "length":
-            return "truncated"
         plain = resp.replace("\u2019", "'")  # models often write I’m / can’t
         for pattern in self.refusals:
             if pattern.search(plain):
