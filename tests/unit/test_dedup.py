@@ -4,6 +4,9 @@ English and Chinese; which rows are kept, which rejected, naming the kept id and
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -187,3 +190,45 @@ def test_params_validation():
     with pytest.raises(ValidationError):
         Dedup.Params(method="fuzzy")
     assert Dedup.uses_model(Dedup.Params(method="semantic")) and not Dedup.uses_model(Dedup.Params())
+
+
+# ---- multi-turn rows: `on: instruction` keys by every user turn ------------------------------------
+
+MULTI_TURN = Path(__file__).parent / "data" / "multi_turn.jsonl"
+
+
+def multi_turn_rows() -> dict[str, dict]:
+    """tests/unit/data/multi_turn.jsonl by name: conversations ending in "thanks" / "continue" with
+    different earlier turns, one copy of bloom_thanks (a system turn, other case and spacing, another
+    answer), one near copy of hamlet_continue (its last word changed), one single-turn row."""
+    lines = [json.loads(x) for x in MULTI_TURN.read_text().splitlines()]
+    return {
+        d["name"]: records.new_row(d["messages"], {"file": d["name"], "line": i}) for i, d in enumerate(lines)
+    }
+
+
+def by_name(out: list[dict]) -> dict[str, str | None]:
+    return {r["source"]["file"]: (r["reject"]["reason"] if r["reject"] else None) for r in out}
+
+
+@pytest.mark.parametrize("method", ["exact", "minhash"])
+def test_multi_turn_conversations_ending_alike_stay_distinct(method):
+    # Fails on the last-turn key: every "thanks" row was one cluster, every "continue" row another.
+    rows = multi_turn_rows()
+    got = by_name(dedup(method=method)(list(copy.deepcopy(rows).values())))
+    for name in ("bloom_thanks", "limerick_thanks", "hamlet_continue", "sourdough_continue"):
+        assert got[name] is None, (name, got[name])
+    assert got["bloom_thanks_again"].startswith(f"duplicate of {rows['bloom_thanks']['id']}")
+    near, single = got["hamlet_continue_near"], got["bloom_single_turn"]  # MinHash only
+    if method == "exact":
+        assert near is None and single is None
+    else:  # one changed word; the same request without the closing "thanks"
+        assert single.startswith(f"duplicate of {rows['bloom_thanks']['id']} (minhash jaccard 0.9")
+        assert near.startswith(f"duplicate of {rows['hamlet_continue']['id']} (minhash jaccard 0.8")
+
+
+def test_single_turn_keys_are_unchanged_by_the_multi_turn_key():
+    # a one-turn row keys exactly as before (its normalized instruction), so existing runs keep their plans
+    r = row("  Say HI. ", 1)
+    assert dedup().exact_key(r) == hashlib.sha256(b"say hi.").digest()[:8]
+    assert dedup().text(r) == "  Say HI. "

@@ -1,7 +1,10 @@
 """dedup (corpus stage): exact, near (MinHash LSH) or semantic (SemDeDup-style) duplicates.
 
 One row is kept per duplicate cluster (param keep: first in input order, or longest text); the
-others are rejected naming the id they duplicate and the similarity. Scales as map -> combine -> apply:
+others are rejected naming the id they duplicate and the similarity. What is compared (param on):
+"instruction" = every user turn of the conversation, in order (user_turns; a single-turn row is its
+one instruction), so two conversations that both end in "thanks" or "continue" but differ earlier
+stay distinct; "conversation" = every message, roles included. Scales as map -> combine -> apply:
 
     summarize(rows, shard) -> {"ids": (n,) S16, "lengths": (n,) int32, + per method:
         exact:    "keys" (n,) uint64        first 8 bytes of sha256 of the normalized text
@@ -31,7 +34,6 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, Field, model_validator
 
-from alignfactory import records
 from alignfactory.stages.base import CorpusStage
 
 WORD = re.compile(r"\w+")
@@ -44,6 +46,13 @@ SIM_BLOCK = 1024  # rows per block of a cluster's cosine matrix (block x cluster
 def normalize(text: str) -> str:
     """NFKC (full-width -> ASCII forms), case-folded, whitespace collapsed."""
     return " ".join(unicodedata.normalize("NFKC", text).casefold().split())
+
+
+def user_turns(row: dict) -> list[str]:
+    """The text of every user turn, in order: what `on: instruction` compares (dedup) and what select
+    rates and embeds. Only the last turn (records.instruction) would make every conversation ending in
+    "thanks" one duplicate cluster."""
+    return [m["content"] for m in row["messages"] if m["role"] == "user"]
 
 
 def units(text: str) -> tuple[list[str], str]:
@@ -66,7 +75,7 @@ def shingles(text: str, n: int, char_n: int) -> list[str]:
 class Dedup(CorpusStage):
     class Params(BaseModel, extra="forbid"):
         method: Literal["exact", "minhash", "semantic"] = "exact"
-        on: Literal["instruction", "conversation"] = "instruction"  # what text is compared
+        on: Literal["instruction", "conversation"] = "instruction"  # all user turns | all messages
         keep: Literal["first", "longest"] = "first"  # the row kept per cluster (ties: first)
         threshold: float | None = Field(None, gt=0, le=1)  # minhash Jaccard 0.7 / semantic cosine 0.9
         num_perm: int = Field(128, ge=8)  # MinHash permutations
@@ -103,12 +112,12 @@ class Dedup(CorpusStage):
 
     def text(self, row: dict) -> str:
         if self.params.on == "instruction":
-            return records.instruction(row)
+            return "\n".join(user_turns(row))  # one turn: the instruction itself, as before
         return "\n".join(m["content"] for m in row["messages"])
 
     def exact_key(self, row: dict) -> bytes:
-        if self.params.on == "instruction":
-            text = normalize(records.instruction(row))
+        if self.params.on == "instruction":  # one turn: the key of its normalized text, as before
+            text = "\x1e".join(normalize(t) for t in user_turns(row))
         else:  # roles are part of the key: a user turn is not an assistant turn with the same words
             text = "\x1e".join(f"{m['role']}\x1f{normalize(m['content'])}" for m in row["messages"])
         return hashlib.sha256(text.encode("utf-8")).digest()[:8]
