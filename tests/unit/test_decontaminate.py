@@ -197,3 +197,74 @@ def test_benchmark_file_identity_is_in_the_fingerprint(tmp_path, bench):
     with open(bench, "a", encoding="utf-8") as f:
         f.write(json.dumps({"question": "one more benchmark question appended to the file here"}) + "\n")
     assert run.plan(validate(tree), tmp_path / "run")[1].fingerprint != before
+
+
+# ---- what is checked (issue 15 item 7): responses, every user turn; what the plan records
+
+
+def test_on_response_checks_the_final_assistant_turn_and_rejects_a_row_without_one(bench):
+    rows = [
+        row(GSM, 1, "It is 72 clips."),  # a benchmark prompt, a clean answer: the response check passes it
+        row("Write a poem about the sea at night.", 2, "Here: " + GSM_ANSWER),  # leaked answer
+        row("A question nobody answered yet, about the sea at night.", 3),  # no response to check
+    ]
+    got = verdicts(
+        stage([{"path": str(bench), "field": "question", "answer_field": "answer"}], on="response")(rows)
+    )
+    assert got[1] is None
+    assert got[2].startswith("contaminated: ") and got[2].endswith("gsm_test.jsonl line 2 (answer)")
+    assert got[3] == "unchecked: no response to check (on: response)"
+
+
+def test_on_instruction_checks_every_user_turn_not_only_the_last(bench):
+    # fails on the old code: it checked only the last user turn ("continue")
+    msgs = [
+        {"role": "user", "content": GSM},
+        {"role": "assistant", "content": "Let me think."},
+        {"role": "user", "content": "continue"},
+    ]
+    r = records.new_row(msgs, {"file": "chat.jsonl", "line": 1})
+    out = stage([{"path": str(bench), "field": "question"}], on="instruction")([r])
+    assert out[0]["reject"]["reason"].endswith("gsm_test.jsonl line 2 (question)")
+
+
+def test_plan_records_what_was_checked_for_the_card(bench):
+    import hashlib
+
+    s = stage([{"path": str(bench), "field": "question", "answer_field": "answer"}], on="response")
+    rows = planted()
+    plan = s.combine([s.summarize(rows[:4], 0), s.summarize(rows[4:], 1)])
+    check = plan["check"]
+    assert check["on"] == "response" and check["ngram"] == 13 and check["rows_checked"] == 10
+    # only row 6 has a response (and it leaks the answer); the other 9 have none to check
+    assert check["rows_contaminated"] == 1 and check["rows_unchecked"] == 9
+    (f,) = check["files"]
+    assert f["sha256"] == hashlib.sha256(bench.read_bytes()).hexdigest()
+    # 5 items; 10 texts: 7 indexed, 3 too short ("What is two plus two?", "4", "六个" ... "Jupiter", "8")
+    assert f["items"] == 5 and f["fields"] == ["question", "answer"]
+    assert f["texts_indexed"] + f["texts_skipped_short"] == 10
+
+
+SHIPPED = Path(__file__).resolve().parents[2] / "pipelines" / "benchmarks"
+
+
+def test_shipped_benchmark_files_load_and_match_their_readme():
+    import hashlib
+
+    readme = (SHIPPED / "README.md").read_text("utf-8")
+    files = sorted(SHIPPED.glob("*.jsonl"))
+    assert files, "pipelines/benchmarks/ ships no benchmark file"
+    for path in files:
+        assert hashlib.sha256(path.read_bytes()).hexdigest() in readme, f"{path.name}: sha256 not in README"
+        n = sum(1 for line in path.open(encoding="utf-8") if line.strip())
+        assert f"| `{path.name}` | {n} |" in readme, f"{path.name}: row count {n} not in README"
+    s = stage(
+        [{"path": str(SHIPPED / "humaneval.jsonl"), "field": "prompt", "answer_field": "canonical_solution"}]
+    )
+    plan = s.combine([s.summarize([], 0)])
+    (f,) = plan["check"]["files"]
+    assert f["items"] == 164 and f["texts_indexed"] > 300
+    # a HumanEval prompt pasted into a request is caught
+    he = json.loads((SHIPPED / "humaneval.jsonl").read_text("utf-8").splitlines()[0])
+    out = s([row("Please complete this function:\n" + he["prompt"], 1)])
+    assert out[0]["reject"]["reason"].endswith("humaneval.jsonl line 1 (prompt)")

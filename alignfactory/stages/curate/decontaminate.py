@@ -13,8 +13,19 @@ instruction and each benchmark prompt at or above `embedding` (all-MiniLM-L6-v2 
                  {path: evals/ceval.parquet, field: prompt}]
 
 Rejected rows name the file and item: "contaminated: 14 13-grams shared with gsm8k_test.jsonl line 12
-(question)". No benchmark data ships with the project; with an empty list the stage passes every
-row and logs that nothing was checked.
+(question)". pipelines/benchmarks/ ships the benchmark files the project may carry (their README says
+what each is, its licence and sha256); with an empty list the stage passes every row and logs that
+nothing was checked.
+
+What is checked (`on`): "conversation" (every turn, the default), "instruction" (every user turn:
+a multi-turn prompt is checked whole, not only its last turn), "response" (the final assistant
+turn: place the stage after the last stage that writes it; a row with no response there is rejected
+`unchecked: no response`, since a check that cannot read its text must not pass the row). A spec can
+hold the stage twice: prompts after evolve, responses after the last generative stage.
+
+The plan records what was checked (`plan["check"]`: each file's sha256, items and texts indexed,
+n-gram sizes, rows checked and matched); `statement(run_dir)` turns it into the dataset card's
+contamination statement, per decontaminate stage of the run.
 
 Distributed: summarize(shard) builds the index once per worker process (benchmarks are small next to
 the corpus) and returns only the matches; combine gathers them; apply marks the rows.
@@ -22,8 +33,10 @@ the corpus) and returns only the matches; combine gathers them; apply marks the 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import pickle
 from pathlib import Path
 from typing import Literal
 
@@ -74,7 +87,7 @@ class Decontaminate(CorpusStage):
         char_ngram: int = Field(13, ge=1)  # characters, for CJK text
         min_matches: int = Field(1, ge=1)  # shared n-grams with one item that make a row contaminated
         min_item_tokens: int = Field(8, ge=1)  # shorter items are skipped; shorter than n: whole-item match
-        on: Literal["conversation", "instruction"] = "conversation"  # row text checked
+        on: Literal["conversation", "instruction", "response"] = "conversation"  # row text checked
         embedding: float | None = Field(None, gt=0, le=1)  # cosine threshold; None = n-grams only
         embedder: str | None = None  # local sentence-transformers dir; None = all-MiniLM-L6-v2
 
@@ -182,10 +195,34 @@ class Decontaminate(CorpusStage):
 
     # -- matching
 
-    def text(self, row: dict) -> str:
-        if self.params.on == "instruction":
-            return records.instruction(row)
+    def text(self, row: dict) -> str | None:
+        """The row text `on` selects; None when a response check finds no final assistant turn."""
+        if self.params.on == "instruction":  # every user turn: a multi-turn prompt is checked whole
+            return "\n".join(m["content"] for m in row["messages"] if m["role"] == "user")
+        if self.params.on == "response":
+            return records.response(row)
         return "\n".join(m["content"] for m in row["messages"])
+
+    def describe(self) -> list[dict]:
+        """What each benchmark file holds, for the contamination statement: its sha256 (of the bytes
+        read), items (objects), texts indexed (prompts + answers with at least min_item_tokens units)
+        and texts skipped as too short."""
+        p, out = self.params, []
+        for bench in p.benchmarks:
+            where, indexed, short = set(), 0, 0
+            for item, _, text in self.items(bench):
+                where.add(item)
+                norm = normalize(text)
+                n_units = len(char_units(norm) if CJK.search(norm) else WORD.findall(norm))
+                short += n_units < p.min_item_tokens
+                indexed += n_units >= p.min_item_tokens
+            digest = hashlib.sha256(Path(bench.path).read_bytes()).hexdigest()
+            fields = [f for f in (bench.field, bench.answer_field) if f]
+            out.append(
+                {"name": bench.label, "path": bench.path, "sha256": digest, "fields": fields}
+                | {"items": len(where), "texts_indexed": indexed, "texts_skipped_short": short}
+            )
+        return out
 
     def ngram_match(self, text: str) -> dict | None:
         p, idx = self.params, self.index()
@@ -219,36 +256,56 @@ class Decontaminate(CorpusStage):
 
     # -- map -> combine -> apply
 
-    def summarize(self, rows: list[dict], shard: int) -> list[tuple[int, dict]]:
+    def summarize(self, rows: list[dict], shard: int) -> dict:
+        """{"rows": rows seen, "hits": [(position, match)]}: a match is a benchmark hit, or (on:
+        response) {"method": "missing"} for a row with no response to check."""
         if not self.params.benchmarks:
-            return []
+            return {"rows": len(rows), "hits": []}
+        texts = [self.text(r) for r in rows]
         found = {}
-        for pos, row in enumerate(rows):
-            hit = self.ngram_match(self.text(row))
+        for pos, (row, text) in enumerate(zip(rows, texts, strict=True)):
+            if text is None:
+                found[pos] = {"id": row["id"], "method": "missing"}
+                continue
+            hit = self.ngram_match(text)
             if hit:
                 found[pos] = hit | {"id": row["id"], "method": "ngram"}
-        if self.params.embedding is not None and rows:
+        checkable = [pos for pos, t in enumerate(texts) if t is not None]
+        if self.params.embedding is not None and checkable:
             idx = self.index()
             if len(idx["emb_items"]):
-                vecs = self.embedder().encode([records.instruction(r) for r in rows])
-                sims = vecs @ idx["emb"].T  # (rows, prompts) cosine
+                vecs = self.embedder().encode([texts[pos] for pos in checkable])
+                sims = vecs @ idx["emb"].T  # (checkable rows, prompts) cosine
                 best = sims.argmax(1)
-                for pos in np.flatnonzero(sims.max(1) >= self.params.embedding - 1e-6).tolist():
+                for j in np.flatnonzero(sims.max(1) >= self.params.embedding - 1e-6).tolist():
+                    pos = checkable[j]
                     if pos not in found:
-                        item = int(idx["emb_items"][best[pos]])
-                        cos = float(sims[pos, best[pos]])
+                        item = int(idx["emb_items"][best[j]])
                         found[pos] = idx["items"][item] | {
                             "id": rows[pos]["id"],
                             "method": "embedding",
-                            "cosine": cos,
+                            "cosine": float(sims[j, best[j]]),
                         }
-        return sorted(found.items())
+        return {"rows": len(rows), "hits": sorted(found.items())}
 
     def combine(self, summaries: list) -> dict:
-        if not self.params.benchmarks:
+        p = self.params
+        if not p.benchmarks:
             log.warning("decontaminate: no benchmark files listed (params.benchmarks); no row was checked")
-        shards = {i: dict(s) for i, s in enumerate(summaries) if s}
-        return {"shards": shards, "benchmarks": [b.label for b in self.params.benchmarks]}
+        shards = {i: dict(s["hits"]) for i, s in enumerate(summaries) if s["hits"]}
+        hits = [h for s in summaries for _, h in s["hits"]]
+        check = {
+            "on": p.on,
+            "ngram": p.ngram,
+            "char_ngram": p.char_ngram,
+            "min_matches": p.min_matches,
+            "embedding": p.embedding,
+            "files": self.describe(),
+            "rows_checked": sum(s["rows"] for s in summaries) if p.benchmarks else 0,
+            "rows_contaminated": sum(h["method"] != "missing" for h in hits),
+            "rows_unchecked": sum(h["method"] == "missing" for h in hits),
+        }
+        return {"shards": shards, "benchmarks": [b.label for b in p.benchmarks], "check": check}
 
     def touched(self, plan: dict, shard: int) -> list[int]:
         return sorted(plan["shards"].get(shard, {}))
@@ -260,6 +317,10 @@ class Decontaminate(CorpusStage):
                 raise RuntimeError(
                     f"decontaminate plan does not match shard {shard} at row {pos}: {row['id']}"
                 )
+            if hit["method"] == "missing":
+                self.meta(row).update({"method": "missing", "on": self.params.on})
+                self.reject(row, f"unchecked: no response to check (on: {self.params.on})")
+                continue
             where = f"{hit['benchmark']} {hit['item']} ({hit['field']})"
             if hit["method"] == "embedding":
                 reason = f"contaminated: embedding cosine {hit['cosine']:.2f} with {where}"
@@ -270,6 +331,53 @@ class Decontaminate(CorpusStage):
             self.meta(row).update({k: v for k, v in hit.items() if k != "id"})
             self.reject(row, reason)
         return rows
+
+
+def statement(run_dir: str | Path) -> list[str]:
+    """The dataset card's contamination statement (markdown lines), one part per decontaminate stage
+    of the run: what it checked (on, n-gram sizes), each benchmark file with its sha256 and items, rows
+    checked and rejected. Read from manifest.json (stage list, totals) and each stage's _PLAN.pkl
+    (plan["check"]); says so plainly when the run checked nothing."""
+    run_dir = Path(run_dir)
+    path = run_dir / "manifest.json"
+    stages = json.loads(path.read_text("utf-8")).get("stages", []) if path.exists() else []
+    ours = [s for s in stages if s["name"].rsplit(":", 1)[-1].lower() == "decontaminate"]
+    if not ours:
+        return ["Not checked: the run has no decontaminate stage, so no row was compared with any benchmark."]
+    lines = []
+    for s in ours:
+        plan_path = run_dir / s["dir"] / "_PLAN.pkl"
+        check = pickle.loads(plan_path.read_bytes())["plan"].get("check") if plan_path.exists() else None
+        head = f"- stage {s['dir'].split('/')[-1]}"
+        if check is None:
+            lines.append(f"{head}: not run (no plan in {s['dir']})")
+            continue
+        if not check["files"]:
+            lines.append(f"{head}: no benchmark file listed; its {s.get('rows_in', 0)} rows were not checked")
+            continue
+        emb = f", embedding cosine >= {check['embedding']}" if check["embedding"] else ""
+        lines.append(
+            f"{head}: checked the {check['on']} text of {check['rows_checked']} rows; "
+            f"{check['rows_contaminated']} rejected as contaminated"
+            + (
+                f", {check['rows_unchecked']} rejected as unchecked (no text)"
+                if check["rows_unchecked"]
+                else ""
+            )
+            + f" ({check['ngram']}-word / {check['char_ngram']}-character n-grams, "
+            f"at least {check['min_matches']} shared with one item{emb})"
+        )
+        lines += [
+            "",
+            "  | benchmark | fields | items | texts indexed | sha256 |",
+            "  |---|---|---:|---:|---|",
+        ]
+        for f in check["files"]:
+            lines.append(
+                f"  | {f['name']} | {', '.join(f['fields'])} | {f['items']} | {f['texts_indexed']} | `{f['sha256']}` |"
+            )
+        lines.append("")
+    return lines
 
 
 def _json_line(path: Path, line: int, text: str) -> dict:
