@@ -3,20 +3,27 @@
     extract_answer("... so the total is 12. The answer is $\\frac{3}{4}$.")  -> "\\frac{3}{4}"
     equivalent("0.75", "\\frac{3}{4}")  -> True        # pred first, reference second
     majority_vote(["12", "12.0", "13", None])  -> Vote(answer="12", votes=2, share=0.5, ...)
+    reference_answer("Natalia sold 24 clips... \\n#### 72")  -> "72"   # a raw reference, read as an answer
 
-extract_answer looks, in this order, for the last \\boxed{...}; the last "the answer is" / "answer:" /
-"答案是" / "答案为" phrase; the last multiple-choice letter ("(B)", "option B", "选B"); the last number.
+extract_answer looks, in this order, for the last \\boxed{...} (nested braces); GSM8K's last
+"#### 72"; the last "the answer is" / "answer:" / "答案是" / "答案为" phrase (a remark in brackets after
+it is dropped); the last multiple-choice letter ("(B)", "option B", "选B"); the last number.
+reference_answer keeps a bare answer as it is and sends a worked solution (a newline, "####", a
+\\boxed inside prose, an "answer is" phrase, more than 3 words, over MAX_SYMPY_CHARS) through
+extract_answer; equivalent() applies it to both sides, so a raw GSM8K or MATH solution given as the
+reference compares by its final answer (before, one over 200 characters never reached sympy).
 
 equivalent first reads both sides into our own canonical values, which cover what math-verify
 (used directly) misses or gets wrong on our graded table (tests/unit/data/math_equivalence.jsonl):
 
     numbers      1,234,567 · 0.75 · 3/4 · \\frac34 · 1\\frac{1}{2} · 2.5e-3 · 3 \\times 10^{5} · -7
+    repeating    0.\\overline{3} = 1/3 · 0.1\\overline{6} = 1/6 (math-verify reads 0.\\overline{3} as 0)
     percentages  50% = 50 = 0.5 (a percentage equals its number and its fraction of 1)
     units        5 cm · 5\\text{ cm} · $5 · ¥5 · 5元 · 5 apples -> 5 (units are dropped, not converted)
     words        seven · twenty-one · one hundred and five · 二十一 · 一百零五 · 三分之二 · 百分之五十
-    infinity     \\infty · ∞ · inf · infinity · 无穷大, with a sign
+    infinity     \\infty · ∞ · inf · infinity · 无穷大, with a sign: +\\infty · -\\infty · negative/minus infinity
     collections  intervals (1, 3] · [2, \\infty), sets \\{1, 2\\} (order-free), tuples, bare lists "1, 2"
-    letters      B · (B) · B) · option B · 选B  (multiple choice)
+    letters      B · (B) · B) · B. · (B) 5 · \\text{(B)} · Answer: B · option B · 选B  (multiple choice)
 
 When both sides are plain numbers the canonical comparison decides (exact for rationals, relative
 1e-9 otherwise, and a rounded decimal of >= 2 places equals a non-terminating value it rounds from).
@@ -54,6 +61,7 @@ _LETTER_RE = re.compile(
     r"(?:\b(?:option|choice)\s*\(?([A-E])\)?(?![\w])|\(([A-E])\)|选(?:项)?\s*\(?([A-E])\)?|(?<![\w])([A-E])\)(?!\w))"
 )
 _SENTENCE_END = re.compile(r"(?:\.(?=\s|$)|。|\n|;|；|!|！|\?|？)")
+_HASHES_RE = re.compile(r"####[ \t]*([^\n]*\S)")  # GSM8K's final-answer line
 
 
 def extract_answer(text: str | None) -> str | None:
@@ -63,6 +71,9 @@ def extract_answer(text: str | None) -> str | None:
     boxed = last_boxed(text)
     if boxed is not None and boxed.strip():
         return boxed.strip()
+    hashes = _HASHES_RE.findall(text)
+    if hashes:  # GSM8K: the solution's last line is "#### 72"
+        return hashes[-1].strip().rstrip(".。").strip()
     anchored = _anchored(text)
     if anchored:
         return anchored
@@ -108,12 +119,45 @@ def _anchored(text: str) -> str | None:
         if not phrase or phrase[-1] in "+-*/×÷":  # cut off mid-expression: no answer here
             continue
         if len(phrase.split()) > 4 or (len(phrase) > 12 and _CJK.search(phrase)):
+            # "27 (a 35% discount would give 26: ...)" -> 27: a remark in brackets is not the answer
+            bare = re.sub(r"\s*[(（][^()（）]*[)）]", " ", phrase).strip().rstrip(",，:：").strip()
+            if bare and bare != phrase and len(bare.split()) <= 4 and not _CJK.search(bare):
+                return bare
             # "that John has 5 apples left" -> the last number in it, else the phrase as said
-            nums = list(_NUMBER_RE.finditer(phrase))
+            nums = list(_NUMBER_RE.finditer(bare)) or list(_NUMBER_RE.finditer(phrase))
             if nums:
                 return nums[-1].group(0).strip()
         return phrase
     return None
+
+
+def reference_answer(text: str | None) -> str | None:
+    """The final answer a reference states, read the way a candidate's is: a bare answer ("72",
+    "\\frac{3}{4}", "(A)", "negative infinity") as it is; a worked solution (a GSM8K one ending
+    "#### 72", a MATH one with its answer in the last \\boxed{}, "... The answer is 7.") through
+    extract_answer. None when nothing usable is left (empty, or a solution that states no answer)."""
+    if text is None or not str(text).strip():
+        return None
+    s = str(text).strip()
+    return s if _bare_answer(s) else extract_answer(s)
+
+
+_PROSE_WORD = re.compile(r"(?<![\\a-zA-Z])[a-zA-Z]{2,}")  # a word that is not a LaTeX command
+_MID_SENTENCE_END = re.compile(r"\.\s+\S|[。！？!?]\s*\S")  # a sentence ends and another starts
+
+
+def _bare_answer(s: str) -> bool:
+    """True when s is just an answer (nothing to extract), False for a worked solution."""
+    if "####" in s or "\n" in s or len(s) > MAX_SYMPY_CHARS:
+        return False
+    if number(s) is not None or letter(s) is not None:
+        return True
+    if re.search(r"\\(?:boxed|fbox)", s) and not normalize(s).startswith(("\\boxed", "\\fbox")):
+        return False  # "so x = \\boxed{5}": the boxed part is the answer
+    if _ANCHOR_RE.search(s) or _MID_SENTENCE_END.search(s):
+        return False  # "The answer is 7", "3 + 4 = 7. So 7."
+    plain = _UNIT_WRAP.sub(" ", s)  # "5\\text{ apples}": words in \\text{} are units, not prose
+    return len(_PROSE_WORD.findall(plain)) <= 3
 
 
 # ---- canonical values --------------------------------------------------------------------------
@@ -189,7 +233,26 @@ def number(s: str) -> Num | None:
     return Num(value, percent, decimals)
 
 
+_REPEATING = re.compile(r"(-?)(\d*)\.(\d*)\s*\\(?:overline|bar)\s*(?:\{\s*(\d+)\s*\}|(\d))")
+
+
+def _repeating(s: str) -> Fraction | None:
+    """'0.\\overline{3}' -> 1/3, '0.1\\overline{6}' -> 1/6, '-1.\\overline{09}' -> -12/11: the
+    fraction a repeating decimal denotes. (math-verify reads 0.\\overline{3} as 0.)"""
+    m = _REPEATING.fullmatch(s)
+    if not m:
+        return None
+    sign, whole, fixed, cycle = m.group(1), m.group(2) or "0", m.group(3), m.group(4) or m.group(5)
+    # 0.a(b) = (ab - a) / (10^|a| (10^|b| - 1)): 0.1(6) = (16 - 1) / (10 * 9)
+    tail = Fraction(int(fixed + cycle) - int(fixed or "0"), 10 ** len(fixed) * (10 ** len(cycle) - 1))
+    v = int(whole) + tail
+    return -v if sign else v
+
+
 def _plain_number(s: str) -> tuple[Fraction | float, int | None] | None:
+    rep = _repeating(s)
+    if rep is not None:
+        return rep, None  # exact: no rounding leniency on its side
     s = s.replace(" ", "") if re.fullmatch(r"-?\d{1,3}(?: \d{3})+(?:\.\d+)?", s) else s  # 1 234 567
     if re.fullmatch(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?", s):  # thousands separators
         s = s.replace(",", "")
@@ -229,12 +292,16 @@ def _plain_number(s: str) -> tuple[Fraction | float, int | None] | None:
 
 
 def _infinity(s: str) -> float | None:
+    """'\\infty', '∞', 'inf', 'infinity', '+\\infty', '-\\infty', 'negative infinity', 'minus infinity',
+    '无穷大', '负无穷' -> +-inf; else None."""
     m = re.fullmatch(
-        r"([+-]?)\s*(?:\\infty|∞|inf|infinity|infinite|\\inf|(?:正)?无穷(?:大)?|(负)无穷(?:大)?)", s.lower()
+        r"([+-]?)\s*(?:(positive|plus)|(negative|minus))?\s*"
+        r"(?:\\infty|\\infin|∞|inf|infinity|infinite|\\inf|(?:正)?无穷(?:大)?|(负)无穷(?:大)?)",
+        s.lower(),
     )
     if not m:
         return None
-    return float("-inf") if m.group(1) == "-" or m.group(2) else float("inf")
+    return float("-inf") if m.group(1) == "-" or m.group(3) or m.group(4) else float("inf")
 
 
 _EN_UNITS = {
@@ -506,9 +573,14 @@ _LETTER_ONLY = re.compile(
 )
 
 
+_ANSWER_PREFIX = re.compile(r"^(?:the\s+)?(?:final\s+|correct\s+)?answer\s*(?:is\s*)?[:：]?\s*", re.I)
+
+
 def letter(s: str) -> str | None:
-    """'B', '(b)', 'B)', 'B. 5/8', 'option B', '选B' -> 'B'; else None."""
-    m = _LETTER_ONLY.fullmatch(normalize(s).strip().strip("*"))
+    """'B', '(b)', 'B)', 'B. 5/8', '(B) 5', 'option B', '选B', '\\text{(B)}', 'Answer: B' -> 'B'; else None."""
+    t = _UNIT_WRAP.sub(lambda m: m.group(1), normalize(s))  # \\text{(B)} -> (B)
+    t = _ANSWER_PREFIX.sub("", t.strip().strip("*").strip())
+    m = _LETTER_ONLY.fullmatch(t.strip().strip("*").strip())
     return next(g for g in m.groups() if g).upper() if m else None
 
 
@@ -523,8 +595,9 @@ def equivalent(pred: str | None, ref: str | None) -> bool:
     """Whether the predicted answer equals the reference answer (see the module docstring)."""
     if pred is None or ref is None:
         return False
-    pred, ref = str(pred), str(ref)
-    if not pred.strip() or not ref.strip():
+    # a worked solution on either side (a raw GSM8K/MATH reference) compares by the answer it states
+    pred, ref = reference_answer(pred), reference_answer(ref)
+    if pred is None or ref is None:
         return False
     if _squash(pred) == _squash(ref):
         return True

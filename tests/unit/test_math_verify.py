@@ -146,3 +146,103 @@ def test_majority_vote_ties_and_empty():
     none = majority_vote([None, None])
     assert none.answer is None and none.share == 0.0 and none.clusters == []
     assert majority_vote([]).answer is None
+
+
+# ---- references read like candidates, repeating decimals, choice wrappers, infinity (issue 15) ----
+
+GSM8K_SOLUTION = (
+    "Natalia sold 48/2 = <<48/2=24>>24 clips in May.\n"
+    "Natalia sold 48+24 = <<48+24=72>>72 clips altogether in April and May.\n#### 72"
+)
+# a MATH-style worked solution, longer than MAX_SYMPY_CHARS, whose answer sympy must compare
+MATH_SOLUTION = (
+    "We rationalize the denominator step by step. Multiplying the numerator and the denominator of "
+    "$\\frac{1}{\\sqrt{2}}$ by $\\sqrt{2}$ gives $\\frac{\\sqrt{2}}{2}$, and since $\\sqrt{2}^2 = 2$ the "
+    "value does not change, so the answer is $\\boxed{\\frac{\\sqrt{2}}{\\left(\\sqrt{2}\\right)^{2}}}$."
+)
+
+
+def test_a_raw_reference_compares_by_its_final_answer():
+    """Old code: a solution over MAX_SYMPY_CHARS never reached sympy (unequal); `#### 72` was not read."""
+    from alignfactory.verify.math import MAX_SYMPY_CHARS, reference_answer
+
+    assert MAX_SYMPY_CHARS == 200 and len(MATH_SOLUTION) > MAX_SYMPY_CHARS
+    assert (
+        reference_answer(MATH_SOLUTION) == "\\frac{\\sqrt{2}}{\\left(\\sqrt{2}\\right)^{2}}"
+    )  # nested braces
+    assert equivalent("\\frac{1}{\\sqrt{2}}", MATH_SOLUTION)  # by sympy, on the boxed answer
+    assert not equivalent("\\sqrt{2}", MATH_SOLUTION)
+    assert extract_answer(GSM8K_SOLUTION) == "72" and reference_answer(GSM8K_SOLUTION) == "72"
+    long_gsm8k = "First, " + "we count the clips she sold each month, " * 6 + GSM8K_SOLUTION
+    assert len(long_gsm8k) > MAX_SYMPY_CHARS
+    assert equivalent("72", long_gsm8k) and not equivalent("24", long_gsm8k)
+    assert extract_answer("So she has 1,000 in all.\n#### 1,000") == "1,000"
+    # a bare answer is its own reference; a solution that states nothing has none
+    for bare in ("72", "\\frac{3}{4}", "(A)", "negative infinity", "one hundred and five", "x^2 + 2x + 1"):
+        assert reference_answer(bare) == bare
+    assert reference_answer("Work it out from the figure.\nNo numbers given.") is None
+    assert reference_answer("  ") is None and reference_answer(None) is None
+
+
+def test_a_bracketed_remark_after_the_answer_is_not_the_answer():
+    """sft_seed.jsonl's discount solution: old code read 26 from the remark, not the answer 27."""
+    text = "30 x 0.9 = 27. The answer is 27 (a 35% discount would give 26: the second cut applies to less)."
+    assert extract_answer(text) == "27"
+
+
+@pytest.mark.parametrize(
+    ("pred", "ref", "same"),
+    [
+        ("\\frac{1}{3}", "0.\\overline{3}", True),
+        ("1/6", "0.1\\overline{6}", True),
+        ("0.\\overline{3}", "1/3", True),
+        ("0.33", "0.\\overline{3}", True),  # a 2-place rounding of it
+        ("12/11", "1.\\overline{09}", True),
+        ("-1/3", "-0.\\overline{3}", True),
+        ("0", "0.\\overline{3}", False),  # math-verify alone reads 0.\overline{3} as 0
+        ("0.3", "0.\\overline{3}", False),
+    ],
+)
+def test_repeating_decimals_are_the_fraction_they_denote(pred, ref, same):
+    assert equivalent(pred, ref) is same
+
+
+@pytest.mark.parametrize(
+    ("pred", "ref", "same"),
+    [
+        ("\\text{(A)}", "A", True),
+        ("A", "\\text{(A)}", True),
+        ("\\textbf{(C)}", "(C)", True),
+        ("(A)", "A", True),
+        ("A.", "A", True),
+        ("(A) 5", "A", True),
+        ("Answer: A", "A", True),
+        ("A", "Answer: A", True),
+        ("the answer is (D)", "D", True),
+        ("\\text{(B)}", "A", False),
+        ("Answer: B", "\\text{(A)}", False),
+        ("5", "(A) 5", False),  # the letter is the answer, not the value printed next to it
+    ],
+)
+def test_answer_choice_wrappers_are_the_letter(pred, ref, same):
+    assert equivalent(pred, ref) is same
+
+
+@pytest.mark.parametrize(
+    ("pred", "ref", "same"),
+    [
+        ("\\infty", "∞", True),
+        ("infinity", "\\infty", True),
+        ("+\\infty", "\\infty", True),
+        ("positive infinity", "+∞", True),
+        ("-\\infty", "negative infinity", True),
+        ("-∞", "minus infinity", True),
+        ("negative infinity", "-inf", True),
+        ("(negative infinity, 3]", "(-\\infty, 3]", True),
+        ("\\infty", "negative infinity", False),
+        ("+\\infty", "-\\infty", False),
+        ("1000000", "\\infty", False),
+    ],
+)
+def test_infinity_spellings(pred, ref, same):
+    assert equivalent(pred, ref) is same
