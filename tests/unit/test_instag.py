@@ -106,6 +106,7 @@ def test_prompt_language_examples_and_tags_in_meta():
             f'Tag the intentions of this user query: what it asks for, its topic, task type and constraints. Reply with a JSON list of {{"tag", "explanation"}} objects, short tags, one short explanation each.\n\nQuery: {EN}': '[{"tag": "email writing", "explanation": "an email"}]'
         },
         rule=lambda conv, k, seed: '```json\n[{"tag": "旅行规划", "explanation": "行程"}]\n```',
+        constrains=False,  # free text: the fenced reply is parsed by parse_tags
     )
     out = stage(engine)([row(EN, 1), row(ZH, 2)])
     assert [r["reject"] for r in out] == [None, None]
@@ -114,7 +115,10 @@ def test_prompt_language_examples_and_tags_in_meta():
         "tags": [{"tag": "旅行规划", "explanation": "行程"}],
         "language": "zh",
         "parse": "json",
+        "path": "free_text: scripted engine set to not constrain",
+        "finish_reason": "stop",
         "attempts": 1,
+        "retried": False,
         "raw": None,
     }
     (call,) = engine.calls
@@ -130,7 +134,8 @@ def test_prompt_language_examples_and_tags_in_meta():
 def test_retries_use_new_seeds_then_reject_with_the_raw_text():
     replies = iter(["no idea", '[{"tag": "email writing", "explanation": "x"}]'])
     engine = ScriptedEngine(
-        rule=lambda conv, k, seed: "I cannot tag this." if ZH in conv[-1]["content"] else next(replies)
+        rule=lambda conv, k, seed: "I cannot tag this." if ZH in conv[-1]["content"] else next(replies),
+        constrains=False,
     )
     out = stage(engine, retries=2)([row(EN, 1), row(ZH, 2)])
     assert out[0]["reject"] is None and out[0]["meta"]["instag"]["attempts"] == 2

@@ -3,17 +3,28 @@ Tagging for Analyzing Supervised Fine-tuning of Large Language Models", arXiv:23
 
 The model sees the user turn(s) and replies with a JSON list of {"tag", "explanation"}. The prompt is
 rubrics/instag/{en,zh}.jinja, picked by the instruction's language, after a few worked examples
-(rubrics/instag/examples_{en,zh}.jsonl) given as earlier chat turns. Small models rarely reply in clean
-JSON, so parse_tags() tries, in order: the text as is (fenced blocks first), then with Chinese and
-full-width punctuation mapped to ASCII, Python-literal syntax (single quotes), a list cut off by
-max_tokens closed after its last complete object, and finally "tag": "..." pairs picked out of
-whatever surrounds them. A reply with no tags, or one that repeats an example's tags verbatim, is
+(rubrics/instag/examples_{en,zh}.jsonl) given as earlier chat turns.
+
+The shape is asked for as a structured output (tag_schema: 1..schema_max_items objects, tag at most
+max_tag_chars, explanation at most explanation_chars characters, so a 135M model ends the list inside
+its budget). An engine that enforced it returns JSON: parse "structured", read strictly. One that
+could not (Completion.constrained False) returns free text, and parse_tags() tries, in order: the
+text as is (fenced blocks first), then with Chinese and full-width punctuation mapped to ASCII,
+Python-literal syntax (single quotes), a list left open closed after its last complete object, and
+finally "tag": "..." pairs picked out of whatever surrounds them; meta.instag.path says which
+("structured" | "free_text: <why the engine did not constrain>").
+
+A reply that did not end by itself (finish reason not "stop", after the on_truncated retry at twice the
+budget) is a cut list: recorded as parse "truncated" and rejected, whatever parses out of it; so is a
+free-text list left open. A reply with no tags, or one that repeats an example's tags verbatim, is
 retried with another seed (what="retry<k>"); after `retries` more tries the row is rejected with the
 last raw text.
 
     row out: meta.instag = {"tags": [{"tag", "explanation"}, ...], "language": "en"|"zh",
-                            "parse": "json"|"punctuation"|"truncated"|"salvaged", "attempts": k, "raw": text}
-    rejects: unparseable: <why> after <k> attempts   (raw = the last reply; meta.instag.raws = every reply)
+                            "parse": "structured"|"json"|"punctuation"|"salvaged", "path": ...,
+                            "finish_reason": "stop", "attempts": k, "raw": text}
+    rejects: truncated: finish_reason 'length' | truncated: list left open   (raw = the cut reply)
+             unparseable: <why> after <k> attempts   (raw = the last reply; meta.instag.raws = every reply)
 """
 
 from __future__ import annotations
@@ -25,10 +36,11 @@ import unicodedata
 from dataclasses import replace
 from pathlib import Path
 
-from pydantic import BaseModel, Field
+from pydantic import Field
 
-from alignfactory.stages.assemble.filter import language
-from alignfactory.stages.base import RUBRICS, LLMStage, render
+from alignfactory.llm.base import Constraint
+from alignfactory.stages.assemble.filter import incomplete_reason, language
+from alignfactory.stages.base import RUBRICS, LLMParams, LLMStage, render
 
 FENCED = re.compile(r"```[ \t]*[\w-]*[^\n]*\n(.*?)(?:```|\Z)", re.S)  # an unclosed last fence counts
 # Chinese punctuation NFKC leaves alone; full-width ASCII forms (［］｛｝：，＂) go through NFKC.
@@ -69,6 +81,13 @@ def parse_tags(text: str, max_tags: int = 12, max_chars: int = 60) -> tuple[list
     if tags:
         return tags, "salvaged"
     raise TagParseError("no JSON list of tags" if "[" not in fixed else "no tag in the JSON")
+
+
+def left_open(text: str) -> bool:
+    """True when the reply opens a list it never closes: what is read from it may miss its end."""
+    fixed = ascii_punctuation(text)
+    start = fixed.find("[")
+    return start >= 0 and fixed.rfind("]") < start
 
 
 def _load(text: str):
@@ -136,6 +155,32 @@ def _clean(items: list[tuple], max_tags: int, max_chars: int) -> list[dict]:
     return out[:max_tags]
 
 
+def tag_schema(max_items: int, tag_chars: int, explanation_chars: int) -> dict:
+    """JSON schema of a tag list: [{"tag", "explanation"}], 1..max_items objects, bounded strings."""
+    item = {
+        "type": "object",
+        "properties": {
+            "tag": {"type": "string", "minLength": 1, "maxLength": tag_chars},
+            "explanation": {"type": "string", "maxLength": explanation_chars},
+        },
+        "required": ["tag", "explanation"],
+        "additionalProperties": False,
+    }
+    return {"type": "array", "items": item, "minItems": 1, "maxItems": max_items}
+
+
+def parse_structured(text: str, max_tags: int, max_chars: int) -> list[dict]:
+    """A constrained reply: strict JSON in the schema's shape (a {"tags": [...]} wrapper is read too)."""
+    try:
+        value = json.loads(text)
+    except ValueError as e:
+        raise TagParseError(f"constrained reply is not JSON ({e})") from None
+    tags = _clean(_items(value), max_tags, max_chars)
+    if not tags:
+        raise TagParseError("no tag in the JSON")
+    return tags
+
+
 def _read_examples(path: Path, lang: str) -> list[dict]:
     """Worked examples, one {"query", "tags": [{"tag", "explanation"}]} per line; errors name file:line."""
     if not path.is_file():
@@ -154,7 +199,7 @@ def _read_examples(path: Path, lang: str) -> list[dict]:
 
 
 class InsTag(LLMStage):
-    class Params(BaseModel, extra="forbid"):
+    class Params(LLMParams):
         templates: dict[str, str] = {"en": "instag/en.jinja", "zh": "instag/zh.jinja"}
         examples: dict[str, str] = {"en": "instag/examples_en.jsonl", "zh": "instag/examples_zh.jsonl"}
         retries: int = Field(2, ge=0)  # extra tries (new seed each) for a reply with no tags
@@ -162,6 +207,9 @@ class InsTag(LLMStage):
         temperature: float | None = Field(0.2, ge=0)  # low: the JSON shape matters more than variety
         max_tags: int = Field(12, ge=1)
         max_tag_chars: int = Field(60, ge=1)
+        # the structured output's bounds: the worked examples have 2-3 tags, explanations under 25 chars
+        schema_max_items: int = Field(4, ge=1)
+        explanation_chars: int = Field(40, ge=1)
 
     requires = {"messages": "a conversation with at least one user turn"}
     adds = ("meta.instag",)
@@ -178,12 +226,22 @@ class InsTag(LLMStage):
         self.sampling = replace(
             ctx.sampling,
             n=1,
+            constraint=self.constraint(p),
             **{
                 k: v
                 for k, v in {"max_tokens": p.max_tokens, "temperature": p.temperature}.items()
                 if v is not None
             },
         )
+
+    @staticmethod
+    def constraint(params) -> Constraint:
+        items = min(params.schema_max_items, params.max_tags)
+        return Constraint.json(tag_schema(items, params.max_tag_chars, params.explanation_chars))
+
+    @classmethod
+    def output_constraints(cls, params) -> list[Constraint]:
+        return [cls.constraint(params)]
 
     @classmethod
     def template_files(cls, params) -> list[Path]:
@@ -204,8 +262,13 @@ class InsTag(LLMStage):
         msgs.append({"role": "user", "content": render(template, query=query).strip()})
         return msgs, lang
 
-    def parse(self, text: str) -> tuple[list[dict], str]:
-        tags, how = parse_tags(text, self.params.max_tags, self.params.max_tag_chars)
+    def parse(self, text: str, structured: bool = False) -> tuple[list[dict], str]:
+        p = self.params
+        if structured:
+            tags, how = parse_structured(text, p.max_tags, p.max_tag_chars), "structured"
+        else:
+            tags, how = parse_tags(text, p.max_tags, p.max_tag_chars)
+            how = "truncated" if left_open(text) else how
         if frozenset(t["tag"].casefold() for t in tags) in self.shot_sets:
             raise TagParseError("copied an example's tags")
         return tags, how
@@ -224,14 +287,25 @@ class InsTag(LLMStage):
             for i, out in zip(pending, outs, strict=True):
                 text = out.texts[0]
                 raws[i].append(text)
+                path = "structured" if out.constrained else f"free_text: {out.unconstrained_why}"
+                meta = {"language": built[i][1], "path": path, "finish_reason": out.finish_reason(0)}
+                meta |= {"attempts": attempt + 1, "retried": bool(out.retried)}
+                cut = incomplete_reason(out.finish_reason(0))
+                if cut:  # a cut list is never a tag list, whatever parses out of it
+                    self.meta(rows[i]).update(meta | {"parse": "truncated", "raws": raws[i]})
+                    self.reject(rows[i], cut, raw=text)
+                    continue
                 try:
-                    tags, how = self.parse(text)
+                    tags, how = self.parse(text, structured=out.constrained)
                 except TagParseError as e:
                     errors[i] = str(e)
                     still.append(i)
                     continue
-                meta = {"tags": tags, "language": built[i][1], "parse": how, "attempts": attempt + 1}
-                self.meta(rows[i]).update(meta | {"raw": text})
+                if how == "truncated":  # free text that stopped with its list still open
+                    self.meta(rows[i]).update(meta | {"parse": "truncated", "raws": raws[i]})
+                    self.reject(rows[i], "truncated: list left open", raw=text)
+                    continue
+                self.meta(rows[i]).update(meta | {"tags": tags, "parse": how, "raw": text})
             pending = still
             if not pending:
                 break

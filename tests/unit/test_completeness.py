@@ -1,0 +1,152 @@
+"""Completeness (issue 15 item 1): a text that did not end by itself never becomes training data or a
+decision. Each test names the defect it catches on the code before this change."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from alignfactory import records
+from alignfactory.stages.assemble.filter import Filter
+from alignfactory.stages.base import StageContext
+from alignfactory.stages.curate.instag import InsTag
+from tests.unit.scripted import ScriptedEngine
+
+EN_Q = "Write a polite email asking my landlord to fix the kitchen faucet."
+EN_A = "Dear Mr. Smith, I hope you are well. The kitchen faucet has been dripping since Monday."
+TAGS = '[{"tag": "email writing", "explanation": "an email"}]'
+CUT_TAGS = (
+    '[{"tag": "python", "explanation": "code"}, {"tag": "recursion", "explanation": "fib"}, {"tag": "fibon'
+)
+
+
+def row(instr: str, answer: str | None = None, reason: str | None = "input", line: int = 1) -> dict:
+    msgs = [{"role": "user", "content": instr}]
+    if answer is not None:
+        msgs.append(records.assistant(answer, reason))
+    return records.new_row(msgs, {"file": "seeds.jsonl", "line": line})
+
+
+def reasons(rows: list[dict]) -> list[str | None]:
+    return [r["reject"]["reason"] if r["reject"] else None for r in rows]
+
+
+# ---- filter -------------------------------------------------------------------------------------
+
+
+def make_filter(**params) -> Filter:
+    return Filter(Filter.Params(**params), StageContext("filter", 3))
+
+
+def test_filter_reads_the_reason_of_the_text_that_is_there_not_meta_generate():
+    # old code: read meta.generate.finish_reason ("stop") after a later stage put a cut text in place
+    r = row(EN_Q, EN_A, reason="length")
+    r["meta"]["generate"] = {"finish_reason": "stop"}
+    (out,) = make_filter()([r])
+    assert out["reject"] == {"stage": "filter", "reason": "truncated: finish_reason 'length'"}
+
+
+def test_filter_keeps_a_whole_text_even_when_meta_generate_says_length():
+    # the replaced text (a reference solution, a revision) ended by itself: its own reason decides
+    r = row(EN_Q, EN_A, reason="stop")
+    r["meta"]["generate"] = {"finish_reason": "length"}
+    assert make_filter()([r])[0]["reject"] is None
+
+
+@pytest.mark.parametrize("reason", [None, "abort", "content_filter"])
+def test_filter_missing_or_unknown_reason_is_incomplete(reason):
+    # old code: only "length" (and only with drop_truncated) was caught; a missing reason passed
+    (out,) = make_filter()([row(EN_Q, EN_A, reason=reason)])
+    assert out["reject"]["reason"] == f"incomplete: finish_reason {reason!r}"
+
+
+def test_filter_message_without_finish_reason_key_is_incomplete():
+    r = row(EN_Q, EN_A)
+    del r["messages"][-1]["finish_reason"]
+    assert make_filter()([r])[0]["reject"]["reason"] == "incomplete: finish_reason None"
+
+
+def test_filter_input_turns_pass():
+    assert make_filter()([row(EN_Q, EN_A, reason="input")])[0]["reject"] is None
+
+
+# ---- instag -------------------------------------------------------------------------------------
+
+
+def instag(engine, **params) -> InsTag:
+    return InsTag(InsTag.Params(**params), StageContext("instag", 2, seed=7), engine=engine)
+
+
+@pytest.mark.parametrize("constrains", [True, False])
+def test_instag_cut_list_is_truncated_and_rejected_after_one_retry(constrains):
+    # old code: the cut list parsed as "json" (two of three objects) and the row was kept
+    engine = ScriptedEngine(rule=lambda conv, k, seed: CUT_TAGS, truncated={"x"}, constrains=constrains)
+    engine.truncated = {engine_prompt(engine)}
+    (out,) = instag(engine, max_tokens=48)([row("x", None)])
+    assert out["reject"] == {
+        "stage": "instag",
+        "reason": "truncated: finish_reason 'length'",
+        "raw": CUT_TAGS,
+    }
+    meta = out["meta"]["instag"]
+    assert meta["parse"] == "truncated" and "tags" not in meta and meta["retried"] is True
+    assert engine.max_tokens_seen == [48, 96]  # one retry at twice the budget, then no more seeds
+
+
+def engine_prompt(engine) -> str:
+    """The rendered last user turn instag sends for the query "x" (what ScriptedEngine keys on)."""
+    probe = instag(ScriptedEngine(rule=lambda conv, k, seed: TAGS))
+    return probe.build_messages(row("x"))[0][-1]["content"]
+
+
+def test_instag_on_truncated_reject_does_not_retry():
+    engine = ScriptedEngine(rule=lambda conv, k, seed: CUT_TAGS)
+    engine.truncated = {engine_prompt(engine)}
+    (out,) = instag(engine, on_truncated="reject", max_tokens=48)([row("x")])
+    assert out["reject"]["reason"] == "truncated: finish_reason 'length'"
+    assert engine.max_tokens_seen == [48]
+
+
+def test_instag_cut_once_then_whole_is_kept_from_the_retry():
+    engine = ScriptedEngine(rule=lambda conv, k, seed: TAGS)
+    engine.truncated_once = {engine_prompt(engine)}
+    (out,) = instag(engine, max_tokens=48)([row("x")])
+    meta = out["meta"]["instag"]
+    assert out["reject"] is None and meta["parse"] == "structured" and meta["path"] == "structured"
+    assert meta["finish_reason"] == "stop" and meta["retried"] is True
+    assert meta["tags"] == [{"tag": "email writing", "explanation": "an email"}]
+
+
+def test_instag_free_text_list_left_open_is_truncated_even_when_the_model_stopped():
+    open_list = '[{"tag": "python", "explanation": "code"}, {"tag": "recursion"'
+    engine = ScriptedEngine(rule=lambda conv, k, seed: open_list, constrains=False)
+    (out,) = instag(engine)([row("x")])
+    assert out["reject"]["reason"] == "truncated: list left open"
+    assert out["meta"]["instag"]["path"] == "free_text: scripted engine set to not constrain"
+
+
+def test_instag_asks_for_the_tag_list_schema_and_names_it_as_its_output_constraint():
+    engine = ScriptedEngine(rule=lambda conv, k, seed: TAGS)
+    stage = instag(engine)
+    stage([row("x")])
+    constraint = engine.calls[0]["sampling"].constraint
+    assert constraint is not None and constraint.kind == "json"
+    schema = constraint.schema
+    assert schema["type"] == "array" and schema["maxItems"] == 4 and schema["minItems"] == 1
+    item = schema["items"]
+    assert item["required"] == ["tag", "explanation"]
+    assert item["properties"]["explanation"]["maxLength"] == 40
+    assert InsTag.output_constraints(stage.params) == [constraint]
+
+
+def test_instag_structured_reply_that_is_not_json_is_unparseable_not_salvaged():
+    engine = ScriptedEngine(rule=lambda conv, k, seed: 'tags: "tag": "email"')
+    (out,) = instag(engine, retries=0)([row("x")])
+    assert out["reject"]["reason"].startswith("unparseable: constrained reply is not JSON")
+
+
+def test_instag_rows_are_json_serialisable():
+    engine = ScriptedEngine(rule=lambda conv, k, seed: TAGS)
+    out = instag(engine)([row("x")])
+    assert json.loads(json.dumps(out)) == out
