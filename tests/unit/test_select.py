@@ -7,7 +7,7 @@ import pytest
 
 from alignfactory import records
 from alignfactory.stages.base import StageContext
-from alignfactory.stages.curate.select import Select, judge_score
+from alignfactory.stages.curate.select import RATING, Select, judge_score
 from tests.unit.scripted import ScriptedEngine, last_user
 
 TAGS = [["a"], ["a", "b", "c"], ["b", "d"], ["e"], ["a", "b"], []]
@@ -98,13 +98,16 @@ def test_semantic_richness_picks_the_farthest_from_the_chosen():
 
 
 def test_llm_completeness_judge_scores_and_raw_text():
+    # free text (an engine that cannot constrain): the reader, and the parse path recorded
     replies = {
         "instruction 0": "7",
         "instruction 1": "Score: 9/10",
         "instruction 2": "I cannot rate that.",
         "instruction 3": "3",
     }
-    engine = ScriptedEngine(rule=lambda conv, k, seed: replies[last_user(conv).rsplit(": ", 1)[-1]])
+    engine = ScriptedEngine(
+        rule=lambda conv, k, seed: replies[last_user(conv).rsplit(": ", 1)[-1]], constrains=False
+    )
     rows = rows_of([["x"]] * 4)
     out = select(
         engine=engine,
@@ -115,9 +118,12 @@ def test_llm_completeness_judge_scores_and_raw_text():
     assert kept_lines(out) == [0, 1]
     meta = {r["source"]["line"]: r["meta"]["select"] for r in out}
     assert meta[1]["rank"] == 0 and meta[1]["scores"]["completeness"] == 0.9
-    assert meta[2]["scores"]["completeness"] == 0.5  # no number: neutral
+    assert meta[2]["scores"]["completeness"] == 0.0  # no number: no rating, below every rating
     assert meta[2]["raw"] == {"completeness": "I cannot rate that."}
+    assert meta[2]["unrated"] == {"completeness": "unparseable"} and "unrated" not in meta[1]
+    assert meta[1]["parse"] == {"completeness": "free_text: scripted engine set to not constrain"}
     assert len(engine.calls) == 1 and engine.calls[0]["sampling"].max_tokens == 8
+    assert engine.calls[0]["sampling"].constraint == RATING  # asked for the shape all the same
     assert "Instruction: instruction 3" in engine.calls[0]["conversations"][3][0]["content"]
 
 
@@ -142,6 +148,9 @@ def test_llm_difficulty_is_averaged_into_complexity():
         ("1.5", None),
         ("none", None),
         ("12", None),
+        ("Score: 7.", 0.7),
+        ("On a scale of 1 to 10, I'd say 7", None),  # several numbers: not read as the first (1)
+        ("8/10, maybe 9/10", None),
     ],
 )
 def test_judge_score(text, score):
@@ -161,3 +170,131 @@ def test_shards_give_the_same_selection_as_one_list():
 def test_all_weights_zero_is_an_error():
     with pytest.raises(ValueError, match="at least one weight"):
         select(weights={"diversity": 0, "complexity": 0})
+
+
+def completeness_only(engine, budget=2, **params) -> Select:
+    weights = {"diversity": 0, "complexity": 0, "completeness": 1}
+    return select(engine=engine, budget=budget, complexity_first=False, weights=weights, **params)
+
+
+def test_llm_ratings_ask_for_their_shape_and_read_it_strictly():
+    # constrained: the reply must be one of "1".."10"; anything else from a constraining engine is no rating
+    replies = {
+        "instruction 0": "4",
+        "instruction 1": "9",
+        "instruction 2": "Score: 9/10",
+        "instruction 3": "2",
+    }
+    engine = ScriptedEngine(rule=lambda conv, k, seed: replies[last_user(conv).rsplit(": ", 1)[-1]])
+    stage = completeness_only(engine)
+    out = stage(rows_of([["x"]] * 4))
+    assert Select.output_constraints(stage.params) == [RATING] == [engine.calls[0]["sampling"].constraint]
+    assert RATING.kind == "choice" and RATING.choices == tuple(str(i) for i in range(1, 11))
+    assert Select.output_constraints(Select.Params()) == []  # no LLM rating, no constraint
+    assert kept_lines(out) == [0, 1]
+    meta = {r["source"]["line"]: r["meta"]["select"] for r in out}
+    assert meta[1]["parse"] == {"completeness": "structured"} and meta[1]["scores"]["completeness"] == 0.9
+    assert meta[2]["unrated"] == {"completeness": "unparseable"} and meta[2]["scores"]["completeness"] == 0.0
+
+
+def test_an_unreadable_or_cut_rating_never_counts_as_a_good_score():
+    # Fails on the old code: a reply with no number counted 0.5 and beat a readable 3; a cut reply's
+    # partial "Score: 9" counted 0.9. Now both count 0, and the cut one was asked again at 2x budget.
+    replies = {
+        "instruction 0": "3",
+        "instruction 1": "no idea",
+        "instruction 2": "Score: 9",
+        "instruction 3": "2",
+    }
+    cut = {render_prompt("instruction 2")}
+    engine = ScriptedEngine(
+        rule=lambda conv, k, seed: replies[last_user(conv).rsplit(": ", 1)[-1]],
+        truncated=cut,
+        constrains=False,
+    )
+    out = completeness_only(engine)(rows_of([["x"]] * 4))
+    assert kept_lines(out) == [0, 3]  # the two readable ratings, 3 and 2, over "no idea" and the cut one
+    meta = {r["source"]["line"]: r["meta"]["select"] for r in out}
+    assert meta[1]["scores"]["completeness"] == 0.0 and meta[1]["unrated"] == {"completeness": "unparseable"}
+    assert meta[2]["scores"]["completeness"] == 0.0
+    assert meta[2]["unrated"] == {"completeness": "truncated: finish_reason 'length'"}
+    assert meta[2]["parse"]["completeness"].endswith("(retried at 2x max_tokens)")
+    assert [c["sampling"].max_tokens for c in engine.calls] == [8, 16]  # one retry, cut ones only
+    assert len(engine.calls[1]["conversations"]) == 1
+    stage = completeness_only(ScriptedEngine(rule=engine.rule, truncated=cut, constrains=False))
+    plan = stage.combine([stage.summarize(rows_of([["x"]] * 4), 0)])
+    assert plan["unrated"] == {"completeness": 2}  # counted
+
+
+def test_a_rating_cut_once_is_read_from_its_retry():
+    replies = {"instruction 0": "3", "instruction 1": "9"}
+    engine = ScriptedEngine(
+        rule=lambda conv, k, seed: replies[last_user(conv).rsplit(": ", 1)[-1]],
+        truncated_once={render_prompt("instruction 1")},
+    )
+    out = completeness_only(engine, budget=1)(rows_of([["x"]] * 2))
+    assert kept_lines(out) == [1] and out[1]["meta"]["select"]["scores"]["completeness"] == 0.9
+    out = completeness_only(
+        ScriptedEngine(rule=engine.rule, truncated_once=engine.truncated_once),
+        budget=1,
+        on_truncated="reject",
+    )(rows_of([["x"]] * 2))
+    assert kept_lines(out) == [0]  # no retry: the cut rating is no rating
+
+
+def render_prompt(instruction: str) -> str:
+    from alignfactory.stages.base import render
+
+    return render("select/completeness.jinja", instruction=instruction).strip()
+
+
+# ---- multi-turn rows: rated and embedded by every user turn ----------------------------------------
+
+
+def multi_turn(name_tags: dict[str, list[str]]) -> list[dict]:
+    from tests.unit.test_dedup import multi_turn_rows
+
+    rows = multi_turn_rows()
+    out = []
+    for name, tags in name_tags.items():
+        r = rows[name]
+        r["meta"]["tag_normalize"] = {"tags": tags}
+        out.append(r)
+    return out
+
+
+class BagOfWords:
+    """A deterministic embedder: word counts hashed into 64 dims, L2-normalized; records its inputs."""
+
+    def __init__(self):
+        self.seen: list[str] = []
+
+    def encode(self, texts):
+        self.seen += texts
+        v = np.zeros((len(texts), 64), dtype=np.float32)
+        for i, t in enumerate(texts):
+            for w in t.lower().split():
+                v[i, sum(map(ord, w)) % 64] += 1
+        return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def test_multi_turn_rows_are_embedded_and_rated_by_all_their_user_turns():
+    # Fails on the old code: both conversations ending in "thanks" were embedded as "thanks"
+    # (richness 0 for the second) and rated as "thanks".
+    rows = multi_turn({"bloom_thanks": ["x"], "limerick_thanks": ["x"], "hamlet_continue": ["x"]})
+    emb = BagOfWords()
+    engine = ScriptedEngine(rule=lambda conv, k, seed: "5")
+    weights = {"diversity": 0, "complexity": 0, "richness": 1, "completeness": 0.001}
+    out = select(engine=engine, embedder=emb, budget=3, complexity_first=False, weights=weights)(rows)
+    assert emb.seen[0] == ("Explain how a bloom filter works and when it gives false positives.\n\nthanks")
+    prompts = [c[0]["content"] for c in engine.calls[0]["conversations"]]
+    assert "Explain how a bloom filter works" in prompts[0] and prompts[0].rstrip().endswith("thanks")
+    assert "limerick" in prompts[1]
+    meta = {r["source"]["file"]: r["meta"]["select"] for r in out}
+    assert meta["limerick_thanks"]["scores"]["richness"] > 0.5  # not a copy of bloom_thanks
+
+
+def test_a_single_turn_row_is_embedded_as_its_instruction():
+    emb = BagOfWords()
+    select(embedder=emb, budget=1, weights={"richness": 1})(rows_of([["x"]] * 2))
+    assert emb.seen == ["instruction 0", "instruction 1"]
