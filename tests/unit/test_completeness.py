@@ -11,6 +11,7 @@ from alignfactory import records
 from alignfactory.stages.assemble.filter import Filter
 from alignfactory.stages.base import StageContext
 from alignfactory.stages.curate.instag import InsTag
+from alignfactory.stages.synthesize.repurpose import Repurpose
 from tests.unit.scripted import ScriptedEngine
 
 EN_Q = "Write a polite email asking my landlord to fix the kitchen faucet."
@@ -26,6 +27,16 @@ def row(instr: str, answer: str | None = None, reason: str | None = "input", lin
     if answer is not None:
         msgs.append(records.assistant(answer, reason))
     return records.new_row(msgs, {"file": "seeds.jsonl", "line": line})
+
+
+class AlwaysCut(ScriptedEngine):
+    """Every sample, the retry's too, stops at max_tokens (whatever the prompt)."""
+
+    def chat(self, conversations, sampling, seeds=None):
+        outs = super().chat(conversations, sampling, seeds)
+        for o in outs:
+            o.finish_reasons = ["length"] * len(o.texts)
+        return outs
 
 
 def reasons(rows: list[dict]) -> list[str | None]:
@@ -150,3 +161,53 @@ def test_instag_rows_are_json_serialisable():
     engine = ScriptedEngine(rule=lambda conv, k, seed: TAGS)
     out = instag(engine)([row("x")])
     assert json.loads(json.dumps(out)) == out
+
+
+# ---- repurpose ----------------------------------------------------------------------------------
+
+DIALOGUE = "User: Can you fix it?\nCharacter: Engines I can fix. Sit down and"
+
+
+def repurpose(engine, **params) -> Repurpose:
+    return Repurpose(Repurpose.Params(**params), StageContext("repurpose", 1), engine=engine)
+
+
+def source(text: str, kind: str) -> dict:
+    r = row(text)
+    r["seed"] = {"source_kind": kind}
+    return r
+
+
+def test_repurpose_cut_dialogue_is_rejected_not_a_roleplay_row():
+    # old code: the cut reply parsed into turns and its cut last character turn became an SFT target
+    engine = AlwaysCut(rule=lambda conv, k, seed: DIALOGUE)
+    (out,) = repurpose(engine, max_tokens=32)([source("Mara is a blunt retired pilot.", "profile")])
+    assert out["reject"]["reason"] == "truncated: dialogue finish_reason 'length'"
+    assert out["reject"]["raw"] == DIALOGUE
+    assert engine.max_tokens_seen == [32, 64]  # one on_truncated retry at twice the budget
+
+
+def test_repurpose_roleplay_turns_and_source_text_carry_their_finish_reasons():
+    def rule(conv, k, seed):
+        if "role-play" in conv[-1]["content"]:
+            return "User: Hi\nCharacter: Hm.\nUser: Fix it.\nCharacter: Fine."
+        return "Instruction: Tell a fox fable."
+
+    engine = ScriptedEngine(rule=rule)
+    fable, profile = (
+        source("The fox called the grapes sour.", "literary"),
+        source("Mara, a pilot.", "profile"),
+    )
+    out = repurpose(engine, levels=["brief"])([fable, profile])
+    assert [m.get("finish_reason") for m in out[0]["messages"]] == [None, "input"]
+    assert [m.get("finish_reason") for m in out[1]["messages"] if m["role"] == "assistant"] == [
+        "stop",
+        "stop",
+    ]
+    assert all(records.response_complete(r) for r in out)
+
+
+def test_repurpose_cut_instruction_is_not_used_and_the_reason_says_truncated():
+    engine = AlwaysCut(rule=lambda conv, k, seed: "Instruction: Tell a fox fable about")
+    (out,) = repurpose(engine, levels=["brief"])([source("The fox called the grapes sour.", "document")])
+    assert out["reject"]["reason"] == "truncated: brief instruction finish_reason 'length'"

@@ -341,7 +341,7 @@ def test_repurpose_levels_and_roleplay():
     assert [r["messages"] for r in out[:1]] == [
         [
             {"role": "user", "content": "Tell a fox fable."},
-            {"role": "assistant", "content": "The fox could not reach the grapes and called them sour."},
+            records.assistant("The fox could not reach the grapes and called them sour.", "input"),
         ]
     ]
     assert (
@@ -354,7 +354,7 @@ def test_repurpose_levels_and_roleplay():
     )
     assert out[1]["messages"][1:] == [
         {"role": "user", "content": "Can you fix it?"},
-        {"role": "assistant", "content": "Engines I can fix. Sit."},
+        records.assistant("Engines I can fix. Sit.", "stop"),
     ]
     assert out[2]["reject"]["reason"] == "unparseable_instruction" and out[2]["id"] == nothing["id"]
     assert all(

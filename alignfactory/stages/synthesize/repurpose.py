@@ -10,8 +10,16 @@ kept in row["seed"]: source_kind ("document" | "literary" | "profile"), title, l
         "User: ... / Character: ..." lines become alternating turns under a system prompt made from
         the profile (roleplay_system.<lang>.jinja). One child row, ending with the character's turn.
 
-    meta.repurpose = {kind, level | turns, raw}, lineage parent = the source row.
-    rejects: unparseable_instruction | unparseable_dialogue (raw kept) | all levels failed
+    meta.repurpose = {kind, level | turns, raw, finish_reason, failed_raw, failed_why},
+    lineage parent = the source row.
+    rejects (every level failed; raw kept, the failed replies joined by ---):
+        truncated: <what> finish_reason 'length' | incomplete: ... (every failure was a reply that did
+        not end by itself) | unparseable_instruction | unparseable_dialogue
+
+Completeness: a written instruction or dialogue that did not end by itself (after the on_truncated
+retry at twice the budget) is never used: a cut dialogue's last character turn would be cut too. The
+assistant turns carry their finish reason: "input" for a source text put back verbatim, the
+dialogue's own ("stop") for role-play turns.
 """
 
 from __future__ import annotations
@@ -19,11 +27,11 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from alignfactory import records
-from alignfactory.stages.assemble.filter import language
-from alignfactory.stages.base import RUBRICS, LLMStage, render
+from alignfactory.stages.assemble.filter import incomplete_reason, language
+from alignfactory.stages.base import RUBRICS, LLMParams, LLMStage, render
 from alignfactory.stages.synthesize.constitution import clean_reply
 from alignfactory.stages.verify.code_utils import sampling_with
 
@@ -83,8 +91,14 @@ def parse_dialogue(text: str) -> list[dict] | None:
     return turns
 
 
+def labelled(cut: str, what: str) -> str:
+    """'truncated: finish_reason ...' -> 'truncated: <what> finish_reason ...'."""
+    kind, rest = cut.split(": ", 1)
+    return f"{kind}: {what} {rest}"
+
+
 class Repurpose(LLMStage):
-    class Params(BaseModel, extra="forbid"):
+    class Params(LLMParams):
         levels: list[Literal["brief", "moderate", "detailed"]] = Field(["brief", "detailed"], min_length=1)
         default_kind: Literal["document", "literary", "profile"] = "document"  # when the seed line has none
         turns: int = Field(3, ge=1)  # role-play exchanges asked for
@@ -119,41 +133,60 @@ class Repurpose(LLMStage):
         texts_rows = [(r, s) for r, s in zip(rows, srcs, strict=True) if s["kind"] != "profile"]
         profiles = [(r, s) for r, s in zip(rows, srcs, strict=True) if s["kind"] == "profile"]
         made: dict[int, list[dict]] = {id(r): [] for r in rows}
-        failed: dict[int, list[str]] = {id(r): [] for r in rows}
+        failed: dict[int, list[tuple[str, str]]] = {id(r): [] for r in rows}  # (why, raw) per failure
         for level in self.params.levels:
             convs = [self.instruction_prompt(s, level) for _, s in texts_rows]
             outs = self.complete(convs, [r for r, _ in texts_rows], sampling, what=level) if convs else []
             for (r, s), out in zip(texts_rows, outs, strict=True):
                 raw = out.texts[0]
-                instr = parse_instruction(raw, s["text"])
+                cut = incomplete_reason(out.finish_reason(0))
+                instr = None if cut else parse_instruction(raw, s["text"])
                 if instr is None:
-                    failed[id(r)].append(raw)
+                    failed[id(r)].append(
+                        (labelled(cut, f"{level} instruction") if cut else "unparseable", raw)
+                    )
                     continue
-                msgs = [{"role": "user", "content": instr}, {"role": "assistant", "content": s["text"]}]
-                made[id(r)].append(
-                    records.derive(r, self.ctx.name, msgs, {"kind": s["kind"], "level": level, "raw": raw})
-                )
+                # the answer is the source text itself, verbatim: it came with the input
+                msgs = [{"role": "user", "content": instr}, records.assistant(s["text"], records.FROM_INPUT)]
+                meta = {"kind": s["kind"], "level": level, "raw": raw, "finish_reason": out.finish_reason(0)}
+                made[id(r)].append(records.derive(r, self.ctx.name, msgs, meta))
         convs = [self.roleplay_prompt(s) for _, s in profiles]
         outs = self.complete(convs, [r for r, _ in profiles], sampling, what="roleplay") if convs else []
         for (r, s), out in zip(profiles, outs, strict=True):
             raw = out.texts[0]
-            turns = parse_dialogue(raw)
+            cut = incomplete_reason(out.finish_reason(0))
+            turns = None if cut else parse_dialogue(raw)
             if turns is None:
-                failed[id(r)].append(raw)
+                failed[id(r)].append((labelled(cut, "dialogue") if cut else "unparseable", raw))
                 continue
             system = render(f"repurpose/roleplay_system.{s['lang']}.jinja", text=s["text"]).strip()
+            # every character turn came out of the one reply: each carries that reply's finish reason
+            turns = [
+                records.assistant(t["content"], out.finish_reason(0)) if t["role"] == "assistant" else t
+                for t in turns
+            ]
             msgs = [{"role": "system", "content": system}] + turns
-            meta = {"kind": "profile", "turns": len(turns) // 2, "raw": raw}
+            meta = {
+                "kind": "profile",
+                "turns": len(turns) // 2,
+                "raw": raw,
+                "finish_reason": out.finish_reason(0),
+            }
             made[id(r)].append(records.derive(r, self.ctx.name, msgs, meta))
         result = []
         for r, s in zip(rows, srcs, strict=True):
+            fails = failed[id(r)]
             if made[id(r)]:
                 for child in made[id(r)]:  # levels that failed for this source stay visible
-                    child["meta"][self.ctx.name]["failed_raw"] = failed[id(r)]
+                    child["meta"][self.ctx.name]["failed_raw"] = [raw for _, raw in fails]
+                    child["meta"][self.ctx.name]["failed_why"] = [why for why, _ in fails]
                 result += made[id(r)]
             else:
                 what = "dialogue" if s["kind"] == "profile" else "instruction"
-                result.append(self.reject(r, f"unparseable_{what}", raw="\n---\n".join(failed[id(r)])))
+                cuts = [why for why, _ in fails if why != "unparseable"]
+                reason = cuts[0] if cuts and len(cuts) == len(fails) else f"unparseable_{what}"
+                self.meta(r)["failed_why"] = [w for w, _ in fails]
+                result.append(self.reject(r, reason, raw="\n---\n".join(raw for _, raw in fails)))
         return result
 
     def instruction_prompt(self, src: dict, level: str) -> list[dict]:
