@@ -118,7 +118,9 @@ def test_pointwise_scores_reasons_and_gate_en_zh():
         row("解释一下雨。", "雨是水汽凝结成的水滴落下形成的。"),
         row("No answer yet"),
     ]
-    out = judge(ScriptedEngine(rule=rule), criteria=["helpfulness", "honesty"], min_score=5)(rows)
+    out = judge(
+        ScriptedEngine(rule=rule, constrains=False), criteria=["helpfulness", "honesty"], min_score=5
+    )(rows)
     assert reasons(out) == [
         None,
         "below_min_score: 3.0 < 5.0",
@@ -133,7 +135,7 @@ def test_pointwise_scores_reasons_and_gate_en_zh():
 
 
 def test_pointwise_uses_language_templates_and_one_engine_call():
-    engine = ScriptedEngine(rule=lambda conv, k, seed: "Score: 6")
+    engine = ScriptedEngine(rule=lambda conv, k, seed: "Score: 6", constrains=False)
     judge(engine, criteria=["helpfulness", "instruction_following"])(
         [row("Say hi.", "Hi!"), row("打个招呼。", "你好！")]
     )
@@ -144,11 +146,11 @@ def test_pointwise_uses_language_templates_and_one_engine_call():
 
 
 def test_pointwise_unparseable_rejected_with_raw_or_kept_as_none():
-    engine = ScriptedEngine(rule=lambda conv, k, seed: "I think it is pretty good overall!")
+    engine = ScriptedEngine(rule=lambda conv, k, seed: "I think it is pretty good overall!", constrains=False)
     out = judge(engine)([row("Q?", "A.")])
-    assert out[0]["reject"]["reason"] == "unparseable_verdict: helpfulness"
+    assert out[0]["reject"]["reason"] == "unscored: helpfulness"
     assert out[0]["reject"]["raw"] == "I think it is pretty good overall!"
-    kept = judge(engine, on_unparseable="keep", min_score=5)([row("Q?", "A.")])
+    kept = judge(engine, on_unparseable="keep")([row("Q?", "A.")])  # keep: only without a score gate
     assert kept[0]["reject"] is None and kept[0]["meta"]["judge"]["score"] is None
 
 
@@ -160,12 +162,12 @@ def test_pairwise_position_swap_pairs_and_ties():
             return "Verdict: A"  # always prefers the first position
         return "Verdict: A" if a == "good answer" else "Verdict: B"
 
-    fair = row("Q1?", candidates=["bad answer", "good answer"])
-    biased = row("Q2 biased?", candidates=["x one", "x two"])
+    fair = row("Q1?", candidates=["bad answer", "good answer"], candidate_finish_reasons=["stop", "stop"])
+    biased = row("Q2 biased?", candidates=["x one", "x two"], candidate_finish_reasons=["stop", "stop"])
     seeded = row("Q3?")
     seeded["seed"] = {"candidates": ["good answer", "bad answer"]}
     lonely = row("Q4?", candidates=["only one"])
-    out = judge(ScriptedEngine(rule=rule), mode="pairwise")([fair, biased, seeded, lonely])
+    out = judge(ScriptedEngine(rule=rule, constrains=False), mode="pairwise")([fair, biased, seeded, lonely])
     assert out[0]["pairs"] == [
         {
             "chosen": "good answer",
@@ -174,6 +176,8 @@ def test_pairwise_position_swap_pairs_and_ties():
             "policy": "pairwise",
             "chosen_score": 1.0,
             "rejected_score": 0.0,
+            "chosen_finish_reason": "stop",
+            "rejected_finish_reason": "stop",
         }
     ]
     comp = out[0]["meta"]["judge"]["comparisons"][0]
@@ -368,7 +372,8 @@ def test_repurpose_levels_and_roleplay():
 def siblings(prompt: str, answers: list[str], scores: list, field: str = "judge") -> list[dict]:
     out = []
     for a, s in zip(answers, scores, strict=True):
-        r = row(prompt, a)
+        r = row(prompt)
+        r["messages"].append(records.assistant(a, "stop"))  # siblings carry their finish reason
         r["lineage"] = {"parents": ["p-" + prompt], "stage": "generate"}
         if s is not None:
             r["meta"][field] = {"score": s}
@@ -395,6 +400,8 @@ def test_pairs_best_vs_worst_with_margin_ties_and_siblings_rejected():
             "chosen_score": 9.0,
             "rejected_score": 2.0,
             "margin": 7.0,
+            "chosen_finish_reason": "stop",
+            "rejected_finish_reason": "stop",
             "length_ratio": round(11 / 5, 3),
         }
     ]
@@ -422,13 +429,16 @@ def test_pairs_verifier_and_carried_pairs():
     g = siblings("Q", ["a failing one", "passing longer one", "pass"], [None, None, None])
     for r, ok in zip(g, [False, True, True], strict=True):
         r["meta"]["exec"] = {"passed": ok}
-    rev = row("Q", "revised text")
+    rev = row("Q")
+    rev["messages"].append(records.assistant("revised text", "stop"))
     rev["pairs"] = [
         {
             "chosen": "revised text",
             "rejected": "orig",
             "stage": "constitution",
             "policy": "revised_vs_original",
+            "chosen_finish_reason": "stop",
+            "rejected_finish_reason": "input",
         }
     ]
     out = pairs(policies=["verifier", "carried"], pass_field="meta.exec.passed")(g + [rev])
@@ -444,7 +454,7 @@ def test_pairs_verifier_and_carried_pairs():
 
 def test_pairs_groups_by_prompt_and_rejects_unanswered():
     out = pairs(policies=["carried"])([row("A", "x"), row("B", "y"), row("C")])
-    assert reasons(out) == [None, None, "no_response: pairs needs responses"]
+    assert reasons(out) == [None, None, "no_response: pairs needs responses (or a candidates list)"]
 
 
 def test_constitution_fraction_revises_a_deterministic_share():
