@@ -112,7 +112,7 @@ def test_cross_validation_keeps_only_functions_that_agree_with_the_examples(sand
 
     assert meta["responses"] == RESPONSES and meta["pass_matrix"] == [[True, False, True, False]]
     assert meta["pass_rates"] == [1.0, 0.0, 1.0, 0.0] and meta["chosen"] == 0
-    assert out["messages"][-1] == {"role": "assistant", "content": "cats are soft."}
+    assert out["messages"][-1] == records.assistant("cats are soft.", "stop")
     assert [(p["chosen"], p["rejected"]) for p in out["pairs"]] == [
         ("cats are soft.", "Cats Are Soft."),
         ("cats are soft.", "CATS!"),
@@ -125,6 +125,8 @@ def test_cross_validation_keeps_only_functions_that_agree_with_the_examples(sand
         "stage": "autoif",
         "chosen_score": 1.0,
         "rejected_score": 0.0,
+        "chosen_finish_reason": "stop",
+        "rejected_finish_reason": "stop",
     }
     assert stage.sandbox.calls == [4, 1]  # phase 1: 4 parseable functions; phase 2: the kept one
     v_call, c_call, r_call = engine.calls

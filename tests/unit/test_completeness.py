@@ -12,6 +12,7 @@ from alignfactory.stages.assemble.filter import Filter
 from alignfactory.stages.base import StageContext
 from alignfactory.stages.curate.instag import InsTag
 from alignfactory.stages.synthesize.repurpose import Repurpose
+from alignfactory.stages.verify.autoif import AutoIF, parse_cases
 from tests.unit.scripted import ScriptedEngine
 
 EN_Q = "Write a polite email asking my landlord to fix the kitchen faucet."
@@ -27,6 +28,22 @@ def row(instr: str, answer: str | None = None, reason: str | None = "input", lin
     if answer is not None:
         msgs.append(records.assistant(answer, reason))
     return records.new_row(msgs, {"file": "seeds.jsonl", "line": line})
+
+
+class CutSome(ScriptedEngine):
+    """Sample k of a conversation stops at max_tokens when cut(last user text, k) is true."""
+
+    def __init__(self, cut, **kw):
+        super().__init__(**kw)
+        self.cut = cut
+
+    def chat(self, conversations, sampling, seeds=None):
+        outs = super().chat(conversations, sampling, seeds)
+        for conv, o in zip(conversations, outs, strict=True):
+            o.finish_reasons = [
+                "length" if self.cut(conv[-1]["content"], k) else r for k, r in enumerate(o.finish_reasons)
+            ]
+        return outs
 
 
 class AlwaysCut(ScriptedEngine):
@@ -211,3 +228,86 @@ def test_repurpose_cut_instruction_is_not_used_and_the_reason_says_truncated():
     engine = AlwaysCut(rule=lambda conv, k, seed: "Instruction: Tell a fox fable about")
     (out,) = repurpose(engine, levels=["brief"])([source("The fox called the grapes sour.", "document")])
     assert out["reject"]["reason"] == "truncated: brief instruction finish_reason 'length'"
+
+
+# ---- autoif -------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def sandbox():
+    from sandbox import Limits, Sandbox
+
+    with Sandbox(Limits(wall_s=1.0), workers=2) as sb:
+        yield sb
+
+
+def autoif(sandbox, cut, verifiers, responses, cases=None, **params):
+    from tests.unit.test_autoif import CASES
+    from tests.unit.test_exec_feedback import CountingSandbox
+
+    def rule(conv, k, seed):
+        prompt = conv[-1]["content"]
+        if "`evaluate(response)`" in prompt:
+            return verifiers[k]
+        if "GOOD:" in prompt:
+            return cases or CASES
+        return responses[k]
+
+    params = {"m": len(verifiers), "n": len(responses), "on_truncated": "reject"} | params
+    return AutoIF(
+        AutoIF.Params(**params),
+        StageContext("autoif", 1, seed=5),
+        engine=CutSome(cut, rule=rule),
+        sandbox=CountingSandbox(sandbox),
+    )
+
+
+def test_autoif_cut_response_is_neither_chosen_nor_paired(sandbox):
+    # old code: "cats are soft." passed every verifier and became the SFT turn although it was cut
+    from tests.unit.test_autoif import GOOD_FN, RESPONSES, TASK
+
+    def cut(prompt, k):
+        return prompt == TASK and k == 0
+
+    (out,) = autoif(sandbox, cut, [GOOD_FN], RESPONSES)([row(TASK)])
+    meta = out["meta"]["autoif"]
+    assert meta["responses_finish_reason"] == ["length", "stop", "stop", "stop"]
+    assert meta["pass_rates"] == [1.0, 0.0, 1.0, 0.0]  # recorded, but the cut one takes no part
+    assert meta["chosen"] == 2 and out["messages"][-1] == records.assistant("they nap a lot.", "stop")
+    assert [p["chosen"] for p in out["pairs"]] == ["they nap a lot."] * 2
+    assert {(p["chosen_finish_reason"], p["rejected_finish_reason"]) for p in out["pairs"]} == {
+        ("stop", "stop")
+    }
+
+
+def test_autoif_cut_verifier_is_not_run_nor_kept(sandbox):
+    from tests.unit.test_autoif import GOOD_FN, RESPONSES, TASK
+
+    def cut(prompt, k):
+        return "`evaluate(response)`" in prompt
+
+    stage = autoif(sandbox, cut, [GOOD_FN], RESPONSES)
+    (out,) = stage([row(TASK)])
+    (fn,) = out["meta"]["autoif"]["functions"]
+    assert fn["status"] == "TRUNCATED" and fn["kept"] is False and fn["finish_reason"] == "length"
+    assert out["reject"]["reason"] == "no_valid_verifier" and stage.sandbox.calls == []
+
+
+def test_autoif_every_response_cut_is_rejected_as_truncated(sandbox):
+    from tests.unit.test_autoif import GOOD_FN, RESPONSES, TASK
+
+    def cut(prompt, k):
+        return prompt == TASK
+
+    (out,) = autoif(sandbox, cut, [GOOD_FN], RESPONSES)([row(TASK)])
+    assert out["reject"]["reason"] == "truncated: responses finish_reason 'length'"
+
+
+def test_autoif_parse_cases_drops_the_last_block_of_a_cut_reply():
+    text = "GOOD: cats purr\nBAD: Cats Purr\nGOOD: cats are the best pets in the wor"
+    assert parse_cases(text) == [
+        ("cats purr", True),
+        ("Cats Purr", False),
+        ("cats are the best pets in the wor", True),
+    ]
+    assert parse_cases(text, cut=True) == [("cats purr", True), ("Cats Purr", False)]

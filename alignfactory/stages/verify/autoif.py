@@ -25,6 +25,13 @@ words", "回答中必须包含……"), in two phases per batch:
 A row with no fully passing response but with pairs keeps its pairs (preference data only, no
 assistant turn). A verifier SANDBOX_ERROR is never counted against the function or the responses:
 that function is left out (and recorded in meta).
+
+Completeness (after the on_truncated retry at twice the budget): a verifier reply that did not end by
+itself is not run (status TRUNCATED, never kept: a cut function is no judge); from a cut examples
+reply the last labelled block is dropped (it may be cut mid-text); a cut response is neither chosen
+nor paired (meta.autoif.responses_finish_reason; its pass rate is still recorded). The chosen
+response carries its finish reason on the assistant turn, pairs carry chosen_finish_reason /
+rejected_finish_reason ("input" for the seed's reference response).
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ import re
 from pydantic import Field
 
 from alignfactory import records
+from alignfactory.stages.assemble.filter import incomplete_reason
 from alignfactory.stages.base import RUBRICS, render
 from alignfactory.stages.verify import code_utils as cu
 
@@ -77,9 +85,7 @@ class AutoIF(cu.SandboxStage):
         s_c = cu.sampling_with(base, n=1, max_tokens=p.max_tokens, temperature=p.temperature)
         outs_f = self.complete(convs_f, rows, s_f, what="verifiers")
         outs_c = self.complete(convs_c, rows, s_c, what="cases")
-        states = [
-            self.verifiers(r, f.texts, c.texts[0]) for r, f, c in zip(rows, outs_f, outs_c, strict=True)
-        ]
+        states = [self.verifiers(r, f, c) for r, f, c in zip(rows, outs_f, outs_c, strict=True)]
         for s, verdicts in zip(states, self.run_groups([s["cv_jobs"] for s in states]), strict=True):
             s["cv_verdicts"] = verdicts
             self.cross_validate(s)
@@ -94,6 +100,8 @@ class AutoIF(cu.SandboxStage):
                 ref = [states[i]["reference_response"]] if states[i]["reference_response"] else []
                 states[i]["responses"] = out.texts + ref
                 states[i]["responses_source"] = ["model"] * len(out.texts) + ["reference"] * len(ref)
+                reasons = [out.finish_reason(k) for k in range(len(out.texts))]
+                states[i]["responses_finish_reason"] = reasons + [records.FROM_INPUT] * len(ref)
                 states[i]["score_jobs"] = self.score_jobs(states[i])
             scored = self.run_groups([states[i]["score_jobs"] for i in live])
             for i, verdicts in zip(live, scored, strict=True):
@@ -106,17 +114,27 @@ class AutoIF(cu.SandboxStage):
 
     # ---- phase 1 --------------------------------------------------------------------------------
 
-    def verifiers(self, row: dict, texts: list[str], cases_text: str) -> dict:
-        """Functions (model-written, then the seed's reference), the parsed examples, the CV jobs."""
+    def verifiers(self, row: dict, out_f, out_c) -> dict:
+        """Functions (model-written, then the seed's reference), the parsed examples, the CV jobs.
+        A verifier reply that did not end by itself gets no code (status TRUNCATED)."""
         from sandbox import Case, Job
 
-        functions = [{"source": "model", "code": evaluate_code(t)} for t in texts]
+        texts, cases_text = out_f.texts, out_c.texts[0]
+        functions = [
+            {
+                "source": "model",
+                "code": None if incomplete_reason(out_f.finish_reason(k)) else evaluate_code(t),
+                "finish_reason": out_f.finish_reason(k),
+            }
+            for k, t in enumerate(texts)
+        ]
         reference = cu.seed_fields(row, ("verifier",)).get("verifier")
         if isinstance(reference, str) and reference.strip():
             functions.append({"source": "reference", "code": evaluate_code(reference) or reference})
         reference_cases = self.reference_cases(row)
         known = {t for t, _ in reference_cases}
-        model_cases = [c for c in parse_cases(cases_text) if c[0] not in known]
+        cases_cut = incomplete_reason(out_c.finish_reason(0)) is not None
+        model_cases = [c for c in parse_cases(cases_text, cut=cases_cut) if c[0] not in known]
         cases = reference_cases + model_cases[: max(self.params.max_cases - len(reference_cases), 0)]
         labels = {label for _, label in cases}
         usable = len(cases) >= self.params.min_cases and labels == {True, False}
@@ -136,6 +154,7 @@ class AutoIF(cu.SandboxStage):
             "cv_index": [i for i, _ in jobs],
             "verifiers_raw": texts,
             "cases_raw": cases_text,
+            "cases_finish_reason": out_c.finish_reason(0),
         }
 
     def reference_cases(self, row: dict) -> list[tuple[str, bool]]:
@@ -153,7 +172,10 @@ class AutoIF(cu.SandboxStage):
         s["cv_matrix"] = []
         for i, f in enumerate(s["functions"]):
             v = by_fn.get(i)
-            f["status"] = "UNPARSEABLE" if not f["code"] else v.status.value if v else "NOT_RUN"
+            cut = incomplete_reason(f.get("finish_reason", "input"))  # the reference came with the input
+            f["status"] = (
+                "TRUNCATED" if cut else "UNPARSEABLE" if not f["code"] else v.status.value if v else "NOT_RUN"
+            )
             vector = list(v.pass_vector) if v and f["status"] != "SANDBOX_ERROR" else None
             f["accuracy"] = sum(vector) / len(vector) if vector else None
             s["cv_matrix"].append(vector)
@@ -175,6 +197,7 @@ class AutoIF(cu.SandboxStage):
 
     def finish(self, row: dict, s: dict) -> dict:
         responses = s.get("responses", [])
+        finish = s.get("responses_finish_reason", [])
         verdicts = s.get("score_verdicts", [])
         matrix = [None if v.status.value == "SANDBOX_ERROR" else list(v.pass_vector) for v in verdicts]
         judged = [m for m in matrix if m is not None]
@@ -189,24 +212,31 @@ class AutoIF(cu.SandboxStage):
             kept=s["kept"],
             responses=responses,
             responses_source=s.get("responses_source", []),
+            responses_finish_reason=finish,
             pass_matrix=matrix,  # kept functions x responses; None = SANDBOX_ERROR for that function
             statuses=[v.status.value for v in verdicts],
             pass_rates=rates,
             chosen=None,
             verifiers_raw=s["verifiers_raw"],
             cases_raw=s["cases_raw"],
+            cases_finish_reason=s["cases_finish_reason"],
         )
         if not s["kept"]:
             return self.reject(row, "no_valid_verifier")
         if not judged:
             return self.reject(row, "sandbox_error")
-        passing = [j for j, r in enumerate(rates) if r == 1.0]
-        pairs = build_pairs(responses, rates, self.ctx.name, self.params.max_pairs)
+        # a response that did not end by itself is neither chosen nor paired (its rate stays in meta)
+        usable = [None if incomplete_reason(finish[j]) else r for j, r in enumerate(rates)]
+        passing = [j for j, r in enumerate(usable) if r == 1.0]
+        pairs = build_pairs(responses, usable, self.ctx.name, self.params.max_pairs, finish)
         if not passing and not pairs:
+            cuts = [incomplete_reason(r) for r in finish if incomplete_reason(r)]
+            if cuts and len(cuts) == len(finish):  # nothing whole was there to pass
+                return self.reject(row, cuts[0].replace(": ", ": responses ", 1))
             return self.reject(row, "no_passing_response")
         if passing:
             meta["chosen"] = passing[0]
-            messages = records.with_response(row, responses[passing[0]])
+            messages = records.with_response(row, responses[passing[0]], finish[passing[0]])
         else:  # preference data only: an unverified assistant turn must not reach sft/
             messages = records.prompt_messages(row)
         out = records.derive(row, self.ctx.name, messages, meta)
@@ -223,13 +253,15 @@ def evaluate_code(text: str) -> str | None:
     return f"{code}\n\nevaluate = {names[0]}\n" if names else None
 
 
-def parse_cases(text: str) -> list[tuple[str, bool]]:
+def parse_cases(text: str, cut: bool = False) -> list[tuple[str, bool]]:
     """Labelled examples: blocks starting "GOOD:"/"BAD:" (also PASS/FAIL, bullets and bold allowed; a
     block runs to the next label or a blank line, so trailing prose is not an example), or JSON
-    [{"response": str, "label"|"pass"|"expected": bool}]. Duplicate texts keep their first label."""
+    [{"response": str, "label"|"pass"|"expected": bool}]. Duplicate texts keep their first label.
+    `cut`: the reply stopped at max_tokens, so its last labelled block may be cut: it is dropped (a
+    JSON value that decodes is whole)."""
     found = []
     marks = list(LABEL.finditer(text))
-    for m, nxt in zip(marks, marks[1:] + [None], strict=False):  # no marks -> no blocks
+    for m, nxt in zip(marks[:-1] if cut else marks, marks[1:] + [None], strict=False):  # none -> no blocks
         body = text[m.start(2) : nxt.start() if nxt else len(text)]
         body = re.split(r"\n\s*\n", body, maxsplit=1)[0].strip().strip('"').strip()
         if body:
@@ -243,8 +275,12 @@ def parse_cases(text: str) -> list[tuple[str, bool]]:
     return cu.first_of_each(found, key=lambda case: case[0])
 
 
-def build_pairs(responses: list[str], rates: list[float], stage: str, max_pairs: int) -> list[dict]:
-    """(pass rate >= 0.5, pass rate == 0) pairs, best chosen first."""
-    good = sorted((j for j, r in enumerate(rates) if r >= 0.5), key=lambda j: (-rates[j], j))
+def build_pairs(
+    responses: list[str], rates: list, stage: str, max_pairs: int, reasons: list | None = None
+) -> list[dict]:
+    """(pass rate >= 0.5, pass rate == 0) pairs, best chosen first; a None rate takes no part."""
+    good = sorted(
+        (j for j, r in enumerate(rates) if r is not None and r >= 0.5), key=lambda j: (-rates[j], j)
+    )
     bad = [j for j, r in enumerate(rates) if r == 0.0]
-    return cu.preference_pairs(responses, rates, good, bad, stage, max_pairs)
+    return cu.preference_pairs(responses, rates, good, bad, stage, max_pairs, reasons)

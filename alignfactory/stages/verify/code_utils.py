@@ -19,7 +19,7 @@ import re
 
 from pydantic import BaseModel, Field, field_validator
 
-from alignfactory.stages.base import LLMStage
+from alignfactory.stages.base import LLMParams, LLMStage
 
 FENCE = re.compile(r"```[ \t]*([\w+-]*)[^\n]*\n(.*?)(?:```|\Z)", re.S)  # an unclosed last fence counts
 
@@ -263,7 +263,7 @@ def seed_fields(row: dict, keys: tuple[str, ...]) -> dict:
 # ---- sandbox and engine plumbing ------------------------------------------------------------------
 
 
-class SandboxParams(BaseModel, extra="forbid"):
+class SandboxParams(LLMParams):  # the code stages are LLM stages: on_truncated too
     limits: dict = {"wall_s": 4.0, "memory_mb": 512}  # sandbox.Limits fields, per execution
     workers: int = Field(2, ge=1)  # fork-server workers (one uid and one bwrap each)
     allow_unsafe: bool = False  # True runs model code without isolation if bwrap is missing: never in CI
