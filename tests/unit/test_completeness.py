@@ -13,6 +13,7 @@ from alignfactory.stages.base import StageContext
 from alignfactory.stages.curate.instag import InsTag
 from alignfactory.stages.synthesize.repurpose import Repurpose
 from alignfactory.stages.verify.autoif import AutoIF, parse_cases
+from alignfactory.stages.verify.exec_feedback import ExecFeedback
 from tests.unit.scripted import ScriptedEngine
 
 EN_Q = "Write a polite email asking my landlord to fix the kitchen faucet."
@@ -31,7 +32,7 @@ def row(instr: str, answer: str | None = None, reason: str | None = "input", lin
 
 
 class CutSome(ScriptedEngine):
-    """Sample k of a conversation stops at max_tokens when cut(last user text, k) is true."""
+    """Sample k of a conversation stops at max_tokens when cut(last user text, k, sampling) is true."""
 
     def __init__(self, cut, **kw):
         super().__init__(**kw)
@@ -41,7 +42,8 @@ class CutSome(ScriptedEngine):
         outs = super().chat(conversations, sampling, seeds)
         for conv, o in zip(conversations, outs, strict=True):
             o.finish_reasons = [
-                "length" if self.cut(conv[-1]["content"], k) else r for k, r in enumerate(o.finish_reasons)
+                "length" if self.cut(conv[-1]["content"], k, sampling) else r
+                for k, r in enumerate(o.finish_reasons)
             ]
         return outs
 
@@ -266,7 +268,7 @@ def test_autoif_cut_response_is_neither_chosen_nor_paired(sandbox):
     # old code: "cats are soft." passed every verifier and became the SFT turn although it was cut
     from tests.unit.test_autoif import GOOD_FN, RESPONSES, TASK
 
-    def cut(prompt, k):
+    def cut(prompt, k, sampling):
         return prompt == TASK and k == 0
 
     (out,) = autoif(sandbox, cut, [GOOD_FN], RESPONSES)([row(TASK)])
@@ -283,7 +285,7 @@ def test_autoif_cut_response_is_neither_chosen_nor_paired(sandbox):
 def test_autoif_cut_verifier_is_not_run_nor_kept(sandbox):
     from tests.unit.test_autoif import GOOD_FN, RESPONSES, TASK
 
-    def cut(prompt, k):
+    def cut(prompt, k, sampling):
         return "`evaluate(response)`" in prompt
 
     stage = autoif(sandbox, cut, [GOOD_FN], RESPONSES)
@@ -296,7 +298,7 @@ def test_autoif_cut_verifier_is_not_run_nor_kept(sandbox):
 def test_autoif_every_response_cut_is_rejected_as_truncated(sandbox):
     from tests.unit.test_autoif import GOOD_FN, RESPONSES, TASK
 
-    def cut(prompt, k):
+    def cut(prompt, k, sampling):
         return prompt == TASK
 
     (out,) = autoif(sandbox, cut, [GOOD_FN], RESPONSES)([row(TASK)])
@@ -311,3 +313,79 @@ def test_autoif_parse_cases_drops_the_last_block_of_a_cut_reply():
         ("cats are the best pets in the wor", True),
     ]
     assert parse_cases(text, cut=True) == [("cats purr", True), ("Cats Purr", False)]
+
+
+# ---- exec_feedback ------------------------------------------------------------------------------
+
+
+def exec_feedback(sandbox, cut, solutions, tests, **params):
+    from tests.unit.test_exec_feedback import CountingSandbox
+
+    def rule(conv, k, seed):
+        return tests if conv[-1]["content"].startswith("Task:") else solutions[k]
+
+    params = {"k": len(solutions), "on_truncated": "reject"} | params
+    engine = CutSome(cut, rule=rule)
+    stage = ExecFeedback(
+        ExecFeedback.Params(**params),
+        StageContext("exec_feedback", 1, seed=3),
+        engine=engine,
+        sandbox=CountingSandbox(sandbox),
+    )
+    return stage, engine
+
+
+def test_exec_feedback_cut_solution_is_not_run_chosen_nor_paired(sandbox):
+    # old code: the cut first solution (its code whole, its reply cut) was run and chosen
+    from tests.unit.test_exec_feedback import CORRECT_A, CORRECT_B, OFF_BY_ONE, TASK, TESTS
+
+    def cut(prompt, k, sampling):
+        return not prompt.startswith("Task:") and k == 0
+
+    stage, _ = exec_feedback(sandbox, cut, [CORRECT_A, CORRECT_B, OFF_BY_ONE], TESTS)
+    (out,) = stage([row(TASK)])
+    meta = out["meta"]["exec_feedback"]
+    assert meta["statuses"][0] == "TRUNCATED" and meta["pass_matrix"][0] is None
+    assert meta["finish_reasons"] == ["length", "stop", "stop"] and meta["sandbox_errors"] == []
+    assert meta["chosen"] == 1 and out["messages"][-1]["finish_reason"] == "stop"
+    assert out["pairs"] and all(CORRECT_A not in (p["chosen"], p["rejected"]) for p in out["pairs"])
+    assert all(p["chosen_finish_reason"] == p["rejected_finish_reason"] == "stop" for p in out["pairs"])
+    assert stage.sandbox.calls == [2]  # the cut solution never ran
+
+
+def test_exec_feedback_cut_tests_reply_loses_its_last_line(sandbox):
+    from tests.unit.test_exec_feedback import CORRECT_A, TASK
+
+    tests = "assert sum_to(3) == 6\nassert sum_to(0) == 0\nassert sum_to(4) == 1"  # cut inside "10"
+
+    def cut(prompt, k, sampling):
+        return prompt.startswith("Task:")
+
+    stage, _ = exec_feedback(sandbox, cut, [CORRECT_A], tests)
+    (out,) = stage([row(TASK)])
+    meta = out["meta"]["exec_feedback"]
+    assert [t["call"] for t in meta["tests"]] == ["sum_to(3)", "sum_to(0)"]
+    assert meta["tests_finish_reason"] == "length" and meta["tests_raw"] == tests
+
+
+def test_exec_feedback_every_solution_cut_is_rejected_as_truncated(sandbox):
+    from tests.unit.test_exec_feedback import CORRECT_A, TASK, TESTS
+
+    def cut(prompt, k, sampling):
+        return not prompt.startswith("Task:")
+
+    stage, _ = exec_feedback(sandbox, cut, [CORRECT_A, CORRECT_A], TESTS)
+    (out,) = stage([row(TASK)])
+    assert out["reject"]["reason"] == "truncated: solutions finish_reason 'length'"
+
+
+def test_exec_feedback_retry_at_twice_the_budget_rescues_a_cut_solution(sandbox):
+    from tests.unit.test_exec_feedback import CORRECT_A, TASK, TESTS
+
+    def cut(prompt, k, sampling):  # cut at the first budget, whole at the retry's
+        return not prompt.startswith("Task:") and sampling.max_tokens < 128
+
+    stage, engine = exec_feedback(sandbox, cut, [CORRECT_A], TESTS, on_truncated="retry", max_tokens=64)
+    (out,) = stage([row(TASK)])
+    assert out["reject"] is None and out["meta"]["exec_feedback"]["finish_reasons"] == ["stop"]
+    assert engine.max_tokens_seen == [64, 128, 64] and stage.retries == 1  # solutions, retry, tests

@@ -228,7 +228,7 @@ def test_pass_matrix_trusted_tests_best_solution_and_pairs(sandbox):
     assert meta["scores"] == [1.0, 1.0, 1 / 3, 0.0, 0.0, 0.0]
     assert [t["call"] for t in meta["tests"]] == ["sum_to(3)", "sum_to(0)", "sum_to(4)", "sum_to(5)"]
     assert meta["solutions_raw"] == sols and meta["tests_raw"] == TESTS
-    assert out["messages"][-1] == {"role": "assistant", "content": CORRECT_A}
+    assert out["messages"][-1] == records.assistant(CORRECT_A, "stop")
     assert out["messages"][:-1] == row()["messages"]
 
     pairs = out["pairs"]
@@ -243,6 +243,8 @@ def test_pass_matrix_trusted_tests_best_solution_and_pairs(sandbox):
         "stage": "exec_feedback",
         "chosen_score": 1.0,
         "rejected_score": 1 / 3,
+        "chosen_finish_reason": "stop",
+        "rejected_finish_reason": "stop",
     }
     assert pairs[3]["rejected"] == PROSE  # unparseable: the raw text is the rejected side
     assert stage.sandbox.calls == [5]  # one sandbox call, one job per parseable solution

@@ -27,6 +27,13 @@ has a group that passes the reference tests.
 
 An unparseable solution counts as failing every test (status UNPARSEABLE, raw text kept). A
 SANDBOX_ERROR verdict is the infrastructure's fault: that solution is left out of scoring and pairs.
+
+Completeness (after the on_truncated retry at twice the budget): a solution reply that did not end by
+itself is not run (status TRUNCATED, its matrix row None): it is neither chosen, nor paired, nor part
+of the agreement; a cut tests reply loses its last line (a cut `assert f(1) == 12` could read as a
+wrong test). The chosen solution carries its finish reason on the assistant turn ("input" for the
+seed's reference solution), pairs carry chosen_finish_reason / rejected_finish_reason;
+meta.exec_feedback.finish_reasons (per candidate) and tests_finish_reason record them.
 """
 
 from __future__ import annotations
@@ -36,10 +43,12 @@ import re
 from pydantic import Field
 
 from alignfactory import records
+from alignfactory.stages.assemble.filter import incomplete_reason
 from alignfactory.stages.base import RUBRICS, render
 from alignfactory.stages.verify import code_utils as cu
 
 UNPARSEABLE = "UNPARSEABLE"
+TRUNCATED = "TRUNCATED"
 
 
 class ExecFeedback(cu.SandboxStage):
@@ -76,7 +85,7 @@ class ExecFeedback(cu.SandboxStage):
         sols = self.complete(sol_convs, rows, sol_sampling, what="solutions")
         tests = self.complete(test_convs, rows, test_sampling, what="tests")
 
-        plans = [self.plan(t, s.texts, tt.texts[0]) for t, s, tt in zip(tasks, sols, tests, strict=True)]
+        plans = [self.plan(t, s, tt) for t, s, tt in zip(tasks, sols, tests, strict=True)]
         verdicts = self.run_groups([list(plan["jobs"].values()) for plan in plans])
         for plan, vs in zip(plans, verdicts, strict=True):
             plan["verdicts"] = dict(zip(plan["jobs"], vs, strict=True))
@@ -110,11 +119,17 @@ class ExecFeedback(cu.SandboxStage):
         text = render(template, **values, n_tests=self.params.max_tests)
         return [{"role": "user", "content": text}]
 
-    def plan(self, task: dict, solution_texts: list[str], tests_text: str) -> dict:
-        """Parse the model's texts into tests (reference first) and, per parseable solution, one call
-        Job (the call cases) and one assert Job (the assert cases); jobs are keyed (solution, kind)."""
+    def plan(self, task: dict, sols, tests_out) -> dict:
+        """Parse the model's texts (the solutions' and the tests' Completions) into tests (reference
+        first) and, per parseable whole solution, one call Job (the call cases) and one assert Job
+        (the assert cases); jobs are keyed (solution, kind). A cut solution gets no code (TRUNCATED);
+        a cut tests reply is read up to its last line break."""
         from sandbox import Case, Job
 
+        solution_texts, tests_text = sols.texts, tests_out.texts[0]
+        tests_reason = tests_out.finish_reason(0)
+        if incomplete_reason(tests_reason):
+            tests_text = tests_text[: max(tests_text.rfind("\n"), 0)]
         entry = task["entry_point"]
         tests = list(task["reference"])
         seen = {cu.case_key(t) for t in tests}
@@ -123,7 +138,12 @@ class ExecFeedback(cu.SandboxStage):
         raw = list(solution_texts)
         if task["solution"]:
             raw.append(f"```python\n{task['solution'].strip()}\n```")
-        codes = [cu.pick_function(t, entry) for t in raw]
+        reasons = [sols.finish_reason(k) for k in range(len(solution_texts))]
+        reasons += [records.FROM_INPUT] * (len(raw) - len(solution_texts))  # the seed's solution
+        codes = [
+            None if incomplete_reason(r) else cu.pick_function(t, entry)
+            for t, r in zip(raw, reasons, strict=True)
+        ]
         call = [
             Case(args=t["args"], kwargs=t["kwargs"], expected=t["expected"])
             for t in tests
@@ -142,7 +162,9 @@ class ExecFeedback(cu.SandboxStage):
             "codes": codes,
             "raw": raw,
             "candidates": ["model"] * len(solution_texts) + ["reference"] * (len(raw) - len(solution_texts)),
-            "tests_raw": tests_text,
+            "finish_reasons": reasons,
+            "tests_raw": tests_out.texts[0],
+            "tests_finish_reason": tests_reason,
             "jobs": jobs,
         }
 
@@ -150,6 +172,7 @@ class ExecFeedback(cu.SandboxStage):
 
     def finish(self, row: dict, plan: dict) -> dict:
         tests, codes, verdicts = plan["tests"], plan["codes"], plan.get("verdicts", {})
+        reasons = plan["finish_reasons"]
         # column j of the matrix is case `at[j]` of solution i's Job of kind tests[j]["kind"]
         at, seen_kind = [], {"call": 0, "assert": 0}
         for t in tests:
@@ -158,14 +181,14 @@ class ExecFeedback(cu.SandboxStage):
         matrix, statuses, details = [], [], []
         for i, code in enumerate(codes):  # K x T; None = SANDBOX_ERROR (not the candidate's fault)
             vs = {kind: verdicts[(i, kind)] for kind in ("call", "assert") if (i, kind) in verdicts}
-            status = _status(code, list(vs.values()))
+            status = TRUNCATED if incomplete_reason(reasons[i]) else _status(code, list(vs.values()))
             statuses.append(status)
             details.append("; ".join(f"{k}: {v.detail}" for k, v in vs.items()) or None)
             vector = [
                 bool(t["kind"] in vs and j < len(vs[t["kind"]].cases) and vs[t["kind"]].pass_vector[j])
                 for t, j in zip(tests, at, strict=True)
             ]
-            matrix.append(None if status == "SANDBOX_ERROR" else vector)
+            matrix.append(None if status in ("SANDBOX_ERROR", TRUNCATED) else vector)
         reference = [t["source"] == "reference" for t in tests]
         c = consensus(matrix, reference)
         meta = self.meta(row)
@@ -179,16 +202,18 @@ class ExecFeedback(cu.SandboxStage):
                 "assert": sum(t["kind"] == "assert" for t in tests),
             },
             candidates=plan["candidates"],
+            finish_reasons=reasons,
             pass_matrix=matrix,
             statuses=statuses,
             details=details,
-            sandbox_errors=[i for i, m in enumerate(matrix) if m is None],
+            sandbox_errors=[i for i, s in enumerate(statuses) if s == "SANDBOX_ERROR"],
             groups=c["groups"],
             trusted=c["trusted"],
             chosen=None,
             scores=None,
             solutions_raw=plan["raw"],
             tests_raw=plan["tests_raw"],
+            tests_finish_reason=plan["tests_finish_reason"],
         )
         if not tests:
             return self.reject(row, "no_tests", raw=plan["tests_raw"])
@@ -196,6 +221,9 @@ class ExecFeedback(cu.SandboxStage):
         if parsed and all(matrix[i] is None for i in parsed):  # nothing judged: not the model's fault
             return self.reject(row, "sandbox_error")
         if not c["trusted"]:
+            cuts = [incomplete_reason(r) for r in reasons if incomplete_reason(r)]
+            if cuts and len(cuts) == len(reasons):  # no whole solution to run
+                return self.reject(row, cuts[0].replace(": ", ": solutions ", 1))
             return self.reject(row, "no_passing_solution")
         if len(c["trusted"]) < self.params.min_trusted_tests:
             return self.reject(
@@ -211,9 +239,10 @@ class ExecFeedback(cu.SandboxStage):
         passing = best + [i for i, s in enumerate(scores) if s == 1.0 and i not in best]
         failing = [i for i, s in enumerate(scores) if s is not None and s < 1.0]
         meta.update(chosen=passing[0], scores=scores)
-        out = records.derive(row, self.ctx.name, records.with_response(row, texts[passing[0]]), meta)
+        chosen = records.with_response(row, texts[passing[0]], reasons[passing[0]])
+        out = records.derive(row, self.ctx.name, chosen, meta)
         out["pairs"] = cu.preference_pairs(
-            texts, scores, passing, failing, self.ctx.name, self.params.max_pairs
+            texts, scores, passing, failing, self.ctx.name, self.params.max_pairs, reasons
         )
         return out
 
