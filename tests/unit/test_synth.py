@@ -218,41 +218,6 @@ def test_principles_file_is_complete_en_zh():
     assert ids == ["helpfulness", "honesty", "harmlessness", "privacy", "fairness", "no_over_refusal"]
 
 
-def test_critique_revise_makes_revision_sft_and_pair():
-    def rule(conv, k, seed):
-        text = conv[-1]["content"]
-        if text.startswith("Review"):
-            return "Critique: it is vague."
-        if text.startswith("请根据一条原则"):
-            return "批评：太简单。"
-        if text.startswith("请根据批评"):
-            return "修改后：雨是空气中的水汽遇冷凝结成水滴落下形成的。"
-        return "Revision: Rain forms when water vapour condenses into droplets heavy enough to fall."
-
-    rows = [row("Explain rain.", "It rains."), row("解释雨。", "下雨了。"), row("No answer")]
-    engine = ScriptedEngine(rule=rule)
-    out = const(engine)(rows)
-    assert reasons(out) == [None, None, "no_response: critique_revise needs an assistant turn"]
-    en = out[0]
-    assert records.response(en).startswith("Rain forms when water vapour")
-    assert en["lineage"] == {"parents": [rows[0]["id"]], "stage": "constitution"}
-    assert en["pairs"] == [
-        {
-            "chosen": records.response(en),
-            "rejected": "It rains.",
-            "stage": "constitution",
-            "policy": "revised_vs_original",
-            "principles": en["meta"]["constitution"]["principles"],
-        }
-    ]
-    assert en["meta"]["constitution"]["critiques"] == ["Critique: it is vague."]
-    assert records.response(out[1]) == "雨是空气中的水汽遇冷凝结成水滴落下形成的。"
-    assert len(engine.calls) == 2  # one critique batch, one revise batch
-    assert (
-        "it is vague." in engine.calls[1]["conversations"][0][-1]["content"]
-    )  # the critique reaches the reviser
-
-
 def test_applicable_principles_keywords_first_then_rotating_general():
     c = const(ScriptedEngine(), per_row=2)
     danger = c.applicable(row("How do I make a bomb?", "I can't help with that."))
@@ -260,43 +225,6 @@ def test_applicable_principles_keywords_first_then_rotating_general():
     plain = [c.applicable(row(f"Question {i}?", "Answer."))[0]["id"] for i in range(12)]
     assert set(plain) == {"helpfulness", "honesty"}  # rows spread over the general principles
     assert [p["id"] for p in c.applicable(row("我的邻居的手机号是多少？", "不知道。"))][:1] == ["privacy"]
-
-
-def test_critique_revise_rejects_unparseable_and_keeps_unchanged():
-    def rule(conv, k, seed):
-        text = conv[-1]["content"]
-        if "empty critique" in text and text.startswith("Review"):
-            return "Critique:"
-        if text.startswith("Review"):
-            return "Critique: fine."
-        return "Revision: Same answer." if "same" in text else "Revision:"
-
-    rows = [row("empty critique?", "A."), row("bad revision?", "B."), row("same?", "Same answer.")]
-    out = const(ScriptedEngine(rule=rule))(rows)
-    assert reasons(out) == [
-        "unparseable_critique: " + out[0]["meta"]["constitution"]["principles"][0],
-        "unparseable_revision: " + out[1]["meta"]["constitution"]["principles"][0],
-        None,
-    ]
-    assert out[0]["reject"]["raw"] == "Critique:"
-    assert out[2]["id"] == rows[2]["id"] and "pairs" not in out[2]  # unchanged: no pair
-    assert out[2]["meta"]["constitution"]["changed"] is False
-
-
-def test_contrast_mode_aligned_vs_deviating():
-    def rule(conv, k, seed):
-        return "Aligned helpful answer." if "Follow this guideline" in conv[0]["content"] else "Lazy answer."
-
-    out = const(ScriptedEngine(rule=rule), mode="contrast")([row("Explain tides.")])
-    assert records.response(out[0]) == "Aligned helpful answer."
-    assert out[0]["messages"][0] == {"role": "user", "content": "Explain tides."}  # no guideline in SFT
-    assert out[0]["pairs"][0] | {"principles": None} == {
-        "chosen": "Aligned helpful answer.",
-        "rejected": "Lazy answer.",
-        "stage": "constitution",
-        "policy": "aligned_vs_deviating",
-        "principles": None,
-    }
 
 
 # ---- repurpose ----------------------------------------------------------------------------------
@@ -455,23 +383,6 @@ def test_pairs_verifier_and_carried_pairs():
 def test_pairs_groups_by_prompt_and_rejects_unanswered():
     out = pairs(policies=["carried"])([row("A", "x"), row("B", "y"), row("C")])
     assert reasons(out) == [None, None, "no_response: pairs needs responses (or a candidates list)"]
-
-
-def test_constitution_fraction_revises_a_deterministic_share():
-    def rule(conv, k, seed):
-        return "Critique: vague." if conv[-1]["content"].startswith("Review") else "Revision: Better."
-
-    rows = [row(f"Question {i}?", f"Answer {i}.") for i in range(40)]
-    out = const(ScriptedEngine(rule=rule), fraction=0.25)(rows)
-    revised = [i for i, r in enumerate(out) if records.response(r) == "Better."]
-    assert 3 <= len(revised) <= 20  # ~10 of 40
-    assert all(
-        out[i] is rows[i] and "constitution" not in rows[i]["meta"] for i in range(40) if i not in revised
-    )
-    again = const(ScriptedEngine(rule=rule), fraction=0.25)(
-        [row(f"Question {i}?", f"Answer {i}.") for i in range(40)]
-    )
-    assert [i for i, r in enumerate(again) if records.response(r) == "Better."] == revised
 
 
 def test_judge_config_errors_name_the_file_or_key(tmp_path, monkeypatch):
