@@ -11,6 +11,7 @@
     inspect.lineage("runs/sft_data")               # edges parent -> id with stage, operation, round
     inspect.tags("runs/sft_data")                  # long frame: id, tag, kind (canonical | raw)
     inspect.scores("runs/sft_data")                # judge / reward scores, verifier pass rates
+    inspect.judge_consistency("runs/sft_data")     # pairwise judge: agree / ties under swap, per judge stage
     inspect.verdicts("runs/sft_data")              # sandbox statuses per candidate
     inspect.pairs("runs/sft_data")                 # preference pairs: lengths, ratio, score margin
     inspect.duplicates("runs/sft_data")            # near/exact duplicate clusters with examples
@@ -322,6 +323,51 @@ def scores(run_dir: str | Path):
     return _frame(out, ["id", "judge", "reward", "verifier", "rejected"])
 
 
+CONSISTENCY = ("judged", "agree", "ties_under_swap", "unreadable")  # meta.judge.consistency counters
+
+
+def judge_consistency(run_dir: str | Path) -> dict:
+    """Pairwise judge consistency per judge stage, summed over the rows its output shards hold (kept
+    and rejected: each row it judged, once): {stage dir: {"rows", "pairwise_rows", "judged" (compared
+    pairs judged both ways), "agree" (same verdict under the swap), "ties_under_swap" (the verdict
+    flipped: counted a tie), "unreadable" (comparisons dropped)}}. Reads the shards directly (not the
+    cached frames): the runner calls it while writing the manifest. {} when the run has no judge."""
+    out = {}
+    for d in _stage_dirs(Path(run_dir)):
+        if _stage_name(d.name) != "judge":
+            continue
+        sums = dict.fromkeys(("rows", "pairwise_rows", *CONSISTENCY), 0)
+        for p in sorted(d.glob("shard-*.jsonl")):
+            for r in io.read_jsonl(p)[1:]:
+                sums["rows"] += 1
+                c = ((r.get("meta") or {}).get("judge") or {}).get("consistency")
+                if isinstance(c, dict):
+                    sums["pairwise_rows"] += 1
+                    for k in CONSISTENCY:
+                        sums[k] += int(c.get(k) or 0)
+        out[d.name] = sums
+    return out
+
+
+def consistency_lines(consistency: dict) -> list[str]:
+    """Markdown lines for a card or report: per judge stage, agreement under position swap, or
+    "not judged pairwise"."""
+    if not consistency:
+        return ["- no judge stage in this run"]
+    lines = []
+    for stage, c in consistency.items():
+        if not c.get("pairwise_rows"):
+            lines.append(f"- {stage}: not judged pairwise ({c.get('rows', 0)} rows scored one at a time)")
+            continue
+        rate = f"{c['agree'] / c['judged']:.1%}" if c["judged"] else "-"
+        lines.append(
+            f"- {stage}: {c['agree']} of {c['judged']} comparisons judged both ways agree under position "
+            f"swap ({rate}); {c['ties_under_swap']} flipped, counted as ties; {c['unreadable']} unreadable, "
+            f"dropped ({c['pairwise_rows']} rows)"
+        )
+    return lines
+
+
 def _num(x) -> float | None:
     return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) else None
 
@@ -453,6 +499,12 @@ def dataset_card(run_dir: str | Path) -> str:
             reasons[(r["reject"]["stage"], kind)] += 1
     lines += ["", "## Rejected (rejected/)", "", "| stage | reason | rows |", "|---|---|---:|"]
     lines += [f"| {stage} | {reason} | {n} |" for (stage, reason), n in reasons.most_common()]
+    from alignfactory.stages.curate.decontaminate import statement
+
+    consistency = m.get("judge_consistency")
+    consistency = judge_consistency(run_dir) if consistency is None else consistency
+    lines += ["", "## Judge consistency (position swap)", "", *consistency_lines(consistency)]
+    lines += ["", "## Contamination", "", *statement(run_dir)]
     for fmt in ("sft", "preference"):
         path = run_dir / fmt / "train.jsonl"
         if not path.exists():

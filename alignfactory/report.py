@@ -199,6 +199,49 @@ def score_histograms(run_dir) -> list:
     return [fig]
 
 
+def judge_consistency(run_dir) -> list:
+    """Pairwise judge consistency per judge stage: comparisons judged both ways, agreeing under the
+    position swap, flipped (counted as ties), unreadable (dropped); from the manifest, else the shards."""
+    c = inspect.manifest(run_dir).get("judge_consistency")
+    c = inspect.judge_consistency(run_dir) if c is None else c
+    if not c:
+        return ["no judge stage in this run"]
+    import pandas as pd
+
+    df = pd.DataFrame([{"stage": k} | v for k, v in c.items()])
+    rates = zip(df["agree"], df["judged"], strict=True)
+    df["agree rate"] = [f"{a / j:.1%}" if j else "not judged pairwise" for a, j in rates]
+    return [df]
+
+
+def contamination(run_dir) -> list:
+    """What each decontaminate stage checked: benchmark files (sha256, items), rows checked, rejected."""
+    from alignfactory.stages.curate.decontaminate import checks
+
+    found = checks(run_dir)
+    if not found:
+        return ["no decontaminate stage: no row was compared with any benchmark"]
+    import pandas as pd
+
+    rows = []
+    for c in found:
+        k = c["check"] or {}
+        for f in k.get("files") or [{}]:
+            rows.append(
+                {
+                    "stage": c["stage"],
+                    "on": k.get("on", "not run"),
+                    "rows checked": k.get("rows_checked", 0),
+                    "contaminated": k.get("rows_contaminated", 0),
+                    "ngram": k.get("ngram"),
+                    "benchmark": f.get("name", "none listed"),
+                    "items": f.get("items"),
+                    "sha256": f.get("sha256"),
+                }
+            )
+    return [pd.DataFrame(rows)]
+
+
 def preference(run_dir) -> list:
     """Preference pairs: score margin (chosen - rejected) and chosen/rejected length ratio."""
     p = inspect.pairs(run_dir)
@@ -303,8 +346,10 @@ VIEWS = [
     ("evolution", "Evolution lineage", evolution, "evolution"),
     ("verifiers", "Verifier pass rates and sandbox statuses", verifiers, "verdicts"),
     ("scores", "Judge, reward and verifier scores", score_histograms, "scores"),
+    ("consistency", "Judge consistency under position swap", judge_consistency, None),
     ("preference", "Preference margins and length ratio", preference, "pairs"),
     ("duplicates", "Near-duplicate clusters", duplicate_clusters, "duplicates"),
+    ("contamination", "Contamination: benchmarks checked", contamination, None),
     ("map", "Instruction embeddings (2-D)", embedding_map, "final"),
     ("samples", "Random samples", samples, None),  # tables only
 ]

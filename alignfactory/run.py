@@ -673,6 +673,10 @@ class Runner:
             ],
         }
         manifest["cost"] = cost.summary(manifest, self.root)  # per stage, per SFT row / pair
+        from alignfactory.inspect import judge_consistency
+
+        # per judge stage: comparisons judged both ways, agreeing, flipped (ties), unreadable
+        manifest["judge_consistency"] = judge_consistency(self.root)
         if stopped:
             manifest["stopped"] = stopped
         io.write_json_atomic(self.root / "manifest.json", manifest)

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from alignfactory import records
-from alignfactory.stages.assemble.export import Export, is_holdout
+from alignfactory.stages.assemble.export import Export, is_holdout, lineage_root
 from alignfactory.stages.base import StageContext
 
 
@@ -124,8 +124,10 @@ def test_holdout_is_deterministic_by_row_id_and_follows_pairs(tmp_path):
         row(f"Question {i}?", f"Answer {i}.", pairs=[{"chosen": f"c{i}", "rejected": f"r{i}", "stage": "t"}])
         for i in range(200)
     ]
+    for i, r in enumerate(rows, 1):  # one seed line each: the split hashes the lineage root (file:line)
+        r["source"]["line"] = i
     export(tmp_path, rows, formats=["sft", "preference"], holdout=0.25)
-    held = {r["id"] for r in rows if is_holdout(r["id"], 0.25)}
+    held = {r["id"] for r in rows if is_holdout(lineage_root(r), 0.25)}
     assert 20 < len(held) < 80  # ~50 of 200
     for fmt in ("sft", "preference"):
         train = datasets.load_dataset("json", data_files=str(tmp_path / fmt / "train.jsonl"), split="train")
@@ -142,7 +144,7 @@ def test_holdout_is_deterministic_by_row_id_and_follows_pairs(tmp_path):
     again.mkdir()
     export(again, list(reversed(rows)), formats=["sft"], holdout=0.25)  # order does not matter
     assert len((again / "sft" / "holdout.jsonl").read_text().splitlines()) == len(held)
-    assert not is_holdout(rows[0]["id"], 0.0)
+    assert not is_holdout(lineage_root(rows[0]), 0.0)
 
 
 # ---- reward -------------------------------------------------------------------------------------

@@ -7,10 +7,22 @@
     firefly/     {"kind", "input", "target"}        single-turn rows only (multi-turn ones are counted, skipped)
 
 Each format dir holds train.{jsonl,parquet} and dataset/ (save_to_disk) as params.files asks; with
-`card` also README.md, a dataset card (counts, the spec, pair statistics) whose YAML header names the
-splits, so `datasets.load_dataset("<run>/sft")` loads the dir as is. params.holdout: that fraction of
-rows (by a hash of the row id: the same rows on every run) goes to holdout.{jsonl,parquet} instead of
-train; a preference pair follows the row that carries it.
+`card` also README.md, a dataset card whose YAML header names the splits, so
+`datasets.load_dataset("<run>/sft")` loads the dir as is. The card carries counts, pair statistics,
+the generator model of each LLM stage, the licence file of each input file, the judge's consistency
+under position swap, the contamination statement (decontaminate.statement: benchmark files with
+their sha256, n-gram size, rows checked and rejected), rows longer than the shipped training
+configs' `max_length` (which training would cut), and the spec.
+
+params.holdout: that fraction of rows goes to holdout.{jsonl,parquet} instead of train, chosen by a
+hash of the row's lineage root, its input line (`source` {file, line}, which read sets and every
+derived row keeps): sibling samples, evolutions and revisions of one seed land on the same side, so
+nothing of a held-out seed leaks into train. The same rows on every run; a preference pair follows
+the row that carries it. meta.export records each row's split, root and token count.
+
+Lengths are counted in tokens with the SmolLM2 tokenizer (the model the shipped training configs
+fine-tune), chat template applied; where it cannot load, estimated (non-CJK characters / 4 + one per
+CJK character + 4 per message) and the card says so.
 
 SFT rows are rows whose messages end with an assistant turn; preference rows come from the `pairs`
 column ([{"chosen", "rejected", "stage", ...}], prompt = the row's prompt). A row that gives neither
@@ -22,15 +34,24 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import re
 import shutil
+from functools import lru_cache
 from pathlib import Path
 from statistics import mean, median
 from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from alignfactory import io, records
+from alignfactory import io, records, registry
 from alignfactory.stages.base import Stage
+
+log = logging.getLogger("alignfactory")
+PIPELINES = Path(__file__).resolve().parents[3] / "pipelines"  # the shipped training configs
+# which shipped training configs read which export format (their max_length keys)
+TRAIN_CONFIGS = {"sft": "train_sft*.yaml", "preference": "train_dpo*.yaml train_reward*.yaml"}
+CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]")
 
 FORMATS = ("sft", "preference", "qwen", "sharegpt", "firefly")
 SHAREGPT_FROM = {"system": "system", "user": "human", "assistant": "gpt"}
@@ -54,11 +75,61 @@ def features(fmt: str):
     return Features({"kind": Value("string"), "input": Value("string"), "target": Value("string")})
 
 
-def is_holdout(row_id: str, fraction: float) -> bool:
-    """Deterministic split: the first 8 hex digits of sha256("holdout:" + id) as a number in [0, 1)."""
+def is_holdout(key: str, fraction: float) -> bool:
+    """Deterministic split: the first 8 hex digits of sha256("holdout:" + key) as a number in [0, 1)."""
     if fraction <= 0:
         return False
-    return int(hashlib.sha256(f"holdout:{row_id}".encode()).hexdigest()[:8], 16) / 16**8 < fraction
+    return int(hashlib.sha256(f"holdout:{key}".encode()).hexdigest()[:8], 16) / 16**8 < fraction
+
+
+def lineage_root(row: dict) -> str:
+    """The row's first ancestor, named by its input line "file:line" (read sets `source`, derive copies
+    it to every descendant); the row id only for a row without one."""
+    src = row.get("source") or {}
+    return f"{src['file']}:{src['line']}" if "file" in src and "line" in src else f"id:{row['id']}"
+
+
+@lru_cache(maxsize=1)
+def training_tokenizer():
+    """(tokenizer or None, how lengths are counted): the SmolLM2 tokenizer of the embedded model, which
+    the shipped training configs fine-tune; None (estimate) when it cannot load."""
+    try:
+        from transformers import AutoTokenizer
+
+        from alignfactory.llm.embedded import embedded_model_dir
+
+        return AutoTokenizer.from_pretrained(
+            str(embedded_model_dir())
+        ), "tokens (SmolLM2 tokenizer, chat template)"
+    except Exception as e:  # no model package, no transformers: say so on the card
+        log.warning("export: SmolLM2 tokenizer unavailable (%s); lengths are estimated", e)
+        return None, f"estimated tokens (non-CJK chars / 4 + CJK chars + 4 per message; tokenizer: {e})"
+
+
+def count_tokens(messages: list[dict], tokenizer) -> int:
+    """Tokens of a conversation as training sees it (chat template), or the estimate."""
+    turns = [{"role": m["role"], "content": m["content"]} for m in messages]
+    if tokenizer is not None and getattr(tokenizer, "chat_template", None):
+        return len(tokenizer.apply_chat_template(turns, tokenize=True))
+    if tokenizer is not None:
+        return sum(len(tokenizer(m["content"])["input_ids"]) + 4 for m in turns)
+    cjk = sum(len(CJK.findall(m["content"])) for m in turns)
+    chars = sum(len(m["content"]) for m in turns)
+    return (chars - cjk + 3) // 4 + cjk + 4 * len(turns)
+
+
+def max_lengths(fmt: str) -> dict[str, int]:
+    """{training config file name: max_length} of the shipped configs that read `fmt` (qwen, sharegpt
+    and firefly rows are SFT rows)."""
+    import yaml
+
+    out = {}
+    for pattern in TRAIN_CONFIGS["preference" if fmt == "preference" else "sft"].split():
+        for path in sorted(PIPELINES.glob(pattern)):
+            value = (yaml.safe_load(path.read_text("utf-8")) or {}).get("max_length")
+            if isinstance(value, int):
+                out[path.name] = value
+    return out
 
 
 def conversations(row: dict, names: dict | None = None) -> list[dict]:
@@ -83,19 +154,40 @@ class Export(Stage):
             ["sft"], min_length=1
         )
         files: list[Literal["parquet", "jsonl", "datasets", "card"]] = ["parquet", "jsonl", "datasets"]
-        holdout: float = Field(0.0, ge=0, lt=1)  # fraction of rows held out of train (by row id hash)
+        holdout: float = Field(0.0, ge=0, lt=1)  # fraction held out of train (by lineage root hash)
+        count_tokens: Literal["tokenizer", "estimate"] = "tokenizer"  # row lengths for the card
 
     def __call__(self, rows: list[dict]) -> list[dict]:
         fmts = self.params.formats
         out = {f: {"train": [], "holdout": []} for f in fmts}
         stats = {"rows": 0, "holdout_rows": 0, "multi_turn_skipped": 0, "pairs": []}
+        tokenizer, stats["counted_as"] = (
+            training_tokenizer() if self.params.count_tokens == "tokenizer" else (None, "estimated tokens")
+        )
+        stats["tokens"] = {"sft": [], "preference": []}  # [(row id, tokens)]; a pair: its longer side
         for row in rows:
             answered = records.response(row) is not None and bool(set(fmts) - {"preference"})
             pairs = (row.get("pairs") or []) if "preference" in fmts else []
             if not answered and not pairs:
                 self.reject(row, "no_response")
                 continue
-            split = "holdout" if is_holdout(row["id"], self.params.holdout) else "train"
+            root = lineage_root(row)
+            split = "holdout" if is_holdout(root, self.params.holdout) else "train"
+            audit = self.meta(row)
+            audit.update({"split": split, "lineage_root": root})
+            if answered:
+                audit["tokens"] = count_tokens(row["messages"], tokenizer)
+                stats["tokens"]["sft"].append((row["id"], audit["tokens"]))
+            if pairs:
+                prompt_turns = records.prompt_messages(row)
+                audit["pair_tokens"] = [
+                    max(
+                        count_tokens(prompt_turns + [{"role": "assistant", "content": p[side]}], tokenizer)
+                        for side in ("chosen", "rejected")
+                    )
+                    for p in pairs
+                ]
+                stats["tokens"]["preference"] += [(row["id"], n) for n in audit["pair_tokens"]]
             stats["rows"] += 1
             stats["holdout_rows"] += split == "holdout"
             if answered:
@@ -164,14 +256,86 @@ class Export(Stage):
         if fmt == "firefly" and stats["multi_turn_skipped"]:
             lines.append(f"- multi-turn rows skipped (Firefly holds one turn): {stats['multi_turn_skipped']}")
         if self.params.holdout:
-            lines.append(f"- holdout: {self.params.holdout} of rows by sha256 of the row id")
+            lines.append(
+                f"- holdout: {self.params.holdout} of input lines (sha256 of the lineage root, the input "
+                "file:line every derived row keeps): all rows of one seed are on one side"
+            )
         if fmt == "preference":
             lines += ["", "## Pairs", ""] + pair_stats(stats["pairs"], stats["ties"])
-        manifest = Path(self.ctx.run_dir) / "manifest.json"
-        if manifest.exists():
-            spec = json.loads(manifest.read_text("utf-8")).get("spec")
+        from alignfactory.inspect import consistency_lines, judge_consistency
+        from alignfactory.stages.curate.decontaminate import statement
+
+        run_dir = Path(self.ctx.run_dir)
+        path = run_dir / "manifest.json"
+        manifest = json.loads(path.read_text("utf-8")) if path.exists() else {}
+        spec = manifest.get("spec") or {}
+        lines += ["", "## Provenance", "", *provenance(spec)]
+        lines += [
+            "",
+            "## Judge consistency (position swap)",
+            "",
+            *consistency_lines(judge_consistency(run_dir)),
+        ]
+        lines += ["", "## Contamination", "", *statement(run_dir)]
+        lines += ["", "## Length against the shipped training configs", ""]
+        lines += length_lines(
+            stats["tokens"]["preference" if fmt == "preference" else "sft"], fmt, stats["counted_as"]
+        )
+        if spec:
             lines += ["", "## Spec", "", "```json", json.dumps(spec, indent=2, ensure_ascii=False), "```"]
         return "\n".join(lines) + "\n"
+
+
+def provenance(spec: dict) -> list[str]:
+    """Markdown lines: the model of each LLM stage (the stage's own, else the pipeline's) and the licence
+    file(s) beside each input file (LICENSE*.md in its folder that name it, else all of them)."""
+    from alignfactory.llm.config import ModelConfig
+
+    lines = ["Generator models (per LLM stage):", ""]
+    default = ModelConfig.model_validate(spec.get("model") or {})
+    for i, st in enumerate(spec.get("stages") or [], 1):
+        try:
+            llm = registry.resolve(st["name"]).uses_llm
+        except Exception:  # an unknown stage name: the spec validated when it ran; show it, unmarked
+            llm = False
+        if llm:
+            m = ModelConfig.model_validate(st["model"]) if st.get("model") else default
+            ident = m.identity()
+            lines.append(f"- {i:02d}-{st['name']}: `{ident['path']}` ({ident['backend']}, {ident['dtype']})")
+    if len(lines) == 2:
+        lines.append("- none (no LLM stage)")
+    lines += ["", "Input files and their licences:", ""]
+    inputs = (spec.get("input") or {}).get("path") or []
+    for pattern in [inputs] if isinstance(inputs, str) else inputs:
+        try:
+            files = io.expand_paths([pattern])
+        except Exception as e:  # moved since the run: say so rather than guess
+            lines.append(f"- `{pattern}`: not found now ({e})")
+            continue
+        for f in files:
+            found = sorted(f.parent.glob("LICENSE*")) if f.is_file() else sorted(f.glob("LICENSE*"))
+            named = [lic for lic in found if f.name in lic.read_text("utf-8", errors="replace")]
+            names = ", ".join(f"`{lic}`" for lic in (named or found)) or "no licence file beside it"
+            lines.append(f"- `{f}`: {names}")
+    return lines
+
+
+def length_lines(tokens: list[tuple[str, int]], fmt: str, counted_as: str) -> list[str]:
+    """Markdown lines: rows (pairs: their longer side) longer than each shipped training config's
+    max_length, which training would cut, with the first ids."""
+    limits = max_lengths(fmt)
+    if not tokens:
+        return ["- no rows"]
+    lines = [
+        f"Lengths in {counted_as}; longest {max(n for _, n in tokens)}.",
+        "",
+        "| training config | max_length | rows longer (training cuts them) | first ids |",
+        "|---|---:|---:|---|",
+    ]
+    for name, limit in limits.items():
+        over = [rid for rid, n in tokens if n > limit]
+        lines.append(f"| {name} | {limit} | {len(over)} | {', '.join(over[:5]) or '-'} |")
+    return lines if limits else lines[:1] + ["", "- no shipped training config with max_length"]
 
 
 def pair_stats(pairs: list[dict], ties: int) -> list[str]:
