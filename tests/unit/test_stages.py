@@ -199,8 +199,8 @@ def test_generate_n1_appends_assistant_turn_with_lineage_and_meta():
     out = make_generate(engine)(json.loads(json.dumps(src)))
     assert len(out) == 2
     first, second = out
-    assert first["messages"] == [{"role": "user", "content": EN_Q}, {"role": "assistant", "content": EN_A}]
-    assert second["messages"][-1] == {"role": "assistant", "content": default_reply(ZH_Q, 0)}
+    assert first["messages"] == [{"role": "user", "content": EN_Q}, records.assistant(EN_A, "stop")]
+    assert second["messages"][-1] == records.assistant(default_reply(ZH_Q, 0), "stop")  # reason on the turn
     for child, parent_id, parent in zip(out, ids, src, strict=True):
         assert child["lineage"] == {"parents": [parent_id], "stage": "generate"}
         assert child["id"] == records.message_id(child["messages"]) != parent_id
