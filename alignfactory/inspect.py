@@ -324,6 +324,7 @@ def scores(run_dir: str | Path):
 
 
 CONSISTENCY = ("judged", "agree", "ties_under_swap", "unreadable")  # meta.judge.consistency counters
+_CONSISTENCY: dict[tuple, dict] = {}  # (finished judge stage dir, its _SUCCESS mtime) -> sums
 
 
 def judge_consistency(run_dir: str | Path) -> dict:
@@ -336,6 +337,11 @@ def judge_consistency(run_dir: str | Path) -> dict:
     for d in _stage_dirs(Path(run_dir)):
         if _stage_name(d.name) != "judge":
             continue
+        done = d / "_SUCCESS"  # a finished stage is read once per process, not at every manifest write
+        key = (str(d.resolve()), done.stat().st_mtime_ns) if done.exists() else None
+        if key in _CONSISTENCY:
+            out[d.name] = dict(_CONSISTENCY[key])
+            continue
         sums = dict.fromkeys(("rows", "pairwise_rows", *CONSISTENCY), 0)
         for p in sorted(d.glob("shard-*.jsonl")):
             for r in io.read_jsonl(p)[1:]:
@@ -345,6 +351,8 @@ def judge_consistency(run_dir: str | Path) -> dict:
                     sums["pairwise_rows"] += 1
                     for k in CONSISTENCY:
                         sums[k] += int(c.get(k) or 0)
+        if key is not None:
+            _CONSISTENCY[key] = dict(sums)
         out[d.name] = sums
     return out
 
