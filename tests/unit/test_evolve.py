@@ -440,3 +440,13 @@ def test_params_are_checked():
 )
 def test_equality_verdict(text, verdict):
     assert equality_verdict(text) is verdict
+
+
+def test_a_rewrite_back_to_an_earlier_round_is_no_gain():
+    # round 2 rewrites HAIKU2 back to HAIKU: the chain's own origin, which would repeat its id
+    engine, calls = script({HAIKU: HAIKU2, HAIKU2: HAIKU})
+    parent = row(HAIKU)
+    kept, rejected = split(apply_stage(evolve(engine, rounds=2), [parent]))
+    assert [records.instruction(r) for r in kept] == [HAIKU2]
+    assert rejected[0]["reject"]["reason"] == "eliminated: no_information_gain: identical to an earlier round"
+    assert calls["equal"] == [HAIKU2]  # no LLM check spent on it

@@ -16,8 +16,9 @@ in this order (the first that fires names the reason):
                               max_tokens (LLMStage.complete); only what is still cut is eliminated
     copies_template: <words>  the evolved prompt copies template words ("#Rewritten Prompt#", "given
                               prompt", "#改写后的提示#", ...: params.copy_markers)
-    no_information_gain       identical to the instruction it evolved from (after whitespace/case), or
-                              the LLM equality check (equal_{en,zh}.jinja) answers "Equal" / "相同"
+    no_information_gain       identical to the instruction it evolved from or to an earlier one of
+                              its chain (after whitespace/case), or the LLM equality check
+                              (equal_{en,zh}.jinja) answers "Equal" / "相同"
     unjudged                  the equality reply has no verdict (unreadable, or cut after its retry):
                               eliminated unless equality_unclear is "keep" (a gate that cannot read
                               its input does not pass it)
@@ -170,7 +171,12 @@ class Evolve(LLMStage):
         children: list[list[dict]] = [[] for _ in rows]  # every survivor, in round order
         rejected: list[dict] = []
         for r in range(1, self.params.rounds + 1):
-            steps = self.round(rows, current, r)  # seeds stay keyed by the input row and the round
+            # every instruction of each row's chain so far: a rewrite back to one of them is no gain
+            earlier = [
+                [records.instruction(x) for x in [row, *kids]]
+                for row, kids in zip(rows, children, strict=True)
+            ]
+            steps = self.round(rows, current, r, earlier)  # seeds stay keyed by the input row and the round
             for i, step in enumerate(steps):
                 history[i].append({k: step[k] for k in ("round", "operation", "instruction", "status")})
                 if step["status"] == "kept":
@@ -191,8 +197,12 @@ class Evolve(LLMStage):
             out += kids
         return out + rejected
 
-    def round(self, rows: list[dict], current: list[str], r: int) -> list[dict]:
-        """Evolve every row's current instruction once and run the elimination step on the results."""
+    def round(
+        self, rows: list[dict], current: list[str], r: int, earlier: list[list[str]] | None = None
+    ) -> list[dict]:
+        """Evolve every row's current instruction once and run the elimination step on the results.
+        earlier[i]: the instructions of row i's chain so far (a rewrite back to one of them is no gain,
+        and would give a row an id the chain already has)."""
         ops = [self.operation(row, r) for row in rows]
         convs = []
         for op, text in zip(ops, current, strict=True):
@@ -201,12 +211,12 @@ class Evolve(LLMStage):
             convs.append([{"role": "user", "content": prompt}])
         outs = self.complete(convs, rows, self.evolve_sampling, what=f"round{r}")
         steps = []
-        for op, text, out in zip(ops, current, outs, strict=True):
+        for i, (op, text, out) in enumerate(zip(ops, current, outs, strict=True)):
             raw = out.texts[0]
             new = raw.strip().strip('"“”').strip()
             step = {"round": r, "operation": op, "instruction": new, "parent": text, "raw": raw}
             step |= {"finish_reason": out.finish_reason(0), "retried": bool(out.retried)}
-            step["status"] = self.static_check(text, new, out)
+            step["status"] = self.static_check(text, new, out, earlier[i] if earlier else [])
             steps.append(step)
         if self.params.equality_check:
             self.check(rows, steps, r, "equal")
@@ -214,7 +224,7 @@ class Evolve(LLMStage):
             self.check(rows, steps, r, "answer")
         return steps
 
-    def static_check(self, parent: str, new: str, out) -> str:
+    def static_check(self, parent: str, new: str, out, earlier: list[str] = ()) -> str:
         if not new:
             return "empty"
         if not out.complete(0):
@@ -224,8 +234,11 @@ class Evolve(LLMStage):
         copied = [m for m in self.params.copy_markers if m.casefold() in low]
         if copied:
             return f"copies_template: {copied[0]!r}"
-        if SPACE.sub(" ", low) == SPACE.sub(" ", parent.strip().casefold()):
+        same = lambda a: SPACE.sub(" ", low) == SPACE.sub(" ", a.strip().casefold())  # noqa: E731
+        if same(parent):
             return "no_information_gain: identical to its parent"
+        if any(same(e) for e in earlier):
+            return "no_information_gain: identical to an earlier round"
         return "kept"
 
     def check(self, rows: list[dict], steps: list[dict], r: int, what: str) -> None:
