@@ -184,7 +184,7 @@ def test_free_text_critique_when_the_engine_cannot_constrain():
     eng = engine(critique=lambda p: "Yes. It states a false fact.", answers="Yes, it does.", constrains=False)
     out = const(eng)([row(*RAIN)])
     meta = out[0]["meta"]["constitution"]
-    assert meta["critique"]["parse"] == "free_text: scripted engine set to not constrain"
+    assert meta["parse"] == meta["critique"]["parse"] == "free_text: scripted engine set to not constrain"
     assert meta["critique"]["violates"] == "yes" and meta["outcome"] == "revised"
     assert (
         meta["checks"]["answers"]["parse"].startswith("free_text")

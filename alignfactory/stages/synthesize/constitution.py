@@ -11,7 +11,7 @@ rotated by the row id so that rows spread over them. At most `per_row`.
 
 critique_revise (needs an assistant turn; "no_response" reject otherwise), per row:
   1. critique (critique.<lang>.jinja) shows the applicable principles and asks for a structured
-     decision, {"violates": "yes"|"no", "principle": <id>|"none", "what": <short>} (CRITIQUE schema;
+     decision, {"violates": "yes"|"no", "principle": <id>|"none", "what": <short>} (critique_constraint;
      a free-text reply is read only when the engine did not constrain: meta.parse says which path
      and why). A critique that is cut off, unreadable or names a principle it was not shown, and a
      "no", leave the row exactly as it was, with no pair: the constitution never rejects a row that
@@ -35,10 +35,10 @@ critique_revise (needs an assistant turn; "no_response" reject otherwise), per r
      its finish reason; pairs += {chosen: revision, rejected: original, chosen_finish_reason,
      rejected_finish_reason, stage, policy "revised_vs_original", principles}; no pair when the
      original itself is incomplete (records.response_complete).
-  meta.constitution = {mode, principles (shown), critique {raw, finish_reason, parse, violates,
+  meta.constitution = {mode, principles (shown), parse, critique {raw, finish_reason, parse, violates,
   principle, what}, outcome, revision {raw, finish_reason}, checks {template_text, cosine_original,
-  cosine_revision, relevance, answers {raw, finish_reason, parse, verdict}}, revision_rejected,
-  original, changed, pair}
+  cosine_revision, relevance_floor, relevance ("ok" | "off_topic" | "not_measured: ..."), answers
+  {raw, finish_reason, parse, verdict}}, revision_rejected, original, changed, pair}
 contrast (needs a user turn):
   two generations with the guideline as system prompt: aligned.<lang>.jinja and deviating.<lang>.jinja.
   A cut or empty aligned reply rejects the row (truncated | empty_response, raw kept); otherwise a
@@ -380,7 +380,7 @@ class Constitution(LLMStage):
         violated = []
         for it, c in zip(live, crits, strict=True):
             info, why = self.read_critique(c, [p["id"] for p in it["ps"]])
-            it["meta"]["critique"] = info
+            it["meta"].update(critique=info, parse=info["parse"])
             if why is not None:
                 it["meta"]["outcome"] = f"critique_failed: {why}"
             elif info["violates"] == "no":
@@ -404,8 +404,7 @@ class Constitution(LLMStage):
                 checked.append(it)
 
         # 3. relevance by embedding (where the embedder covers the language), then the judge check
-        for it in checked:
-            why = self.relevance(it)
+        for it, why in zip(checked, self.relevance(checked), strict=True):
             if why is not None:
                 self.decline(it, why, discarded)
         checked = [it for it in checked if "revision_rejected" not in it["meta"]]
@@ -467,25 +466,39 @@ class Constitution(LLMStage):
         it["meta"]["checks"] = {"template_text": found}
         return f"template_text: {found}" if found else None
 
-    def relevance(self, it: dict) -> str | None:
-        """off_topic when the revision's cosine to the prompt falls more than the margin below the
-        original's; None when it holds or the embedder does not cover the prompt's language."""
-        row, checks = it["row"], it["meta"]["checks"]
-        prompt = records.instruction(row)
-        lang = language(prompt)
-        if lang not in self.params.embedder_languages:
-            checks["relevance"] = f"not_measured: prompt language {lang!r} not in embedder_languages"
-            return None
-        p, o, r = self.embedder().encode([prompt, records.response(row), it["text"]])  # L2-normalized
-        cos_o, cos_r = round(float(p @ o), 4), round(float(p @ r), 4)
-        floor = round(cos_o - self.params.relevance_margin, 4)
-        checks.update(cosine_original=cos_o, cosine_revision=cos_r, relevance_floor=floor)
-        checks["relevance"] = "ok" if cos_r >= floor else "off_topic"
-        return (
-            None
-            if cos_r >= floor
-            else f"off_topic: cosine to the prompt {cos_r} < {floor} (original {cos_o})"
-        )
+    def relevance(self, items: list[dict]) -> list[str | None]:
+        """Per item: off_topic when the revision's cosine to the prompt falls more than the margin below
+        the original's; None when it holds or the embedder does not cover the prompt's language."""
+        covered = []
+        for it in items:
+            lang = language(records.instruction(it["row"]))
+            if lang in self.params.embedder_languages:
+                covered.append(it)
+            else:
+                it["meta"]["checks"]["relevance"] = (
+                    f"not_measured: prompt language {lang!r} not in embedder_languages"
+                )
+        if covered:  # one encode call: (3 * rows, dim), L2-normalized -> (rows, 3, dim)
+            texts = [
+                t
+                for it in covered
+                for t in (records.instruction(it["row"]), records.response(it["row"]), it["text"])
+            ]
+            vecs = self.embedder().encode(texts).reshape(len(covered), 3, -1)
+        why = {}
+        for it, (p, o, r) in zip(covered, vecs if covered else [], strict=True):
+            cos_o, cos_r = round(float(p @ o), 4), round(float(p @ r), 4)
+            floor = round(cos_o - self.params.relevance_margin, 4)
+            ok = cos_r >= floor
+            it["meta"]["checks"].update(
+                cosine_original=cos_o,
+                cosine_revision=cos_r,
+                relevance_floor=floor,
+                relevance="ok" if ok else "off_topic",
+            )
+            if not ok:
+                why[id(it)] = f"off_topic: cosine to the prompt {cos_r} < {floor} (original {cos_o})"
+        return [why.get(id(it)) for it in items]
 
     def read_check(self, c) -> tuple[str | None, dict]:
         """A yes/no judge check: ("yes" | "no" | None, its record)."""
