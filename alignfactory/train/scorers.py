@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import re
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -191,6 +190,7 @@ class Scorers:
         from alignfactory.llm import make_engine
         from alignfactory.llm.base import Sampling
         from alignfactory.llm.config import ModelConfig
+        from alignfactory.stages.synthesize.judge import parse_score
 
         if self._judge_engine is None:
             self._judge_engine = make_engine(
@@ -220,8 +220,11 @@ class Scorers:
         for cs in completions:
             scores = []
             for _ in cs:
-                m = re.search(r"Score:\s*(\d+)", next(it).texts[0])
-                scores.append(min(10, int(m.group(1))) / 10 if m else None)  # unparseable: unscored
+                o = next(it)
+                # the template asks for {"reason", "score"}; the judge stage's reader takes that and
+                # labeled free text; a cut reply or no readable score: unscored
+                v = parse_score(o.texts[0]) if o.complete(0) else None
+                scores.append(v / 10 if v is not None else None)
             out.append(scores)
         return out
 

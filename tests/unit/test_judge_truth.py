@@ -338,3 +338,14 @@ def test_pairs_unscored_siblings_left_out_and_counted():
     head = out[1]
     assert head["pairs"][0]["chosen"] == "b" and head["pairs"][0]["rejected"] == "c"
     assert head["meta"]["pairs"]["unscored"] == 1
+
+
+def test_online_dpo_judge_scorer_reads_the_templates_json_shape():
+    """Fails on the old code: its regex wanted "Score: N", the template now asks for JSON."""
+    from alignfactory.train.scorers import Scorers
+
+    replies = iter(['{"reason": "ok", "score": 8}', "The answer to this question is: 10"])
+    s = Scorers("judge", judge_model="scripted")
+    s._judge_engine = ScriptedEngine(rule=lambda conv, k, seed: next(replies))
+    scores, _ = s.score([{"prompt": [{"role": "user", "content": "q"}]}], [["x", "y"]])
+    assert scores == [[0.8, None]]
