@@ -389,3 +389,105 @@ def test_exec_feedback_retry_at_twice_the_budget_rescues_a_cut_solution(sandbox)
     (out,) = stage([row(TASK)])
     assert out["reject"] is None and out["meta"]["exec_feedback"]["finish_reasons"] == ["stop"]
     assert engine.max_tokens_seen == [64, 128, 64] and stage.retries == 1  # solutions, retry, tests
+
+
+# ---- export: the last guard ---------------------------------------------------------------------
+
+
+def export(tmp_path, rows, **params):
+    from alignfactory.stages.assemble.export import Export
+
+    params = {"files": ["jsonl"], "count_tokens": "estimate", "formats": ["sft", "preference"]} | params
+    return Export(Export.Params(**params), StageContext("export", 9, run_dir=tmp_path))(rows)
+
+
+def lines(path) -> list[dict]:
+    return [json.loads(x) for x in path.read_text("utf-8").splitlines()]
+
+
+def pair(chosen: str, rejected: str, cr: str | None = "stop", rr: str | None = "stop") -> dict:
+    return {"chosen": chosen, "rejected": rejected, "stage": "t"} | {
+        "chosen_finish_reason": cr,
+        "rejected_finish_reason": rr,
+    }
+
+
+def outcomes(rows: list[dict]) -> dict[int, list[str | None]]:
+    """Input line -> the outcomes export gives it (discarded candidates are not a line's outcome)."""
+    out: dict[int, list] = {}
+    for r in rows:
+        if not records.discarded_candidate(r):
+            out.setdefault(r["source"]["line"], []).append(r["reject"]["reason"] if r["reject"] else None)
+    return out
+
+
+def test_export_cut_answer_never_reaches_sft(tmp_path):
+    # old code: export wrote every row with an assistant turn to sft/, cut or not
+    rows = [row(EN_Q, "cut ans", reason="length", line=1), row(EN_Q, EN_A, reason="stop", line=2)]
+    rows.append(row(EN_Q, "no reason recorded", reason=None, line=3))
+    out = export(tmp_path, rows)
+    assert [m["messages"][-1]["content"] for m in lines(tmp_path / "sft" / "train.jsonl")] == [EN_A]
+    assert reasons(out) == [
+        "truncated: response finish_reason 'length'",
+        None,
+        "incomplete: response finish_reason None",
+    ]
+    assert out[0]["reject"]["raw"] == "cut ans" and outcomes(out) == {
+        1: [reasons(out)[0]],
+        2: [None],
+        3: [reasons(out)[2]],
+    }
+
+
+def test_export_cut_pair_side_never_reaches_preference_and_goes_to_rejected(tmp_path):
+    r = row(EN_Q, EN_A, reason="stop")
+    r["pairs"] = [pair("whole", "also whole"), pair("cut", "whole", cr="length"), pair("a", "b", rr=None)]
+    out = export(tmp_path, [r])
+    prefs = lines(tmp_path / "preference" / "train.jsonl")
+    assert [(p["chosen"][0]["content"], p["rejected"][0]["content"]) for p in prefs] == [
+        ("whole", "also whole")
+    ]
+    kept, *dropped = out
+    assert (
+        kept["reject"] is None
+        and kept["pairs"] == [r["pairs"][0]]
+        and len(lines(tmp_path / "sft" / "train.jsonl")) == 1
+    )
+    assert kept["meta"]["export"]["dropped"] == [
+        "truncated: pair chosen finish_reason 'length'",
+        "incomplete: pair rejected finish_reason None",
+    ]
+    assert [d["reject"]["reason"] for d in dropped] == kept["meta"]["export"]["dropped"]
+    assert [d["reject"]["raw"] for d in dropped] == ["cut", "b"]
+    assert all(records.discarded_candidate(d) for d in dropped) and outcomes(out) == {1: [None]}
+
+
+def test_export_cut_answer_with_whole_pairs_exports_the_pairs_only(tmp_path):
+    r = row(EN_Q, "cut ans", reason="length")
+    r["pairs"] = [pair("whole", "other")]
+    out = export(tmp_path, [r])
+    assert lines(tmp_path / "sft" / "train.jsonl") == []
+    assert len(lines(tmp_path / "preference" / "train.jsonl")) == 1
+    kept, dropped = out
+    assert (
+        records.response(kept) is None
+        and kept["pairs"] == r["pairs"]
+        and kept["lineage"]["stage"] == "export"
+    )
+    assert dropped["reject"]["reason"] == "truncated: response finish_reason 'length'"
+    assert records.discarded_candidate(dropped) and outcomes(out) == {1: [None]}
+
+
+def test_export_pair_without_finish_reasons_is_incomplete(tmp_path):
+    r = row(EN_Q)
+    r["pairs"] = [{"chosen": "x", "rejected": "y", "stage": "constitution"}]
+    (out,) = export(tmp_path, [r])
+    assert out["reject"]["reason"] == "incomplete: pair chosen finish_reason None"
+    assert lines(tmp_path / "preference" / "train.jsonl") == []
+
+
+def test_export_sft_only_ignores_pairs_and_keeps_them_on_the_row(tmp_path):
+    r = row(EN_Q, EN_A, reason="stop")
+    r["pairs"] = [pair("cut", "whole", cr="length")]
+    (out,) = export(tmp_path, [r], formats=["sft"])
+    assert out["reject"] is None and out["pairs"] == r["pairs"]

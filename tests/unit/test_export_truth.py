@@ -177,6 +177,7 @@ def test_preference_lengths_count_prompt_plus_the_longer_side(tiny_run):
     root, _ = tiny_run
     r = seed(1) | {"messages": records.with_response(seed(1), "A.", "stop")}
     r["pairs"] = [{"chosen": "yes " * 600, "rejected": "no", "stage": "t"}]
+    r["pairs"][0] |= {"chosen_finish_reason": "stop", "rejected_finish_reason": "stop"}
     out = export(root, [r], formats=["preference"], files=["jsonl", "card"])
     prompt = records.prompt_messages(r)
     longer = count_tokens(prompt + [{"role": "assistant", "content": "yes " * 600}], None)

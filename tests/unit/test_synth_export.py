@@ -13,11 +13,11 @@ from alignfactory.stages.base import StageContext
 
 def row(instr: str, answer: str | None = None, system: str | None = None, pairs=None, category=None) -> dict:
     msgs = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": instr}]
-    if answer is not None:
-        msgs.append({"role": "assistant", "content": answer})
+    if answer is not None:  # an answer that came with the input, as the reader marks it
+        msgs.append(records.assistant(answer, records.FROM_INPUT))
     r = records.new_row(msgs, {"file": "t.jsonl", "line": 1})
-    if pairs is not None:
-        r["pairs"] = pairs
+    if pairs is not None:  # whole sides: export's completeness guard lets only those through
+        r["pairs"] = [{"chosen_finish_reason": "stop", "rejected_finish_reason": "stop"} | p for p in pairs]
     if category:
         r["seed"] = {"category": category}
     return r
@@ -48,9 +48,9 @@ def sample_rows():
     multi = records.new_row(
         [
             {"role": "user", "content": "Hi"},
-            {"role": "assistant", "content": "Hello"},
+            records.assistant("Hello", records.FROM_INPUT),
             {"role": "user", "content": "Bye"},
-            {"role": "assistant", "content": "Goodbye"},
+            records.assistant("Goodbye", records.FROM_INPUT),
         ],
         {"file": "t.jsonl", "line": 9},
     )

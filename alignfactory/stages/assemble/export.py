@@ -28,6 +28,15 @@ SFT rows are rows whose messages end with an assistant turn; preference rows com
 column ([{"chosen", "rejected", "stage", ...}], prompt = the row's prompt). A row that gives neither
 is rejected ("no_response"). Each format is written to a temp dir and renamed, so a kill leaves the
 old export or the new one, never half of one.
+
+Completeness, the last guard (whole_only): a final assistant turn whose finish reason is not "stop" or
+"input" (a missing one included) never reaches sft/ (nor qwen/, sharegpt/, firefly/), and a pair whose
+chosen or rejected side has such a reason (chosen_finish_reason / rejected_finish_reason; missing counts
+as incomplete) never reaches preference/. Each drop goes to rejected/ as `truncated: ...` (finish
+reason "length") or `incomplete: ...` with the cut text as raw. When nothing whole is left the row
+itself is the reject; otherwise the row goes on without the cut part (a cut answer: an export child
+row holding the prompt and the whole pairs) and the cut part is a discarded candidate (lineage stage
+export, records.discarded_candidate), so every input line still ends up exactly once.
 """
 
 from __future__ import annotations
@@ -45,6 +54,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from alignfactory import io, records, registry
+from alignfactory.stages.assemble.filter import incomplete_reason
 from alignfactory.stages.base import Stage
 
 log = logging.getLogger("alignfactory")
@@ -145,6 +155,21 @@ def firefly(row: dict) -> dict | None:
     return {"kind": str(kind), "input": records.instruction(row), "target": records.response(row)}
 
 
+def labelled(reason: str, what: str) -> str:
+    """'truncated: finish_reason ...' -> 'truncated: <what> finish_reason ...'."""
+    kind, rest = reason.split(": ", 1)
+    return f"{kind}: {what} {rest}"
+
+
+def pair_incomplete(pair: dict) -> str | None:
+    """Why a pair may not be exported: a side whose finish reason is not stop/input (missing included)."""
+    for side in ("chosen", "rejected"):
+        why = incomplete_reason(pair.get(f"{side}_finish_reason"))
+        if why:
+            return labelled(why, f"pair {side}")
+    return None
+
+
 class Export(Stage):
     kind = "corpus"
     in_driver = True
@@ -165,7 +190,12 @@ class Export(Stage):
             training_tokenizer() if self.params.count_tokens == "tokenizer" else (None, "estimated tokens")
         )
         stats["tokens"] = {"sft": [], "preference": []}  # [(row id, tokens)]; a pair: its longer side
+        given = []  # what export gives back: each row (or what the guard made of it) + the dropped parts
         for row in rows:
+            row, dropped = self.whole_only(row, fmts)
+            given += [row] + dropped
+            if row.get("reject"):
+                continue
             answered = records.response(row) is not None and bool(set(fmts) - {"preference"})
             pairs = (row.get("pairs") or []) if "preference" in fmts else []
             if not answered and not pairs:
@@ -210,7 +240,40 @@ class Export(Stage):
         stats["ties"] = sum((r.get("meta") or {}).get("pairs", {}).get("ties", 0) for r in rows)
         for fmt in fmts:
             self.write(fmt, out[fmt], stats)
-        return rows
+        return given
+
+    def whole_only(self, row: dict, fmts: list[str]) -> tuple[dict, list[dict]]:
+        """The completeness guard: (the row to export, its dropped parts as rejected rows). A row with
+        nothing cut comes back as it is; with nothing whole left it comes back rejected."""
+        wants_turn = bool(set(fmts) - {"preference"}) and records.response(row) is not None
+        cut_turn = incomplete_reason(records.response_finish_reason(row)) if wants_turn else None
+        pairs = (row.get("pairs") or []) if "preference" in fmts else []
+        cut_pairs = {i: why for i, p in enumerate(pairs) if (why := pair_incomplete(p))}
+        if not cut_turn and not cut_pairs:
+            return row, []
+        whole = [p for i, p in enumerate(pairs) if i not in cut_pairs]
+        drops = []
+        if cut_turn:
+            drops.append((labelled(cut_turn, "response"), row["messages"], records.response(row), []))
+        for i, why in cut_pairs.items():  # the row holding the cut side as its answer: the raw, auditable
+            side = "chosen" if incomplete_reason(pairs[i].get("chosen_finish_reason")) else "rejected"
+            turn = records.assistant(pairs[i][side], pairs[i].get(f"{side}_finish_reason"))
+            drops.append((why, records.prompt_messages(row) + [turn], pairs[i][side], [pairs[i]]))
+        if not whole and (cut_turn or not wants_turn):  # nothing whole left: the row itself is the reject
+            self.meta(row)["dropped"] = [why for why, *_ in drops]
+            return self.reject(row, drops[0][0], raw=drops[0][2]), []
+        kept = row
+        if cut_turn:  # the answer goes, the whole pairs stay: an export child of the prompt alone
+            kept = records.derive(row, self.ctx.name, records.prompt_messages(row))
+        if pairs:
+            kept["pairs"] = whole
+        self.meta(kept)["dropped"] = [why for why, *_ in drops]
+        dropped = []
+        for why, messages, raw, carried in drops:
+            part = records.derive(row, self.ctx.name, messages)
+            part["pairs"] = carried
+            dropped.append(self.reject(part, why, raw=raw))
+        return kept, dropped
 
     def write(self, fmt: str, splits: dict[str, list[dict]], stats: dict) -> None:
         files = self.params.files
