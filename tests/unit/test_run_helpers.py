@@ -27,8 +27,8 @@ ZH = "解释一下什么是递归。"
 
 def row(instr: str, answer: str | None = None, line: int = 1) -> dict:
     msgs = [{"role": "user", "content": instr}]
-    if answer is not None:
-        msgs.append({"role": "assistant", "content": answer})
+    if answer is not None:  # as the reader gives it: an assistant turn from the input is whole
+        msgs.append(records.assistant(answer, records.FROM_INPUT))
     return records.new_row(msgs, {"file": "s.jsonl", "line": line})
 
 
