@@ -268,3 +268,11 @@ def test_shipped_benchmark_files_load_and_match_their_readme():
     he = json.loads((SHIPPED / "humaneval.jsonl").read_text("utf-8").splitlines()[0])
     out = s([row("Please complete this function:\n" + he["prompt"], 1)])
     assert out[0]["reject"]["reason"].endswith("humaneval.jsonl line 1 (prompt)")
+
+
+def test_on_response_checks_both_sides_of_every_pair(bench):
+    # the original answer a revision replaced lives on only as a pair's rejected side: still training data
+    r = row("Write a poem about the sea at night.", 1, "A clean revised poem about the sea.")
+    r["pairs"] = [{"chosen": "A clean revised poem about the sea.", "rejected": "Here: " + GSM_ANSWER}]
+    out = stage([{"path": str(bench), "field": "question", "answer_field": "answer"}], on="response")([r])
+    assert out[0]["reject"]["reason"].endswith("gsm_test.jsonl line 2 (answer)")

@@ -230,3 +230,19 @@ def test_manifest_and_report_carry_judge_consistency(tiny_run, tmp_path):
     readme = inspect.dataset_card(runner.root)
     assert "## Judge consistency (position swap)" in readme and "3 of 4 comparisons" in readme
     assert "## Contamination" in readme and "no decontaminate stage" in readme
+
+
+def test_smollm2_tokenizer_counts_the_chat_template_tokens():
+    from alignfactory.stages.assemble.export import training_tokenizer
+
+    tok, how = training_tokenizer()
+    if tok is None:
+        pytest.skip(f"SmolLM2 tokenizer not available here: {how}")
+    msgs = [
+        {"role": "user", "content": "Tell me a story."},
+        {"role": "assistant", "content": "Once a fox " * 400},
+    ]
+    n = count_tokens(msgs, tok)
+    # 1200 words of text + the template's role markers; a dict's len() (2) was the old bug
+    assert 1200 <= n <= 1300, n
+    assert how.startswith("tokens (SmolLM2")

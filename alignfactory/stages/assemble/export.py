@@ -120,7 +120,10 @@ def count_tokens(messages: list[dict], tokenizer) -> int:
     """Tokens of a conversation as training sees it (chat template), or the estimate."""
     turns = [{"role": m["role"], "content": m["content"]} for m in messages]
     if tokenizer is not None and getattr(tokenizer, "chat_template", None):
-        return len(tokenizer.apply_chat_template(turns, tokenize=True))
+        # text first, then ids (as the engine does): apply_chat_template(tokenize=True) returns a dict
+        # (input_ids, attention_mask) in recent transformers, whose len() is 2
+        text = tokenizer.apply_chat_template(turns, tokenize=False)
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
     if tokenizer is not None:
         return sum(len(tokenizer(m["content"])["input_ids"]) + 4 for m in turns)
     cjk = sum(len(CJK.findall(m["content"])) for m in turns)

@@ -19,8 +19,9 @@ nothing was checked.
 
 What is checked (`on`): "conversation" (every turn, the default), "instruction" (every user turn:
 a multi-turn prompt is checked whole, not only its last turn), "response" (the final assistant
-turn: place the stage after the last stage that writes it; a row with no response there is rejected
-`unchecked: no response`, since a check that cannot read its text must not pass the row). A spec can
+turn and both sides of every pair: place the stage after the last stage that writes them; a row with
+none there is rejected `unchecked: no response`, since a check that cannot read its text must not
+pass the row). "conversation" includes the pair sides too. A spec can
 hold the stage twice: prompts after evolve, responses after the last generative stage.
 
 The plan records what was checked (`plan["check"]`: each file's sha256, items and texts indexed,
@@ -196,12 +197,15 @@ class Decontaminate(CorpusStage):
     # -- matching
 
     def text(self, row: dict) -> str | None:
-        """The row text `on` selects; None when a response check finds no final assistant turn."""
+        """The row text `on` selects; None when a response check finds nothing to read. Responses and
+        conversations include both sides of every pair (they become training targets too)."""
         if self.params.on == "instruction":  # every user turn: a multi-turn prompt is checked whole
             return "\n".join(m["content"] for m in row["messages"] if m["role"] == "user")
+        sides = [p[k] for p in row.get("pairs") or [] for k in ("chosen", "rejected") if p.get(k)]
         if self.params.on == "response":
-            return records.response(row)
-        return "\n".join(m["content"] for m in row["messages"])
+            texts = [t for t in [records.response(row), *sides] if t]
+            return "\n".join(texts) if texts else None
+        return "\n".join([m["content"] for m in row["messages"]] + sides)
 
     def describe(self) -> list[dict]:
         """What each benchmark file holds, for the contamination statement: its sha256 (of the bytes
@@ -333,37 +337,44 @@ class Decontaminate(CorpusStage):
         return rows
 
 
-def statement(run_dir: str | Path) -> list[str]:
-    """The dataset card's contamination statement (markdown lines), one part per decontaminate stage
-    of the run: what it checked (on, n-gram sizes), each benchmark file with its sha256 and items, rows
-    checked and rejected. Read from manifest.json (stage list, totals) and each stage's _PLAN.pkl
-    (plan["check"]); says so plainly when the run checked nothing."""
+def checks(run_dir: str | Path) -> list[dict]:
+    """[{"stage": stage dir, "rows_in": its input rows, "check": plan["check"] or None (not run)}], one
+    per decontaminate stage of the run, from manifest.json and each stage's _PLAN.pkl."""
     run_dir = Path(run_dir)
     path = run_dir / "manifest.json"
     stages = json.loads(path.read_text("utf-8")).get("stages", []) if path.exists() else []
-    ours = [s for s in stages if s["name"].rsplit(":", 1)[-1].lower() == "decontaminate"]
-    if not ours:
-        return ["Not checked: the run has no decontaminate stage, so no row was compared with any benchmark."]
-    lines = []
-    for s in ours:
+    out = []
+    for s in stages:
+        if s["name"].rsplit(":", 1)[-1].lower() != "decontaminate":
+            continue
         plan_path = run_dir / s["dir"] / "_PLAN.pkl"
         check = pickle.loads(plan_path.read_bytes())["plan"].get("check") if plan_path.exists() else None
-        head = f"- stage {s['dir'].split('/')[-1]}"
+        out.append({"stage": s["dir"].split("/")[-1], "rows_in": s.get("rows_in", 0), "check": check})
+    return out
+
+
+def statement(run_dir: str | Path) -> list[str]:
+    """The dataset card's contamination statement (markdown lines), one part per decontaminate stage:
+    what it checked (on, n-gram sizes), each benchmark file with its sha256 and items, rows checked and
+    rejected. Says so plainly when the run checked nothing."""
+    found = checks(run_dir)
+    if not found:
+        return ["Not checked: the run has no decontaminate stage, so no row was compared with any benchmark."]
+    lines = []
+    for c in found:
+        check, head = c["check"], f"- stage {c['stage']}"
         if check is None:
-            lines.append(f"{head}: not run (no plan in {s['dir']})")
+            lines.append(f"{head}: not run")
             continue
         if not check["files"]:
-            lines.append(f"{head}: no benchmark file listed; its {s.get('rows_in', 0)} rows were not checked")
+            lines.append(f"{head}: no benchmark file listed; its {c['rows_in']} rows were not checked")
             continue
         emb = f", embedding cosine >= {check['embedding']}" if check["embedding"] else ""
+        unchecked = check["rows_unchecked"]
         lines.append(
             f"{head}: checked the {check['on']} text of {check['rows_checked']} rows; "
             f"{check['rows_contaminated']} rejected as contaminated"
-            + (
-                f", {check['rows_unchecked']} rejected as unchecked (no text)"
-                if check["rows_unchecked"]
-                else ""
-            )
+            + (f", {unchecked} rejected as unchecked (no text to check)" if unchecked else "")
             + f" ({check['ngram']}-word / {check['char_ngram']}-character n-grams, "
             f"at least {check['min_matches']} shared with one item{emb})"
         )
@@ -372,10 +383,10 @@ def statement(run_dir: str | Path) -> list[str]:
             "  | benchmark | fields | items | texts indexed | sha256 |",
             "  |---|---|---:|---:|---|",
         ]
-        for f in check["files"]:
-            lines.append(
-                f"  | {f['name']} | {', '.join(f['fields'])} | {f['items']} | {f['texts_indexed']} | `{f['sha256']}` |"
-            )
+        lines += [
+            f"  | {f['name']} | {', '.join(f['fields'])} | {f['items']} | {f['texts_indexed']} | `{f['sha256']}` |"
+            for f in check["files"]
+        ]
         lines.append("")
     return lines
 
