@@ -507,8 +507,10 @@ def dataset_card(run_dir: str | Path) -> str:
             reasons[(r["reject"]["stage"], kind)] += 1
     lines += ["", "## Rejected (rejected/)", "", "| stage | reason | rows |", "|---|---|---:|"]
     lines += [f"| {stage} | {reason} | {n} |" for (stage, reason), n in reasons.most_common()]
+    from alignfactory.stages.assemble.export import provenance
     from alignfactory.stages.curate.decontaminate import statement
 
+    lines += ["", "## Provenance", "", *provenance(m.get("spec") or {})]
     consistency = m.get("judge_consistency")
     consistency = judge_consistency(run_dir) if consistency is None else consistency
     lines += ["", "## Judge consistency (position swap)", "", *consistency_lines(consistency)]

@@ -230,6 +230,7 @@ def test_manifest_and_report_carry_judge_consistency(tiny_run, tmp_path):
     readme = inspect.dataset_card(runner.root)
     assert "## Judge consistency (position swap)" in readme and "3 of 4 comparisons" in readme
     assert "## Contamination" in readme and "no decontaminate stage" in readme
+    assert "- `seeds/s.jsonl`: `seeds/LICENSE.md`" in readme  # the run README names the licence too
 
 
 def test_smollm2_tokenizer_counts_the_chat_template_tokens():
