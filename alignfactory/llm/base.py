@@ -37,13 +37,15 @@ class Constraint:
     """
 
     kind: Literal["json", "choice", "regex"]
-    schema_json: str | None = None  # canonical JSON text of the schema (kind "json")
+    # JSON text of the schema (kind "json"), keys in the caller's order: a grammar generates an
+    # object's properties in schema order, so {"reason", "score"} and {"score", "reason"} differ.
+    schema_json: str | None = None
     choices: tuple[str, ...] = ()  # kind "choice"
     pattern: str | None = None  # kind "regex"
 
     @classmethod
     def json(cls, schema: dict) -> Constraint:
-        return cls("json", schema_json=json.dumps(schema, sort_keys=True, ensure_ascii=False))
+        return cls("json", schema_json=json.dumps(schema, ensure_ascii=False))
 
     @classmethod
     def choice(cls, options) -> Constraint:
@@ -58,7 +60,12 @@ class Constraint:
         return json.loads(self.schema_json) if self.schema_json is not None else None
 
     def to_dict(self) -> dict:
-        return {"kind": self.kind, "schema": self.schema, "choices": list(self.choices), "regex": self.pattern}
+        return {
+            "kind": self.kind,
+            "schema": self.schema,
+            "choices": list(self.choices),
+            "regex": self.pattern,
+        }
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,16 @@ thread pool; results are put back in input order). `n` and `seed` are passed thr
 answers fewer than n choices gets the missing samples as separate n=1 requests with derived seeds
 (and is then asked one sample at a time). Token counts come from `usage`.
 
+Output constraints (sampling.constraint): a JSON schema goes in `response_format` ({"type":
+"json_schema", "json_schema": {"name", "schema", "strict": true}}); a choice or a regex goes in vLLM's
+`structured_outputs` body field when the server is vLLM (its /models says owned_by "vllm"), else as a
+string schema (enum / pattern). A root that is not an object is wrapped in {"items" | "value": ...}
+for servers other than vLLM (OpenAI strict mode wants an object) and the reply unwrapped back (see
+structured.py). When the server answers 400 to every form, the request is sent again without one and
+the completion says so (constrained False, unconstrained_why quoting the server); that outcome is
+remembered per constraint, so later requests go straight to free text. A choice without a
+finish_reason gets "unknown", which is not complete (base.is_complete): silence is not a stop.
+
 Failures: 429, 5xx and transport errors (refused, reset, timeout) are retried cfg.max_retries times
 with exponential backoff and full jitter (honouring Retry-After on 429). 401/403 are not retried and
 say which env var holds the key; 404/405 (wrong URL or model) raise EndpointError; other 4xx are the
@@ -26,7 +36,10 @@ import httpx
 
 from .base import Completion, EngineError, Sampling, seeds_for
 from .config import ModelConfig
+from .structured import unwrap
 from .transformers_engine import sample_seed
+
+UNKNOWN_FINISH = "unknown"  # a choice without finish_reason: incomplete (base.is_complete is False)
 
 
 class EndpointError(EngineError):
@@ -74,6 +87,10 @@ class OpenAIEngine:
         )
         self._n_supported = True  # cleared when a server answers fewer choices than asked
         self._lock = threading.Lock()
+        self._is_vllm: bool | None = None  # learned from /models on the first constrained request
+        # Constraint -> index of the body form the server took (structured.openai_attempts), or the
+        # reason it took none (str): later requests skip the forms it rejected.
+        self._constraint_mode: dict = {}
         self.model_id = cfg.path or self._served_model()
         self.load_seconds = 0.0
 
@@ -125,7 +142,18 @@ class OpenAIEngine:
             raise EndpointError(f"{self.base_url}/models lists no model; set model.path to the served name")
         return data[0]["id"]
 
-    def _complete(self, messages: list[dict], sampling: Sampling, seed: int, n: int) -> dict:
+    def _server_is_vllm(self) -> bool:
+        if self._is_vllm is None:
+            try:
+                data = self._request("GET", f"{self.base_url}/models").get("data") or []
+                self._is_vllm = any(m.get("owned_by") == "vllm" for m in data)
+            except (EndpointError, RequestRejected, ValueError):
+                self._is_vllm = False
+        return self._is_vllm
+
+    def _complete(
+        self, messages: list[dict], sampling: Sampling, seed: int, n: int, extra: dict | None = None
+    ) -> dict:
         payload = {
             "model": self.model_id,
             "messages": messages,
@@ -137,31 +165,64 @@ class OpenAIEngine:
         }
         if sampling.stop:
             payload["stop"] = list(sampling.stop)
+        payload.update(extra or {})
         return self._request("POST", f"{self.base_url}/chat/completions", payload)
+
+    def _constrained_first(self, messages: list[dict], sampling: Sampling, seed: int, n: int):
+        """The first request of a call, in the constraint form this server takes.
+        Returns (body, extra body fields used, key to unwrap or None, why unconstrained or None)."""
+        from .structured import openai_attempts
+
+        c = sampling.constraint
+        if c is None:
+            return self._complete(messages, sampling, seed, n), {}, None, None
+        attempts = openai_attempts(c, self._server_is_vllm())
+        mode = self._constraint_mode.get(c, 0)
+        if isinstance(mode, str):  # this server took no form of this constraint before
+            return self._complete(messages, sampling, seed, n), {}, None, mode
+        refused = []
+        for i in range(mode, len(attempts)):
+            label, extra, key = attempts[i]
+            try:
+                body = self._complete(messages, sampling, seed, n, extra)
+            except RequestRejected as exc:  # 400/422: this form, or the request itself
+                refused.append(f"{label}: {exc}"[:300])
+                continue
+            with self._lock:
+                self._constraint_mode[c] = i
+            return body, extra, key, None
+        body = self._complete(messages, sampling, seed, n)  # raises if the request itself is refused
+        why = "server rejected every constraint form: " + " | ".join(refused)
+        with self._lock:
+            self._constraint_mode[c] = why
+        return body, {}, None, why
 
     # -- the protocol ----------------------------------------------------------------------------
 
     def _one(self, messages: list[dict], sampling: Sampling, seed: int) -> Completion:
         n = sampling.n
         bodies = []
-        if self._n_supported or n == 1:
-            bodies.append(self._complete(messages, sampling, seed, n))
-            got = len(bodies[0].get("choices") or [])
-            if got < n:
-                with self._lock:
-                    self._n_supported = False
+        first_n = n if (self._n_supported or n == 1) else 1
+        body, extra, key, why = self._constrained_first(messages, sampling, seed, first_n)
+        bodies.append(body)
+        if first_n == n and len(body.get("choices") or []) < n:
+            with self._lock:
+                self._n_supported = False
         # samples the server did not give: one request each, seeded like the transformers engine
         have = sum(len(b.get("choices") or []) for b in bodies)
         for j in range(have, n):
             one = dataclasses.replace(sampling, n=1)
-            bodies.append(self._complete(messages, one, sample_seed(seed, j), 1))
+            bodies.append(self._complete(messages, one, sample_seed(seed, j), 1, extra))
 
         texts, reasons = [], []
         prompt_tokens = completion_tokens = 0
         for b in bodies:
             for ch in sorted(b.get("choices") or [], key=lambda c: c.get("index", 0)):
-                texts.append((ch.get("message") or {}).get("content") or "")
-                reasons.append(ch.get("finish_reason") or "stop")
+                text = (ch.get("message") or {}).get("content") or ""
+                inner = unwrap(text, key)  # a wrapped reply back to the bare value; None if cut off
+                texts.append(text if inner is None else inner)
+                # no reason given (an aborted stream, a proxy that drops it) is not a stop
+                reasons.append(ch.get("finish_reason") or UNKNOWN_FINISH)
             usage = b.get("usage") or {}
             prompt_tokens = prompt_tokens or int(usage.get("prompt_tokens") or 0)
             completion_tokens += int(usage.get("completion_tokens") or 0)
@@ -170,6 +231,8 @@ class OpenAIEngine:
             prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens,
             finish_reasons=reasons[:n],
+            constrained=sampling.constraint is not None and why is None,
+            unconstrained_why=why,
         )
 
     def chat(

@@ -18,6 +18,15 @@ A request's n samples share its prompt: the prompt is encoded once (a prefill of
 KV cache that is repeated n times along the batch; see _generate), so n=8 costs one prompt encoding
 and 8 decode rows, not 8 prompt encodings. A call holds batch_size // n requests (at least one).
 
+Output constraints (sampling.constraint: JSON schema, choice, regex) are enforced with llguidance
+(see structured.py for why not xgrammar): `_GrammarMask`, a LogitsProcessor placed before
+_RowSampler, keeps one matcher per decode row (P*n rows, each with its own state, copied from one
+compiled matcher cached per constraint), feeds it the row's previous token and sets every token the
+grammar forbids to -inf, so the row sampler (or greedy argmax) draws only allowed tokens. The grammar
+allows end-of-text only once the value is complete: a row that ends has finish reason "stop", one cut
+by max_tokens "length". A constraint llguidance cannot compile gives free text, constrained False,
+with the reason in unconstrained_why.
+
 Shapes: a micro-batch is (P, prompt_len) left-padded token ids, expanded to (P*n, ...) decode rows
 (request-major); scores are (P*n, vocab) float32.
 """
@@ -123,6 +132,8 @@ class TransformersEngine:
         if self.tokenizer.eos_token_id is not None:
             eos.add(self.tokenizer.eos_token_id)
         self.eos_ids = sorted(eos)
+        self._ll_tokenizer = None  # llguidance's view of the tokenizer, built on first constraint (~0.5 s)
+        self._matchers: dict = {}  # Constraint -> compiled llguidance matcher (rows get deep copies)
         self.load_seconds = time.perf_counter() - t0
 
     # -- prompts ---------------------------------------------------------------------------------
@@ -133,6 +144,29 @@ class TransformersEngine:
         # The template already writes any BOS/special markers as text: add none twice.
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
+    # -- output constraints ----------------------------------------------------------------------
+
+    def compiled(self, constraint):
+        """The llguidance matcher for a constraint, compiled once per engine and cached (rows copy it).
+        Raises ValueError when llguidance cannot compile it."""
+        if constraint in self._matchers:
+            return self._matchers[constraint]
+        import llguidance
+        import llguidance.hf
+
+        from .structured import llguidance_grammar
+
+        if self._ll_tokenizer is None:
+            vocab = int(self.model.config.vocab_size)  # logits width; may exceed the tokenizer's size
+            self._ll_tokenizer = llguidance.hf.from_tokenizer(
+                self.tokenizer, n_vocab=vocab, eos_token=self.eos_ids
+            )
+        matcher = llguidance.LLMatcher(self._ll_tokenizer, llguidance_grammar(constraint), log_level=0)
+        if matcher.is_error():
+            raise ValueError(f"llguidance cannot compile {constraint.kind} constraint: {matcher.get_error()}")
+        self._matchers[constraint] = matcher
+        return matcher
+
     # -- the protocol ----------------------------------------------------------------------------
 
     def chat(
@@ -142,6 +176,13 @@ class TransformersEngine:
         if sampling.n < 1:
             raise ValueError("sampling.n must be >= 1")
         prompts = [self.render(c) for c in conversations]
+        matcher, why = None, None
+        if sampling.constraint is not None:
+            try:
+                matcher = self.compiled(sampling.constraint)
+            except (ValueError, RuntimeError) as exc:
+                why = f"{type(exc).__name__}: {exc}"[:300]
+                log.warning("output constraint not enforced: %s", why)
         # Decode rows per request: one per sample; greedy samples are identical, so one serves all n.
         k = 1 if sampling.temperature <= 0 else sampling.n
         # Similar lengths together: less padding. Results do not depend on the grouping (see top).
@@ -150,7 +191,9 @@ class TransformersEngine:
         results: dict[int, list[tuple[str, int, str]]] = {}
         for start in range(0, len(order), per_call):
             chunk = order[start : start + per_call]
-            outs = self._generate([prompts[i] for i in chunk], [seeds[i] for i in chunk], k, sampling)
+            outs = self._generate(
+                [prompts[i] for i in chunk], [seeds[i] for i in chunk], k, sampling, matcher
+            )
             results.update(zip(chunk, outs, strict=True))
 
         completions = []
@@ -162,12 +205,14 @@ class TransformersEngine:
                     prompt_tokens=len(prompt),
                     completion_tokens=sum(s[1] for s in samples),
                     finish_reasons=[s[2] for s in samples],
+                    constrained=matcher is not None,
+                    unconstrained_why=why,
                 )
             )
         return completions
 
     def _generate(
-        self, prompts: list[list[int]], seeds: list[int], k: int, sampling: Sampling
+        self, prompts: list[list[int]], seeds: list[int], k: int, sampling: Sampling, matcher=None
     ) -> list[list[tuple[str, int, str]]]:
         """One micro-batch of P requests, k samples each -> per request, k (text, completion tokens,
         finish reason).
@@ -197,6 +242,10 @@ class TransformersEngine:
         ids, mask = batch["input_ids"], batch["attention_mask"]  # (P, L), left-padded
         prompt_len = ids.shape[1]
         processors = LogitsProcessorList()
+        grammar = None
+        if matcher is not None:  # first: the row sampler must draw from the allowed tokens only
+            grammar = _GrammarMask(matcher, len(prompts) * k, self.eos_ids, int(self.model.config.vocab_size))
+            processors.append(grammar)
         if sampling.temperature > 0:
             row_seeds = [sample_seed(s, j) for s in seeds for j in range(k)]
             processors.append(_RowSampler(row_seeds, sampling.temperature, sampling.top_p, self.device))
@@ -252,6 +301,8 @@ class TransformersEngine:
                     len(row_ids),
                     "length",
                 )
+            if grammar is not None and grammar.errors[len(results)]:
+                reason = "grammar_error"  # the matcher broke (a bug, logged): the text is not trusted
             if sampling.stop:
                 text, hit = truncate_at_stop(text, sampling.stop)
                 if hit:
@@ -298,6 +349,57 @@ class _RowSampler:
             k = torch.multinomial(sorted_p[r], 1, generator=g)
             out[r, order[r, k]] = 0.0
         return out
+
+
+class _GrammarMask:
+    """LogitsProcessor: per-row llguidance matchers; tokens the row's grammar forbids get -inf.
+
+    Row r's matcher is a deep copy of the compiled one; each call after the first feeds it the token
+    the row drew last step (input_ids[r, -1]). A row whose matcher has stopped (it consumed
+    end-of-text; generate then pads it) or broke gets only the eos tokens allowed, so no row is ever
+    all -inf (which would make the row sampler's softmax NaN). Scores: (rows, vocab) float32."""
+
+    def __init__(self, matcher, rows: int, eos_ids: list[int], vocab: int):
+        import torch
+
+        self.matchers = [matcher.deep_copy() for _ in range(rows)]
+        self.errors = [False] * rows
+        self.eos_ids = list(eos_ids)
+        self.started = False
+        self.bitmask = torch.full((rows, (vocab + 31) // 32), -1, dtype=torch.int32)  # 1 bit per token id
+
+    def __call__(self, input_ids, scores):
+        import numpy as np
+        import torch
+
+        last = input_ids[:, -1].tolist() if self.started else None
+        self.started = True
+        free = []  # rows whose grammar no longer decides: only eos allowed
+        for r, m in enumerate(self.matchers):
+            if (
+                last is not None
+                and not m.is_stopped()
+                and not self.errors[r]
+                and not m.consume_token(last[r])
+            ):
+                self.errors[r] = True
+                log.warning("grammar matcher row %d refused token %d: %s", r, last[r], m.get_error())
+            if m.is_stopped() or self.errors[r] or m.is_error():
+                free.append(r)
+            else:
+                row = self.bitmask[r]  # llguidance writes the row's mask in place (as llguidance.torch
+                m.unsafe_compute_mask_ptr(row.data_ptr(), row.numel() * 4)  # does; that module compiles)
+        # (rows, words) int32 -> (rows, words*32) bool, bit b of word w = token 32*w + b (little-endian
+        # words, so the bytes' little-endian bits are in token order)
+        bits = np.unpackbits(self.bitmask.numpy().view(np.uint8), axis=1, bitorder="little")
+        allowed = torch.from_numpy(bits[:, : scores.shape[1]]).bool().to(scores.device)
+        if allowed.shape[1] < scores.shape[1]:  # logits wider than the grammar's vocab: extra ids banned
+            pad = torch.zeros(allowed.shape[0], scores.shape[1] - allowed.shape[1], dtype=torch.bool)
+            allowed = torch.cat([allowed, pad.to(scores.device)], dim=1)
+        for r in free:
+            allowed[r] = False
+            allowed[r, self.eos_ids] = True
+        return scores.masked_fill(~allowed, float("-inf"))
 
 
 class _StopStrings:

