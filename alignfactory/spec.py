@@ -111,6 +111,17 @@ def apply_set(tree: dict, assignment: str) -> None:
             raise SpecError(f"--set {key}: {'.'.join(parts[:depth])} is a value, not a mapping")
 
 
+def unbool_on(node):
+    """YAML 1.1 reads a bare `on:` key as True (and `off:` as False); stage params named `on` (dedup,
+    select, decontaminate: what text to key by) mean the word. Mapping keys only; values stay."""
+    if isinstance(node, dict):
+        names = {True: "on", False: "off"}
+        return {names.get(k, k) if isinstance(k, bool) else k: unbool_on(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [unbool_on(v) for v in node]
+    return node
+
+
 def load_spec(path: str | Path, sets: list[str] = (), **cli) -> PipelineSpec:
     path = Path(path)
     if not path.exists():
@@ -123,6 +134,7 @@ def load_spec(path: str | Path, sets: list[str] = (), **cli) -> PipelineSpec:
         raise SpecError(f"{where}: YAML syntax error: {getattr(e, 'problem', e)}") from e
     if not isinstance(tree, dict):
         raise SpecError(f"{path}: expected a mapping at the top level")
+    tree = unbool_on(tree)
     for assignment in sets:
         apply_set(tree, assignment)
     for key in ("limit", "output"):

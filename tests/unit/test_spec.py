@@ -248,3 +248,15 @@ def test_apply_set_under_a_null_mapping():
     t = tree(model=None)
     apply_set(t, "model.backend=vllm")
     assert t["model"] == {"backend": "vllm"}
+
+
+def test_a_bare_on_key_is_the_word_on_not_true(tmp_path):
+    # YAML 1.1 reads `on:` as the boolean True; a stage param named `on` must still validate
+    spec = tmp_path / "s.yaml"
+    spec.write_text(
+        "name: s\ninput: {path: x.jsonl}\nstages:\n"
+        "  - name: decontaminate\n    params:\n      on: response\n      benchmarks: []\n"
+    )
+    (tmp_path / "x.jsonl").write_text('{"instruction": "a"}\n')
+    loaded = load_spec(spec)
+    assert loaded.stage_params(0).on == "response"
