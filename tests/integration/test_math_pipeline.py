@@ -4,11 +4,11 @@ Why sft/ and preference/ each get rows for certain, not by luck:
 - sft/: `reference_as_candidate=true` judges each seed line's worked solution as one more candidate,
   and tests/unit/test_reject_sample.py checks every solution's extracted answer equals its `answer`.
   So every row has a correct candidate and reaches sft/ (no row can be rejected).
-- preference/: needs one incorrect sample among 3 rows x 4 samples. `drop_truncated=false` makes
-  every sample correct or incorrect (none left out), and 32 new tokens are too few to work out the
-  first three seed problems (multi-step, 3-4 digit numbers: 2908, 1728, 110); the 135M model does
-  not solve them (FACTS: it gets 17*23 wrong). The run is deterministic: fixed spec seed -> fixed
-  per-request seeds -> the same samples on every run.
+- preference/: needs one complete incorrect sample among 3 rows x 4 samples. A sample cut at
+  max_tokens is "truncated" and never paired, so the budget is 64 tokens (`on_truncated: reject`, no
+  retry): in a probe on these three prompts (other seeds), 4 of 12 samples ended within 64 tokens, all
+  4 wrong (multi-step, 3-4 digit numbers: 2908, 1728, 110; FACTS: the 135M model gets 17*23 wrong).
+  The run is deterministic: fixed spec seed -> fixed per-request seeds -> the same samples every run.
 """
 
 import pytest
@@ -28,11 +28,11 @@ def math_run(local_ray, tmp_path_factory):
     out = tmp_path_factory.mktemp("math") / "run"
     sets = [
         f"input.path={SEEDS}",
-        "sampling.max_tokens=32",
+        "sampling.max_tokens=64",
         "shard_size=2",  # two shards: the seed fields travel through Ray in both
         f"stages.0.params.n={N}",
         "stages.0.params.reference_as_candidate=true",
-        "stages.0.params.drop_truncated=false",
+        "stages.0.params.on_truncated=reject",
     ]
     spec = load_spec(SPEC, sets, output=str(out), limit=LIMIT)
     return Runner(spec, str(SPEC)).run(), out
@@ -53,12 +53,19 @@ def test_every_row_reaches_sft_and_pairs_reach_preference(math_run):
         meta = r["meta"]["reject_sample"]
         assert meta["mode"] == "reference" and meta["reference"] == seed["answer"]
         assert [s["source"] for s in meta["samples"]] == ["sample"] * N + ["reference"]
-        assert all(s["verdict"] in ("correct", "incorrect", "no_answer") for s in meta["samples"])
-        for s in meta["samples"]:  # every verdict agrees with the verifier, re-run here
+        assert all(
+            s["verdict"] in ("correct", "incorrect", "no_answer", "truncated") for s in meta["samples"]
+        )
+        for s in meta["samples"]:  # every verdict agrees with the verifier and the finish reason, re-run here
+            if s["finish_reason"] not in ("stop", "input"):
+                assert s["verdict"] == "truncated"
+                continue
             assert (s["verdict"] == "correct") == equivalent(extract_answer(s["text"]), seed["answer"])
         chosen = r["messages"][-1]["content"]
         assert equivalent(extract_answer(chosen), seed["answer"])  # what reaches sft/ is verified
-        for p in r["pairs"]:
+        assert r["messages"][-1]["finish_reason"] in ("stop", "input")
+        for p in r["pairs"]:  # both sides whole
+            assert {p["chosen_finish_reason"], p["rejected_finish_reason"]} <= {"stop", "input"}
             assert equivalent(extract_answer(p["chosen"]), seed["answer"])
             assert not equivalent(extract_answer(p["rejected"]), seed["answer"])
 
