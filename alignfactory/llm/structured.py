@@ -105,7 +105,7 @@ def vllm_structured_outputs(c: Constraint):
     from vllm.sampling_params import StructuredOutputsParams
 
     if c.kind == "json":
-        return StructuredOutputsParams(json=c.schema, disable_any_whitespace=True)
+        return StructuredOutputsParams(json=c.schema)  # compactness: VLLMEngine's structured_outputs_config
     if c.kind == "choice":
         return StructuredOutputsParams(choice=list(c.choices))
     return StructuredOutputsParams(regex=c.pattern)

@@ -30,12 +30,12 @@ TAGS = Constraint.json(
     {
         "type": "array",
         "minItems": 1,
-        "maxItems": 3,
+        "maxItems": 2,
         "items": {
             "type": "object",
             "properties": {
-                "tag": {"type": "string", "minLength": 1, "maxLength": 30},
-                "explanation": {"type": "string", "maxLength": 60},
+                "tag": {"type": "string", "minLength": 1, "maxLength": 20},
+                "explanation": {"type": "string", "maxLength": 40},
             },
             "required": ["tag", "explanation"],
             "additionalProperties": False,
@@ -65,9 +65,9 @@ def valid_tags(text: str) -> bool:
     value = json.loads(text)
     return (
         isinstance(value, list)
-        and 1 <= len(value) <= 3
+        and 1 <= len(value) <= 2
         and all(
-            isinstance(v, dict) and set(v) == {"tag", "explanation"} and 1 <= len(v["tag"]) <= 30
+            isinstance(v, dict) and set(v) == {"tag", "explanation"} and 1 <= len(v["tag"]) <= 20
             for v in value
         )
     )
@@ -75,7 +75,9 @@ def valid_tags(text: str) -> bool:
 
 def check_engine(engine) -> None:
     cases = [
-        (TAGS, TAG_PROMPTS, 128, valid_tags),
+        # worst case ~2 x (20 + 40 chars) x ~2 tokens a char (Chinese) + JSON; a server started without
+        # disable_any_whitespace may also indent
+        (TAGS, TAG_PROMPTS, 320, valid_tags),
         (VERDICT, JUDGE_PROMPTS, 8, lambda t: t in {"A", "B", "tie"}),
         (SCORE, JUDGE_PROMPTS, 8, lambda t: re.fullmatch(r"Score: (10|[1-9])", t) is not None),
     ]
