@@ -155,17 +155,18 @@ def test_no_violation_leaves_the_row_unchanged_without_a_pair():
 
 
 @pytest.mark.parametrize(
-    "reply, why",
+    "reply, why",  # the embedded model wrote the last one: a "yes" about nothing
     [
         ("Critique: it is vague.", "unparseable"),  # prose from an engine that constrained: unreadable
         ('{"violates": "maybe", "principle": "honesty", "what": "x"}', "unparseable: no yes/no verdict"),
         ('{"violates": "yes", "principle": "privacy", "what": "x"}', "principle 'privacy' not among"),
+        ('{"violates": "yes", "principle": "honesty", "what": "none"}', "a violation that names no problem"),
     ],
 )
 def test_unreadable_critique_keeps_the_original_row_not_rejected(reply, why):
     eng = engine(critique=lambda p: reply)
     rows = [row(*RAIN)]
-    out = const(eng)(rows)
+    out = const(eng, principles=["honesty"])(rows)
     assert out[0] is rows[0] and out[0]["reject"] is None and "pairs" not in out[0]
     meta = out[0]["meta"]["constitution"]
     assert meta["outcome"].startswith(f"critique_failed: {why}") and meta["critique"]["raw"] == reply

@@ -13,9 +13,10 @@ critique_revise (needs an assistant turn; "no_response" reject otherwise), per r
   1. critique (critique.<lang>.jinja) shows the applicable principles and asks for a structured
      decision, {"violates": "yes"|"no", "principle": <id>|"none", "what": <short>} (critique_constraint;
      a free-text reply is read only when the engine did not constrain: meta.parse says which path
-     and why). A critique that is cut off, unreadable or names a principle it was not shown, and a
-     "no", leave the row exactly as it was, with no pair: the constitution never rejects a row that
-     was good before it, it only declines to rewrite (meta.outcome says why).
+     and why). A critique that is cut off, unreadable or names a principle it was not shown, a "yes"
+     whose "what" names no problem ("none"), and a "no" leave the row exactly as it was, with no
+     pair: the constitution never rejects a row that was good before it, it only declines to
+     rewrite (meta.outcome says why).
   2. revise (revise.<lang>.jinja) against the violated principle, given the critique's "what".
   3. the revision is accepted only if, in this order (the first that fails names the reason):
        truncated       its finish reason is not "stop" (after one retry at 2x budget, on_truncated)
@@ -80,6 +81,7 @@ RUN = 6  # tokens of template text in a row that make a revision "template text"
 SENTINEL = "\x00"
 WHAT_CHARS = 200  # the critique's "what": one short sentence
 YES_NO = ("yes", "no")
+NO_PROBLEM = ("", "none", "n/a", "no", "nothing", "无", "没有")  # a critique's "what" that names nothing
 ANSWER = Constraint.choice(YES_NO)  # the answers / deviates judge checks
 VERDICT = re.compile(r"^\W*(?:(yes|true)\b|(no|false)\b|(是|对)|(否|不))", re.IGNORECASE)
 
@@ -448,6 +450,8 @@ class Constitution(LLMStage):
         info.update(violates=violates, principle=principle, what=str(what or "").strip())
         if violates == "yes" and principle not in shown:
             return info, f"principle {principle!r} not among those shown {shown}"
+        if violates == "yes" and info["what"].lower().strip(".。 ") in NO_PROBLEM:
+            return info, "a violation that names no problem"  # nothing concrete to fix
         return info, None
 
     def local_checks(self, it: dict) -> str | None:
