@@ -15,58 +15,34 @@ import pytest
 from alignfactory import cost, inspect, io, records, report
 from alignfactory.run import Runner
 from alignfactory.spec import load_spec
-from tests.integration.conftest import REPO, read_jsonl, write_jsonl
+from tests.integration.conftest import REPO, read_jsonl
+from tests.integration.main_job import main_job, main_job_lines
 from tests.unit.test_inspect import make_run
 
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
 SPECS = {
-    # The full sft_data.yaml (curation, synthesis, judges) on 6 seed lines + a malformed line + a
-    # duplicate + one with a reference answer. Shared with test_sft_data.py and the browser test.
-    # The judge gate lets every readable score through (min_score 1) and constitution revises every
-    # row, so sft/ and preference/ both get rows whatever the 135M model writes.
-    "sft": (
-        "sft_data.yaml",
-        [
-            "sampling.max_tokens=24",
-            "shard_size=4",
-            "stages.10.params.min_score=1",
-            "stages.11.params.fraction=1.0",
-        ],
-    ),
+    # "sft" is the main job as shipped (tests/integration/main_job.py: pipelines/sft_data.yaml, its
+    # defaults, --limit only, into runs/sft_data), shared with test_main_job, test_sft_data and the
+    # browser test.
     # 2 code tasks, 2 solutions each: sandbox verdicts and (when one passes) pairs
     "code": ("code_data.yaml", ["sampling.max_tokens=96", "shard_size=2", "stages.0.params.k=2"]),
 }
 
 
-def sft_input(root: Path) -> Path:
-    path = root / "sft_input.jsonl"
-    if path.exists():  # rewriting it would change its mtime, hence the run's fingerprint: no resume
-        return path
-    all_seeds = read_jsonl(REPO / "pipelines" / "seeds" / "sft_seed.jsonl")
-    seeds = all_seeds[:6]
-    lines = [json.dumps(s, ensure_ascii=False) for s in seeds]
-    lines.insert(3, '{"instruction": "unterminated')  # line 4: bad_json
-    lines.append(json.dumps(seeds[0], ensure_ascii=False))  # line 8: duplicate of line 1
-    lines.append(json.dumps(next(s for s in all_seeds if "answer" in s), ensure_ascii=False))  # line 9
-    return write_jsonl(path, lines)
-
-
 def real_run(kind: str, tmp_path_factory, request) -> Path:
-    """A finished real run of SPECS[kind] under the session's base temp (made once per session)."""
+    """A finished real run: the main job ("sft") or SPECS[kind] under the session's base temp (each
+    made once per session)."""
+    if kind == "sft":
+        return main_job()
     root = tmp_path_factory.getbasetemp() / "inspect_real"
     root.mkdir(exist_ok=True)
     out = root / kind
     spec_name, sets = SPECS[kind]
-    if kind == "sft":
-        sets = [f"input.path={sft_input(root)}", *sets]
-        limit = None
-    else:
-        sets = [f"input.path={REPO / 'pipelines' / 'seeds' / 'code_seed.jsonl'}", *sets]
-        limit = 2
+    sets = [f"input.path={REPO / 'pipelines' / 'seeds' / 'code_seed.jsonl'}", *sets]
     manifest = out / "manifest.json"
     if not (manifest.exists() and all(s["done"] for s in json.loads(manifest.read_text())["stages"])):
         request.getfixturevalue("local_ray")  # Ray only when there is work to do
-    spec = load_spec(REPO / "pipelines" / spec_name, sets, output=str(out), limit=limit)
+    spec = load_spec(REPO / "pipelines" / spec_name, sets, output=str(out), limit=2)
     Runner(spec, str(REPO / "pipelines" / spec_name)).run()
     return out
 
@@ -89,14 +65,13 @@ def rich_run(tmp_path_factory):
 def test_inspect_on_a_real_run_accounts_for_every_line(sft_run):
     o = inspect.outcomes(sft_run)
     # every line read: exactly once, exported or rejected (n = 1 sample per row)
-    assert sorted(o["line"]) == list(range(1, 10))
-    reasons = o.set_index("line")["reason"]
-    assert reasons[4].startswith("bad_json") and reasons[8].startswith("duplicate of ")
+    assert sorted(o["line"]) == [line for _, line in main_job_lines()]
+    assert (o[o["outcome"] == "rejected"]["reason"].str.len() > 0).all()
     # exported rows are the export stage's rows, and sft/train.jsonl holds exactly their messages
     exported = o[o["outcome"] == "exported"]
     final = inspect.final_rows(sft_run)
     assert sorted(exported["id"]) == sorted(r["id"] for r in final)
-    assert [r["messages"] for r in final] == [
+    assert [records.to_trl_sft(r)["messages"] for r in final] == [
         r["messages"] for r in read_jsonl(sft_run / "sft" / "train.jsonl")
     ]
     # rejected/ holds exactly the rejected lines, each with the stage that dropped it
@@ -112,8 +87,6 @@ def test_inspect_on_a_real_run_accounts_for_every_line(sft_run):
         assert st.rejected == sum(bool(r["reject"]) for r in rows)
         candidates = sum(records.discarded_candidate(r) for r in rows)  # made here, not an input row
         assert st.rows_in == st.rows_out + st.rejected - candidates, st.name
-    d = inspect.duplicates(sft_run)
-    assert d["cluster"].nunique() == 1 and len(d) == 2
     f = inspect.final(sft_run)
     assert (f["response_chars"] > 0).all() and (f["instruction_chars"] > 0).all()
     assert "tags" not in inspect.missing(sft_run)  # the full recipe tags every row it keeps

@@ -73,9 +73,14 @@ def test_shipped_pipeline_spec_loads():
     # the design's flow order: curate, then synthesize and verify, then assemble
     assert names == [
         "dedup", "dedup", "instag", "tag_normalize", "select", "evolve", "decontaminate",
-        "generate", "reject_sample", "filter", "judge", "constitution", "export",
+        "generate", "reject_sample", "filter", "judge", "constitution", "decontaminate", "export",
     ]  # fmt: skip
     assert spec.stage_params(1).method == "minhash"
+    # prompts after evolve, responses after the last generative stage, against the shipped benchmarks
+    prompts, responses = spec.stage_params(6), spec.stage_params(12)
+    assert (prompts.on, responses.on) == ("instruction", "response")
+    for params in (prompts, responses):
+        assert {Path(b.path).name for b in params.benchmarks} >= {"humaneval.jsonl", "gsm8k_test.jsonl"}
     assert spec.stage_params(names.index("filter")).min_chars == 20
     for i in range(len(names)):  # every stage's params validate against its class
         spec.stage_params(i)
