@@ -163,7 +163,7 @@ def test_instag_asks_for_the_tag_list_schema_and_names_it_as_its_output_constrai
     constraint = engine.calls[0]["sampling"].constraint
     assert constraint is not None and constraint.kind == "json"
     schema = constraint.schema
-    assert schema["type"] == "array" and schema["maxItems"] == 4 and schema["minItems"] == 1
+    assert schema["type"] == "array" and schema["maxItems"] == 3 and schema["minItems"] == 1
     item = schema["items"]
     assert item["required"] == ["tag", "explanation"]
     assert item["properties"]["explanation"]["maxLength"] == 40

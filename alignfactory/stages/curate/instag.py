@@ -207,8 +207,10 @@ class InsTag(LLMStage):
         temperature: float | None = Field(0.2, ge=0)  # low: the JSON shape matters more than variety
         max_tags: int = Field(12, ge=1)
         max_tag_chars: int = Field(60, ge=1)
-        # the structured output's bounds: the worked examples have 2-3 tags, explanations under 25 chars
-        schema_max_items: int = Field(4, ge=1)
+        # the structured output's bounds: the worked examples have 2-3 tags, explanations under 25 chars.
+        # Measured on the embedded 135M model, constrained, 8 seeds: 3 items -> replies of 33-83 tokens
+        # (stop rate 0.38 at 48 tokens, 0.75 at 64, 1.0 at 96), 4 items -> up to 110 tokens.
+        schema_max_items: int = Field(3, ge=1)
         explanation_chars: int = Field(40, ge=1)
 
     requires = {"messages": "a conversation with at least one user turn"}
