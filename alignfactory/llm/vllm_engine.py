@@ -9,8 +9,7 @@ spawn, so a script that builds one needs `if __name__ == "__main__":`. Set VLLM_
 there; gpu_memory_utilization is ignored on CPU.
 
 sampling.constraint becomes vLLM structured outputs (`StructuredOutputsParams` json= / choice= /
-regex=, see structured.py; vLLM picks its grammar backend, xgrammar by default), compact JSON
-(disable_any_whitespace, set on the engine). If vLLM refuses the
+regex=, see structured.py), backend llguidance with compact JSON (set on the engine). If vLLM refuses the
 constraint (a schema feature its backend lacks: ValueError at request validation), the call is
 repeated unconstrained and the completions say why (constrained False, unconstrained_why).
 """
@@ -41,9 +40,11 @@ class VLLMEngine:
             tensor_parallel_size=cfg.tensor_parallel_size,
             enforce_eager=cfg.enforce_eager,
             seed=0,
-            # compact JSON under structured outputs (an engine setting in vllm 0.32: the per-request
-            # field is not read); a small model given free whitespace spends its budget on newlines
-            structured_outputs_config={"disable_any_whitespace": True},
+            # Structured outputs by llguidance ("guidance"), as the transformers engine, with compact
+            # JSON: vllm 0.32 reads disable_any_whitespace from the engine, not the request, and
+            # allows it only with a named backend; a small model given free whitespace spends its
+            # budget on newlines.
+            structured_outputs_config={"backend": "guidance", "disable_any_whitespace": True},
         )
         if batch_size:  # resources.batch_size: sequences scheduled together (n samples = n sequences)
             kwargs["max_num_seqs"] = max(int(batch_size), 1)
