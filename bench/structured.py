@@ -113,6 +113,7 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=16)
     ap.add_argument("--max-tokens", type=int, default=256, help="same budget for both modes")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: every core)")
+    ap.add_argument("--tasks", default="judge,instag", help="comma-separated: judge, instag")
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args()
 
@@ -124,10 +125,13 @@ def main() -> None:
     qs = instructions(args.prompts)
     base = Sampling(max_tokens=args.max_tokens, temperature=0)
     results = {}
-    for task, (convs, constraint), readable in (
-        ("judge", judge_prompts(engine, qs), judge_readable),
-        ("instag", instag_prompts(qs), instag_readable),
-    ):
+    tasks = {
+        "judge": (lambda: judge_prompts(engine, qs), judge_readable),
+        "instag": (lambda: instag_prompts(qs), instag_readable),
+    }
+    for task in args.tasks.split(","):
+        build, readable = tasks[task]
+        convs, constraint = build()
         for mode, c in (("free", None), ("constrained", constraint)):
             r = measure(engine, convs, dataclasses.replace(base, constraint=c), readable)
             results[f"{task}/{mode}"] = r
