@@ -28,16 +28,14 @@ def stage_rows(out, name: str) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def run(local_ray, tmp_path_factory):
-    """One run shared by the tests below: 3 prompts x 3 candidates, 48 new tokens, the spec as shipped
-    (generate candidates -> pairwise judge with position swap -> pairs by win rate)."""
+    """One run shared by the tests below: 3 prompts x 3 candidates, the spec as shipped (generate
+    candidates -> pairwise judge with position swap -> pairs by win rate -> constitution)."""
     tmp = tmp_path_factory.mktemp("pref")
     tree = yaml.safe_load(SPEC.read_text("utf-8"))
     assert [s["name"] for s in tree["stages"]] == ["generate", "judge", "pairs", "constitution", "export"]
     sets = [
         f"input.path={REPO / 'pipelines' / 'seeds' / 'sft_seed.jsonl'}",
-        "sampling.max_tokens=48",
         "shard_size=4",
-        "stages.3.params.critique_max_tokens=32",
     ]
     spec = load_spec(SPEC, sets, output=str(tmp / "run"), limit=LIMIT)
     manifest = Runner(spec, str(SPEC)).run()
