@@ -36,6 +36,7 @@ class SamplingSpec(BaseModel, extra="forbid"):
     temperature: float = Field(0.7, ge=0)
     top_p: float = Field(0.95, gt=0, le=1)
     stop: list[str] = []
+    stop_loops: int = Field(0, ge=0)  # tokens; see llm.base.Sampling.stop_loops (0 = off)
 
     def build(self, seed: int, **override) -> Sampling:
         fields = self.model_dump() | {k: v for k, v in override.items() if v is not None}

@@ -2,12 +2,15 @@
 the shipped specs' max_tokens (a reply cut at max_tokens is never training data, so a budget below the
 model's natural length rejects most rows; one above it costs only the tokens actually written).
 
-    python bench/stop_rate.py [--prompts 24] [--max-tokens 384] [--engine transformers|vllm]
+    python bench/stop_rate.py [--prompts 24] [--max-tokens 384] [--system TEXT] [--stop-loops 16]
 
 One generation per seed instruction (pipelines/seeds/sft_seed.jsonl, the main job's input; sampling as
 sft_data.yaml: temperature 0.7, top_p 0.95) at a large budget; each reply's length in tokens then gives
 the stop rate at every smaller budget (a reply of L tokens that stopped fits any budget >= L). Printed:
-stop rate per budget, per language, and the tokens a budget spends per stopped reply.
+stop rate per budget, per language, and the tokens a budget spends per stopped reply. With
+--stop-loops N the same prompts and seeds run again with Sampling.stop_loops = N (a reply that
+repeats its last N tokens a third time stops there, "repetition"): the ratio of the two times, and
+how many replies ended by themselves either way (the loop stop must not cost a single one).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=24)
     ap.add_argument("--max-tokens", type=int, default=384)
     ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--stop-loops", type=int, default=0, help="also run with Sampling.stop_loops=N")
     ap.add_argument(
         "--system", default=None, help="a system prompt before each instruction (generate's `system`)"
     )
@@ -47,6 +51,24 @@ def main() -> None:
     t0 = time.perf_counter()
     outs = engine.chat(convs, sampling, seeds=list(range(len(convs))))
     seconds = time.perf_counter() - t0
+    if args.stop_loops:
+        import dataclasses
+
+        t1 = time.perf_counter()
+        cut = engine.chat(
+            convs, dataclasses.replace(sampling, stop_loops=args.stop_loops), list(range(len(convs)))
+        )
+        loop_seconds = time.perf_counter() - t1
+        stopped = [o.finish_reasons[0] == "stop" for o in outs]
+        stopped_l = [o.finish_reasons[0] == "stop" for o in cut]
+        reasons = [o.finish_reasons[0] for o in cut]
+        print(
+            f"stop_loops={args.stop_loops}: {loop_seconds:.1f} s vs {seconds:.1f} s without "
+            f"(ratio {loop_seconds / seconds:.2f}); replies that ended by themselves: "
+            f"{sum(stopped_l)} with, {sum(stopped)} without; 'repetition': {reasons.count('repetition')}, "
+            f"'length': {reasons.count('length')}; completion tokens {sum(o.completion_tokens for o in cut)} "
+            f"vs {sum(o.completion_tokens for o in outs)}"
+        )
     lengths = []  # (tokens, stopped, language)
     for s, o in zip(seeds, outs, strict=True):
         n = len(engine.tokenizer(o.texts[0], add_special_tokens=False)["input_ids"])

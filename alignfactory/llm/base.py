@@ -63,6 +63,9 @@ class Constraint:
         return {
             "kind": self.kind,
             "schema": self.schema,
+            # the text as given: fingerprints hash with sorted keys, and a grammar generates
+            # properties in schema order, so two orders must not fingerprint alike
+            "schema_json": self.schema_json,
             "choices": list(self.choices),
             "regex": self.pattern,
         }
@@ -77,9 +80,16 @@ class Sampling:
     seed: int = 0  # base seed; per-request seeds come from request_seed()
     stop: tuple[str, ...] = ()
     constraint: Constraint | None = None  # output shape; stages set it per call (see Constraint)
+    # Stop a sample early once its last `stop_loops` tokens already occurred twice before in it: a
+    # degenerate loop that would run to max_tokens and be rejected as cut anyway. Its finish reason is
+    # "repetition" (incomplete: never data). 0 = off. The transformers engine enforces it; vLLM and
+    # servers let the loop run to max_tokens ("length"), which rejects it the same way, later.
+    stop_loops: int = 0
 
     def to_dict(self) -> dict:
         d = asdict(self)
+        if not self.stop_loops:
+            d.pop("stop_loops")  # fingerprints of specs that never set it stay as they were
         if self.constraint is None:
             d.pop("constraint")  # keeps fingerprints of unconstrained sampling as they were
         else:

@@ -252,6 +252,10 @@ class TransformersEngine:
         stopping = StoppingCriteriaList()
         if sampling.stop:
             stopping.append(_StopStrings(self.tokenizer, sampling.stop, prompt_len))
+        loops = None
+        if sampling.stop_loops:
+            loops = _Loops(sampling.stop_loops, prompt_len, self.eos_ids)
+            stopping.append(loops)
         gen_cfg = GenerationConfig(
             max_new_tokens=max_new,
             do_sample=False,  # sampling happens in _RowSampler, one generator per row
@@ -288,6 +292,11 @@ class TransformersEngine:
         eos = set(self.eos_ids)
         for row_ids, lim in zip(new, limits, strict=True):
             row_ids = row_ids[:lim]
+            looped = loops.at.get(len(results)) if loops is not None else None
+            if looped is not None and looped <= lim:  # stopped in a loop; the tokens after are padding
+                text = self.tokenizer.decode(row_ids[:looped], skip_special_tokens=True)
+                results.append((text, looped, "repetition"))
+                continue
             end = next((pos for pos, t in enumerate(row_ids) if t in eos), None)
             if end is not None:  # eos counts as a generated token, as vLLM counts it
                 text, count, reason = (
@@ -400,6 +409,40 @@ class _GrammarMask:
             allowed[r] = False
             allowed[r, self.eos_ids] = True
         return scores.masked_fill(~allowed, float("-inf"))
+
+
+class _Loops:
+    """StoppingCriteria: a row is done once its last `window` generated tokens already occurred twice
+    before in its generated text (three copies of one span: a degenerate loop). `at[row]` = tokens
+    generated when it fired; the engine reports such a row as finish reason "repetition"."""
+
+    def __init__(self, window: int, prompt_len: int, eos_ids: list[int]):
+        self.window = int(window)
+        self.prompt_len = prompt_len
+        self.eos = set(eos_ids)  # a row that ended (eos, then padding = eos) is not looping
+        self.at: dict[int, int] = {}
+
+    def __call__(self, input_ids, scores, **kwargs):
+        import torch
+
+        gen = input_ids[:, self.prompt_len :]
+        n, w = gen.shape[1], self.window
+        done = [False] * gen.shape[0]
+        if n >= 3 * w:
+            rows = gen.tolist()
+            for r, ids in enumerate(rows):
+                if r in self.at:
+                    done[r] = True
+                    continue
+                if self.eos.intersection(ids):
+                    continue
+                tail, first = ids[-w:], ids[-w]
+                # earlier copies of the tail (windows that end before it starts)
+                copies = sum(1 for i in range(n - 2 * w + 1) if ids[i] == first and ids[i : i + w] == tail)
+                if copies >= 2:
+                    self.at[r] = n
+                    done[r] = True
+        return torch.tensor(done, device=input_ids.device)
 
 
 class _StopStrings:

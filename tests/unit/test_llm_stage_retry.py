@@ -47,3 +47,9 @@ def test_a_constraint_travels_in_sampling_and_into_its_dict():
     assert s.to_dict()["constraint"]["schema"]["properties"]["score"] == {"type": "integer"}
     assert "constraint" not in Sampling().to_dict()  # unconstrained fingerprints unchanged
     assert Constraint.choice(["A", "B"]) == Constraint.choice(("A", "B"))  # hashable, by value
+    # property order decides what a grammar generates first: it is part of the fingerprint
+    from alignfactory.stages.base import fingerprint
+
+    ab = Constraint.json({"type": "object", "properties": {"a": {}, "b": {}}})
+    ba = Constraint.json({"type": "object", "properties": {"b": {}, "a": {}}})
+    assert fingerprint(ab.to_dict()) != fingerprint(ba.to_dict())
