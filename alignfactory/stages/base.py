@@ -169,7 +169,9 @@ class LLMStage(Stage):
             return outs
         longer = dataclasses.replace(sampling, n=1, max_tokens=2 * sampling.max_tokens)
         suffix = f":{what}" if what else ""
-        seeds = [request_seed(self.ctx.seed, f"{self.ctx.name}:{rows[i]['id']}{suffix}:retry:{k}") for i, k in redo]
+        seeds = [
+            request_seed(self.ctx.seed, f"{self.ctx.name}:{rows[i]['id']}{suffix}:retry:{k}") for i, k in redo
+        ]
         again = self._chat([conversations[i] for i, _ in redo], longer, seeds)
         for (i, k), o in zip(redo, again, strict=True):
             out = outs[i]

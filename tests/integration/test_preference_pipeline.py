@@ -8,7 +8,6 @@ time; with 3 prompts, all three revisions would have to come back empty or verba
 be made, and the test prints the counts if that ever happens.
 """
 
-
 import pytest
 import yaml
 
