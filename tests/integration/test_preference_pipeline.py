@@ -11,6 +11,7 @@ be made, and the test prints the counts if that ever happens.
 import pytest
 import yaml
 
+from alignfactory import records
 from alignfactory.run import Runner
 from alignfactory.spec import load_spec
 from tests.integration.conftest import REPO, read_jsonl, rejected_rows
@@ -71,7 +72,15 @@ def test_every_row_accounted_for_and_judged_pairwise(run):
     final = [r for r in stage_rows(out, "04-constitution") if not r["reject"]]
     rejects = rejected_rows(out)
     assert (
-        len(final) + len([r for r in rejects if r["reject"]["stage"] in ("judge", "pairs", "constitution")])
+        len(final)
+        + len(
+            [
+                r
+                for r in rejects
+                if r["reject"]["stage"] in ("judge", "pairs", "constitution")
+                and not records.discarded_candidate(r)  # a rejected revision: its row went on
+            ]
+        )
         == LIMIT
     )
 

@@ -91,7 +91,8 @@ def test_report_of_a_real_run_in_chromium(browser, sft_run):
     problems, plots, page = open_report(browser, path, "report_sft.png")
     assert problems == []
     want = expected_views(sft_run)
-    assert {"rejections", "lengths", "map"} <= want  # what this run has data for (no duplicate in its 16 lines)
+    # what this run has data for (its 16 lines hold no duplicate)
+    assert {"rejections", "lengths", "map"} <= want
     assert {p["view"] for p in plots} == want
     for p in plots:
         assert p["ok"] and p["w"] > 100 and p["h"] > 100 and p["colours"] > 2, p
