@@ -17,7 +17,9 @@ def spec(tmp_path, template, generate_res: dict, filter_res: dict):
             "name": "template_rerun",
             "input": {"path": str(tmp_path / "in.jsonl")},
             "output": str(tmp_path / "run"),
-            "sampling": {"max_tokens": 8, "temperature": 0},
+            # short and whole: the reply ends at its first punctuation (a stop string, finish reason
+            # "stop"), so filter keeps it; a reply cut at max_tokens would be rejected as truncated
+            "sampling": {"max_tokens": 16, "temperature": 0, "stop": [".", "!", "?", ",", "\n"]},
             "shard_size": 1,
             "stages": [
                 {
