@@ -54,7 +54,7 @@ def test_every_input_line_once_with_reasons(run):
     by_stage: dict[str, list[str]] = {}
     for r in rejects:
         by_stage.setdefault(r["reject"]["stage"], []).append(r["reject"]["reason"])
-    assert all(x.startswith(("unparseable", "truncated")) for x in by_stage.get("instag", []))
+    assert all(x.startswith(("unparseable", "truncated", "incomplete")) for x in by_stage.get("instag", []))
     assert all(x.startswith("eliminated: ") for x in by_stage.get("evolve", []))
     assert by_stage["select"] and all(x.startswith("not_selected: budget ") for x in by_stage["select"])
     # each stage: every input row comes out as itself, as the parent of a child, or rejected
