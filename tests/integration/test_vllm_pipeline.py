@@ -59,7 +59,10 @@ def spec_copy(tmp_path) -> str:
 def run_cli(tmp_path, *args: str) -> tuple[dict, object]:
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "alignfactory.run", spec_copy(tmp_path), "--limit", str(LIMIT)]
-    cmd += ["--output", str(out), "--set", f"input.path={SEEDS}", "--set", "sampling.max_tokens=16", *args]
+    cmd += ["--output", str(out), "--set", f"input.path={SEEDS}", "--set", "sampling.max_tokens=16"]
+    # replies end at their first punctuation (a stop string: finish reason "stop"), so filter keeps
+    # them; cut at 16 tokens they would all be rejected as truncated, rightly
+    cmd += ["--set", 'sampling.stop=[".", "!", "?", ",", "\\n", "。", "！", "？", "，"]', *args]
     env = os.environ | {"ALIGNFACTORY_PROGRESS": "0", "HF_HUB_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": "2"}
     env.pop("RAY_ADDRESS", None)
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=540)
