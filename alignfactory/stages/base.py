@@ -142,6 +142,7 @@ class LLMStage(Stage):
 
             engine = make_engine(ctx.model, batch_size=ctx.batch_size)
         self.engine = engine
+        self.retries = 0  # samples re-asked at twice the budget (on_truncated: retry)
 
     def seeds(self, rows: list[dict], what: str | None = None) -> list[int]:
         """One seed per row, keyed by (stage, row id[, what]): a stage that prompts a row several times
@@ -188,14 +189,6 @@ class LLMStage(Stage):
             self.tokens_in += out.prompt_tokens
             self.tokens_out += out.completion_tokens
         return outs
-
-    @property
-    def retries(self) -> int:
-        return getattr(self, "_retries", 0)
-
-    @retries.setter
-    def retries(self, value: int) -> None:
-        self._retries = value
 
     def reject_incomplete(self, row: dict, out, k: int = 0, what: str = "") -> bool:
         """Reject `row` as truncated when sample k of `out` did not end by itself; True if it did so."""
