@@ -16,6 +16,7 @@ structured.py). When the server answers 400 to every form, the request is sent a
 the completion says so (constrained False, unconstrained_why quoting the server); that outcome is
 remembered per constraint, so later requests go straight to free text. A choice without a
 finish_reason gets "unknown", which is not complete (base.is_complete): silence is not a stop.
+More than 4 stop strings: the first 4 go to the server (the API's limit), the rest cut the reply here.
 
 Failures: 429, 5xx and transport errors (refused, reset, timeout) are retried cfg.max_retries times
 with exponential backoff and full jitter (honouring Retry-After on 429). 401/403 are not retried and
@@ -37,7 +38,7 @@ import httpx
 from .base import Completion, EngineError, Sampling, seeds_for
 from .config import ModelConfig
 from .structured import unwrap
-from .transformers_engine import sample_seed
+from .transformers_engine import sample_seed, truncate_at_stop
 
 UNKNOWN_FINISH = "unknown"  # a choice without finish_reason: incomplete (base.is_complete is False)
 
@@ -60,6 +61,9 @@ class RequestRejected(ValueError):
 
 
 RETRY_STATUS = {408, 409, 425, 429} | set(range(500, 600))
+# The OpenAI API (and vllm serve, which validates like it) takes at most 4 stop strings; the rest
+# cut the text that came back, excluded like a server-side stop, and make its reason "stop".
+SERVER_STOPS = 4
 
 
 class OpenAIEngine:
@@ -164,7 +168,7 @@ class OpenAIEngine:
             "seed": int(seed),
         }
         if sampling.stop:
-            payload["stop"] = list(sampling.stop)
+            payload["stop"] = list(sampling.stop)[:SERVER_STOPS]
         payload.update(extra or {})
         return self._request("POST", f"{self.base_url}/chat/completions", payload)
 
@@ -216,13 +220,17 @@ class OpenAIEngine:
 
         texts, reasons = [], []
         prompt_tokens = completion_tokens = 0
+        client_stops = tuple(sampling.stop or ())[SERVER_STOPS:]
         for b in bodies:
             for ch in sorted(b.get("choices") or [], key=lambda c: c.get("index", 0)):
                 text = (ch.get("message") or {}).get("content") or ""
                 inner = unwrap(text, key)  # a wrapped reply back to the bare value; None if cut off
-                texts.append(text if inner is None else inner)
                 # no reason given (an aborted stream, a proxy that drops it) is not a stop
-                reasons.append(ch.get("finish_reason") or UNKNOWN_FINISH)
+                text, reason = text if inner is None else inner, ch.get("finish_reason") or UNKNOWN_FINISH
+                text, cut = truncate_at_stop(text, client_stops)
+                reason = "stop" if cut else reason
+                texts.append(text)
+                reasons.append(reason)
             usage = b.get("usage") or {}
             prompt_tokens = prompt_tokens or int(usage.get("prompt_tokens") or 0)
             completion_tokens += int(usage.get("completion_tokens") or 0)

@@ -279,6 +279,16 @@ def test_openai_discovers_served_model_name():
     assert srv.requests[0]["model"] == "served-model" and srv.requests[0]["stop"] == ["END"]
 
 
+def test_openai_sends_four_stops_and_applies_the_rest_to_the_reply():
+    # vllm serve (like the OpenAI API) answers 400 to more than 4 stop strings
+    stops = ("A", "B", "C", "D", "|", "=")
+    with FakeServer(honour_n=True) as srv:
+        [out] = _engine(srv.base_url).chat([conv("x")], Sampling(n=2, stop=stops), seeds=[3])
+    assert srv.requests[0]["stop"] == ["A", "B", "C", "D"]
+    # both replies are cut at their first "|", and the cut one that ended at max_tokens is now complete
+    assert out.texts == ["echo:x", "echo:x"] and out.finish_reasons == ["stop", "stop"]
+
+
 # ---- GGUF conversion cache: atomic, converted once under concurrency ------------------------------------
 
 _FAKE_CONVERT = """
