@@ -1,7 +1,8 @@
 """`alignfactory run SPEC [--set k=v ...] [--limit N] [--output DIR] [--model M] [--backend B]`
 `alignfactory train {sft,dpo,reward,online-dpo} --config YAML [--data FILE|RUN_DIR] [--workers K --gpus-per-worker G]`
 `alignfactory train link-model`            runs/models/smollm2-135m-instruct -> the embedded model
-`alignfactory eval CHECKPOINT... --on RUN_DIR [--before MODEL] [--reward-model DIR]`."""
+`alignfactory eval CHECKPOINT... --on RUN_DIR [--before MODEL] [--reward-model DIR]`
+`alignfactory ablate SPEC [--eval FILE] [--output DIR] [--workers N] [--limit N] [--set K=V]`."""
 
 from __future__ import annotations
 
@@ -61,6 +62,22 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--max-new-tokens", type=int, default=256)
     e.add_argument("--allow-unsafe", action="store_true", help="run code without the sandbox's isolation")
     e.add_argument("-q", "--quiet", action="store_true")
+    a = sub.add_parser(
+        "ablate", help="train arms on data variants, evaluate, compare (pipelines/ablate_*.yaml)"
+    )
+    a.add_argument("spec", help="pipelines/ablate_<name>.yaml")
+    a.add_argument(
+        "--eval", dest="eval_file", help="JSONL eval items (question/answer, prompt+tests, prompt+verifier)"
+    )
+    a.add_argument(
+        "--output", help="ablation directory (default runs/<name>); re-running re-uses what finished"
+    )
+    a.add_argument(
+        "--workers", type=int, default=0, help="arms' jobs as Ray tasks, N at a time (0 = here, in turn)"
+    )
+    a.add_argument("--limit", type=int, help="evaluate only the first N eval items")
+    a.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY.PATH=VALUE")
+    a.add_argument("-q", "--quiet", action="store_true")
     rp = sub.add_parser(
         "report", help="write RUN_DIR/report.html (plots of a run), linked from its README.md"
     )
@@ -151,6 +168,28 @@ def eval_main(args) -> int:
     return 0
 
 
+def ablate_main(args) -> int:
+    from alignfactory.ablate import runner, spec
+
+    try:
+        result = runner.run(
+            spec.load(args.spec, args.sets),
+            args.spec,
+            eval_file=args.eval_file,
+            output=args.output,
+            workers=args.workers,
+            limit=args.limit,
+        )
+    except runner.LeakError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 3
+    except (SpecError, InputError, runner.AblateError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(result["table"])
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args, extra = parser().parse_known_args(argv)
     if extra and args.command != "train":
@@ -174,6 +213,8 @@ def main(argv: list[str] | None = None) -> int:
         return train_main(args, extra)
     if args.command == "eval":
         return eval_main(args)
+    if args.command == "ablate":
+        return ablate_main(args)
     from alignfactory.run import Runner
 
     try:
