@@ -21,6 +21,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -32,6 +33,9 @@ from alignfactory.ablate.spec import AblationSpec
 log = logging.getLogger("alignfactory.ablate")
 METRICS = {"math": "math_accuracy", "code": "code_pass_rate", "autoif": "constraint_pass_rate"}
 BINARY = {"math_accuracy", "constraint_pass_rate"}  # pass/fail per item: McNemar applies
+RESOURCES = re.compile(
+    r"(^|\.)resources\.|^model\.threads$|^shard_size$"
+)  # run set keys that change speed only
 PASS_AT = {"math": "math", "code": "code", "autoif": "constraint"}  # pass@k metric name prefixes
 
 
@@ -276,7 +280,10 @@ class Ablation:
             f"input.path={json.dumps(str(train_file))}"
         ]
         model = {"model": m.path, "backend": m.backend}
-        k = key(Path(r.pipeline).read_text("utf-8"), sets, sha256_file(train_file), m.identity())
+        results = [
+            x for x in sets if not RESOURCES.search(x.split("=", 1)[0])
+        ]  # how, not what: not in the key
+        k = key(Path(r.pipeline).read_text("utf-8"), results, sha256_file(train_file), m.identity())
         out = self.out / "runs" / f"{name}-{k}"
         if not (out / "_ABLATE_DONE").is_file():
             log.info("run %s: %s -> %s", name, r.pipeline, out)
@@ -316,7 +323,8 @@ class Ablation:
                 "rows": len(built["sft"]),
                 "pairs": len(built["preference"]),
                 "correct_rows": built["correct_rows"],
-                "tokens": armdata.count_tokens(built["sft"] + built["preference"], self.base_path()),
+                "sft_tokens": armdata.count_tokens(built["sft"], self.base_path()),
+                "pair_tokens": armdata.count_tokens(built["preference"], self.base_path()),
                 "worker_s": round(run["worker_s"] * share, 2),
                 "path": str(out),
                 "problems": built["problems"],
@@ -447,7 +455,7 @@ class Ablation:
             first = res[spec.seeds[0]]
             entry = {
                 "name": arm.name,
-                "data": _data_entry(data[arm.data]) if arm.data else None,
+                "data": self.data_entry(arm, data[arm.data]) if arm.data else None,
                 "train": _train_entry(arm.train, models[(arm.name, spec.seeds[0])]) if arm.train else None,
                 "seeds": list(spec.seeds),
                 "metrics": {},
@@ -492,15 +500,19 @@ class Ablation:
         result["table"] = table(result)
         return result
 
+    def data_entry(self, arm, info: dict) -> dict:
+        """The arm's data: its SFT rows, and its pairs only when its training has a DPO step."""
+        dpo = any(st.step == "dpo" for st in self.spec.training[arm.train])
+        out = {k: info[k] for k in ("recipe", "rows", "correct_rows", "worker_s", "path")}
+        return out | {
+            "pairs": info["pairs"] if dpo else 0,
+            "tokens": info["sft_tokens"] + (info["pair_tokens"] if dpo else 0),
+        }
+
 
 def _mean(values) -> float | None:
     vals = [v for v in values if v is not None]
     return sum(vals) / len(vals) if vals else None
-
-
-def _data_entry(info: dict) -> dict:
-    keep = ("recipe", "rows", "pairs", "correct_rows", "tokens", "worker_s", "path")
-    return {k: info[k] for k in keep}
 
 
 def _train_entry(recipe: str, m: dict) -> dict:
