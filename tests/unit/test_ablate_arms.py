@@ -1,0 +1,312 @@
+"""Data per arm (paired by problem) and the ablation's control flow, on a scripted engine: no Ray, no
+training (a fake train step), real reject_sample shards, real scorers and statistics."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from alignfactory import io
+from alignfactory.ablate import arms, runner
+from alignfactory.ablate.spec import load
+from alignfactory.run import write_shard
+from alignfactory.stages.base import StageContext
+from alignfactory.stages.synthesize.reject_sample import RejectSample
+from tests.unit.scripted import ScriptedEngine
+
+SYSTEM = "Answer in one short sentence that ends with: The answer is N."
+
+
+def sample(text, verdict, finish="stop"):
+    return {"text": text, "verdict": verdict, "finish_reason": finish}
+
+
+def problem(i, samples, solution=None):
+    return {
+        "id": f"p{i}",
+        "line": i,
+        "prompt": [{"role": "user", "content": f"What is {i} + 1?"}],
+        "answer": str(i + 1),
+        "solution": solution or f"{i} + 1 = {i + 1}. The answer is {i + 1}.",
+        "samples": samples,
+    }
+
+
+PROBLEMS = [
+    problem(0, [sample("The answer is 1.", "correct"), sample("The answer is 7.", "incorrect")]),
+    problem(1, [sample("The answer is 9.", "incorrect"), sample("The answer is", "truncated", "length")]),
+    problem(2, [sample("The answer is 3, I think.", "correct"), sample("The answer is 3.", "correct")]),
+    # its only correct sample was cut: not verified, so it leaves every arm
+    problem(3, [sample("The answer is 4 because", "correct", "length"), sample("No idea.", "no_answer")]),
+    problem(
+        4,
+        [
+            sample("The answer is 5.", "correct"),
+            sample("It is 6.", "incorrect"),
+            sample("The answer is", None, "length"),
+        ],
+    ),
+]
+
+
+def texts(built):
+    return [r["messages"][-1]["content"] for r in built["sft"]]
+
+
+def test_paired_takes_share_problems_and_row_counts():
+    v = arms.build("verified", PROBLEMS, seed=0)
+    u = arms.build("unverified", PROBLEMS, seed=0)
+    g = arms.build("gold", PROBLEMS, seed=0)
+    assert sorted(v["problems"]) == ["p0", "p2", "p4"]  # p1: nothing correct; p3: its correct sample was cut
+    assert v["problems"] == u["problems"] == g["problems"]
+    assert len(v["sft"]) == len(u["sft"]) == len(g["sft"]) == 3
+    # the same prompt, row for row
+    assert [r["messages"][:-1] for r in v["sft"]] == [r["messages"][:-1] for r in u["sft"]]
+    assert v["correct_rows"] == 3 and g["correct_rows"] == 3
+    assert all(
+        t.endswith(f"The answer is {int(p[1:]) + 1}.") for t, p in zip(texts(g), g["problems"], strict=True)
+    )
+
+
+def test_no_cut_sample_is_ever_training_data():
+    for take in ("verified", "unverified"):
+        for seed in range(20):
+            assert not any(
+                t in ("The answer is", "The answer is 4 because")
+                for t in texts(arms.build(take, PROBLEMS, seed=seed))
+            )
+
+
+def test_unverified_draws_any_whole_sample_and_counts_the_correct_ones():
+    seen = set()
+    for seed in range(40):
+        u = arms.build("unverified", PROBLEMS, seed=seed)
+        by_id = dict(zip(u["problems"], texts(u), strict=True))
+        seen.add(by_id["p0"])
+        right = {
+            "p0": {"The answer is 1."},
+            "p2": {"The answer is 3, I think.", "The answer is 3."},
+            "p4": {"The answer is 5."},
+        }
+        assert u["correct_rows"] == sum(by_id[p] in right[p] for p in by_id)
+    assert seen == {"The answer is 1.", "The answer is 7."}  # the verdict is not looked at
+
+
+def test_verified_pairs_come_from_the_same_sampling():
+    v = arms.build("verified", PROBLEMS, seed=0)
+    pairs = {
+        p["prompt"][0]["content"]: (p["chosen"][0]["content"], p["rejected"][0]["content"])
+        for p in v["preference"]
+    }
+    # p2 has no incorrect sample: no pair; p0 and p4 have one each, chosen = the SFT row's sample
+    assert pairs == {
+        "What is 0 + 1?": ("The answer is 1.", "The answer is 7."),
+        "What is 4 + 1?": ("The answer is 5.", "It is 6."),
+    }
+    short = arms.build("verified", PROBLEMS, seed=0, pick="shortest")
+    assert dict(zip(short["problems"], texts(short), strict=True))["p2"] == "The answer is 3."
+
+
+def test_rows_cap_and_seed_pick_the_same_problems_for_every_take():
+    for seed in range(5):
+        picks = {
+            t: arms.build(t, PROBLEMS, seed=seed, rows=2)["problems"]
+            for t in ("verified", "unverified", "gold")
+        }
+        assert len(picks["verified"]) == 2 and picks["verified"] == picks["unverified"] == picks["gold"]
+    assert arms.build("verified", PROBLEMS, seed=3) == arms.build("verified", PROBLEMS, seed=3)
+
+
+def rule_for(answers: dict[str, str]):
+    """Sample 0 right, sample 1 wrong, for every problem (answers: question -> answer)."""
+
+    def rule(conv, k, seed):
+        q = conv[-1]["content"]
+        a = int(answers[q])
+        return f"The answer is {a if k == 0 else a + 1}."
+
+    return rule
+
+
+def fake_run(train_file: Path, out: Path) -> dict:
+    """A sampling run's reject_sample shard, made by the real stage on a scripted engine."""
+    rows = list(io.read_inputs([train_file]))
+    answers = {r["messages"][-1]["content"]: r["seed"]["answer"] for r in rows}
+    stage = RejectSample(
+        RejectSample.Params(n=2, template=None),
+        StageContext("reject_sample", 1, seed=0),
+        engine=ScriptedEngine(rule=rule_for(answers)),
+    )
+    done = stage(rows)
+    write_shard(out / "stages/01-reject_sample/shard-00000.jsonl", done, {})
+    return {"dir": out, "worker_s": 10.0, "samples_per_problem": 2, "key": "fake"}
+
+
+def test_problem_samples_reads_the_stage_shards(tmp_path):
+    from alignfactory.ablate.mathset import make_problems
+
+    probs = make_problems(4, 0)
+    train = tmp_path / "train.jsonl"
+    io.write_jsonl_atomic(train, arms.seed_rows(probs, SYSTEM))
+    fake_run(train, tmp_path / "run")
+    got = arms.problem_samples(tmp_path / "run")
+    assert [p["id"] for p in got] == [p["id"] for p in probs]  # input order, ids from the seed rows
+    assert got[0]["prompt"] == [
+        {"role": "system", "content": SYSTEM},
+        {"role": "user", "content": probs[0]["question"]},
+    ]
+    assert [s["verdict"] for s in got[0]["samples"]] == ["correct", "incorrect"]
+    assert got[0]["answer"] == probs[0]["answer"] and got[0]["solution"].endswith(
+        f"The answer is {probs[0]['answer']}."
+    )
+
+
+# ---- the runner's control flow ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def ablation(tmp_path, monkeypatch):
+    """An Ablation on the shipped spec at tiny size; pipeline, training and the engine are scripted."""
+    calls = {"train": [], "eval": []}
+
+    def pipeline(self, name, train_file):
+        return fake_run(train_file, self.out / "runs" / name)
+
+    def train_job(job):
+        out = Path(job["out"])
+        if (out / "_DONE").is_file():
+            return json.loads((out / "_DONE").read_text())
+        calls["train"].append(job)
+        out.mkdir(parents=True)
+        res = {"steps": job["max_steps"], "rows": job["rows"], "worker_s": 1.0}
+        (out / "_DONE").write_text(json.dumps(res))
+        return res
+
+    def make_engine(cfg, batch_size=8):
+        calls["eval"].append(cfg.path)
+        trained = cfg.path is not None
+
+        def rule(conv, k, seed):  # the base model answers wrong; trained models add the numbers
+            nums = [int(x) for x in re.findall(r"\d+", conv[-1]["content"])]
+            ops = re.findall(r"(?<=\d )[+-](?= \d)", conv[-1]["content"])
+            if trained and len(nums) == 2 and ops:
+                return f"The answer is {nums[0] + nums[1] if ops[0] == '+' else nums[0] - nums[1]}."
+            return "The answer is 0."
+
+        return ScriptedEngine(rule=rule)
+
+    monkeypatch.setattr(runner.Ablation, "pipeline", pipeline)
+    monkeypatch.setattr(runner, "train_job", train_job)
+    monkeypatch.setattr("alignfactory.llm.make_engine", make_engine)
+    spec = load("pipelines/ablate_math.yaml", ["problems.train=6", "problems.eval=12", "eval.pass_at_k=2"])
+
+    def make(**kw):
+        return runner.Ablation(spec, "pipelines/ablate_math.yaml", output=str(tmp_path / "abl"), **kw)
+
+    return make, calls
+
+
+def test_ablation_json_shape_pairing_and_intervals(ablation):
+    make, calls = ablation
+    result = make().run()
+    saved = json.loads((Path(make().out) / "ablation.json").read_text())
+    assert saved["table"] == result["table"] and saved["name"] == "ablate_math"
+    assert set(saved) == {"name", "spec_path", "eval", "leak_check", "arms", "comparisons", "table"}
+    ev = saved["eval"]
+    assert ev["n_items"] == 12 and len(ev["sha256"]) == 64
+    assert ev["metrics"] == ["math_accuracy", "math_pass@2"]
+    assert saved["leak_check"]["ok"] is True and saved["leak_check"]["leaks"] == []
+    assert [a["name"] for a in saved["arms"]] == ["base", "unverified", "verified", "verified_dpo"]
+    base, unv, ver, dpo = saved["arms"]
+    assert base["data"] is None and base["train"] is None
+    # compared SFT arms: same rows, same optimizer steps; DPO adds its pairs on top of the same SFT
+    assert unv["data"]["rows"] == ver["data"]["rows"] == 6 and unv["train"]["steps"] == ver["train"]["steps"]
+    assert (
+        dpo["train"]["steps"] == ver["train"]["steps"] + 8
+        and dpo["data"]["pairs"] == 6
+        and ver["data"]["pairs"] == 0
+    )
+    assert dpo["data"]["tokens"] > ver["data"]["tokens"] > 0
+    assert (
+        ver["data"]["correct_rows"] == 6
+        and ver["data"]["worker_s"] == 10.0
+        and unv["data"]["worker_s"] == 5.0
+    )
+    for arm in saved["arms"]:
+        assert set(arm) == {"name", "data", "train", "seeds", "metrics", "items", "outputs"}
+        assert len(arm["outputs"]) == 12 and len(arm["items"]["math_accuracy"]) == 12
+        for m in arm["metrics"].values():
+            assert m["lo"] <= m["mean"] <= m["hi"] and m["n"] == 12 and set(m["per_seed"]) == {"0"}
+    assert base["metrics"]["math_accuracy"]["mean"] == 0.0
+    # items in the eval file's order: a trained arm's output answers the item at the same index
+    evals = io.read_jsonl(Path(ev["path"]))
+    add = [i for i, e in enumerate(evals) if re.fullmatch(r"What is \d+ \+ \d+\?", e["question"])]
+    for i in add:
+        assert ver["items"]["math_accuracy"][i] == 1.0 and ver["outputs"][i].endswith(
+            f"{evals[i]['answer']}."
+        )
+    comps = {(c["a"], c["b"], c["metric"]): c for c in saved["comparisons"]}
+    c = comps[("unverified", "verified", "math_accuracy")]
+    assert c["lo"] <= c["diff"] <= c["hi"] and c["p_holm"] >= c["p"] and "a_only" in c
+    assert comps[("base", "verified", "math_accuracy")]["b_only"] == round(
+        12 * ver["metrics"]["math_accuracy"]["mean"]
+    )
+    # two SFT steps (verified's is shared with verified_dpo) + one DPO step; 4 models evaluated
+    assert sorted(j["step"] for j in calls["train"]) == ["dpo", "sft", "sft"]
+    assert len(calls["eval"]) == 4
+
+
+def test_a_rerun_reuses_data_models_and_evals(ablation):
+    make, calls = ablation
+    first = make().run()
+    n_train, n_eval = len(calls["train"]), len(calls["eval"])
+    second = make().run()
+    assert (len(calls["train"]), len(calls["eval"])) == (
+        n_train,
+        n_eval,
+    )  # nothing trained or evaluated again
+    assert second["arms"] == first["arms"] and second["table"] == first["table"]
+
+
+def test_limit_evaluates_the_first_items(ablation):
+    make, _ = ablation
+    result = make(limit=5).run()
+    assert result["eval"]["n_items"] == 5 and all(len(a["outputs"]) == 5 for a in result["arms"])
+
+
+def test_a_leak_fails_the_run_naming_the_item_and_arm(ablation, tmp_path):
+    make, calls = ablation
+    abl = make()
+    train_file, _, _ = abl.problems()
+    q = io.read_jsonl(train_file)[0]
+    leaked = {"id": "leaky-1", "question": q["messages"][-1]["content"], "answer": q["answer"]}
+    evil = tmp_path / "eval.jsonl"
+    io.write_jsonl_atomic(
+        evil, [{"id": "clean-1", "question": "What is 1000 + 2000?", "answer": "3000"}, leaked]
+    )
+    with pytest.raises(runner.LeakError) as e:
+        make(eval_file=str(evil)).run()
+    assert "leaky-1" in str(e.value) and "arm unverified" in str(e.value) and "clean-1" not in str(e.value)
+    assert calls["train"] == []  # it fails before any training
+    leaks = json.loads((Path(abl.out) / "leak_check.json").read_text())
+    assert {lk["arm"] for lk in leaks} == {"unverified", "verified", "verified_dpo"}
+
+
+def test_eval_file_items_need_something_to_score_them_by(ablation, tmp_path):
+    make, _ = ablation
+    bad = tmp_path / "eval.jsonl"
+    io.write_jsonl_atomic(bad, [{"id": "x", "prompt": "Write a poem."}])
+    with pytest.raises(runner.AblateError, match="eval item x: nothing to score it by"):
+        make(eval_file=str(bad)).run()
+
+
+def test_eval_prompt_gets_the_system_turn_for_math_only():
+    math = runner.eval_prompt({"question": "What is 2 + 2?", "answer": 4}, SYSTEM)
+    assert math["prompt"][0] == {"role": "system", "content": SYSTEM} and math["answer"] == "4"
+    code = runner.eval_prompt(
+        {"prompt": "Write f.", "entry_point": "f", "tests": [{"args": [1], "expected": 1}]}, SYSTEM
+    )
+    assert code["prompt"] == [{"role": "user", "content": "Write f."}] and code["entry_point"] == "f"
