@@ -92,6 +92,7 @@ def train_job(job: dict) -> dict:
     done = out / "_DONE"
     if done.is_file():
         return json.loads(done.read_text())
+    os.chdir(job["cwd"])  # a Ray worker: configs name repo-relative paths (chat_template_path)
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     t0 = time.perf_counter()
@@ -390,6 +391,7 @@ class Ablation:
                     job = {
                         "step": st.step,
                         "config": st.config_path,
+                        "cwd": os.getcwd(),
                         "set": st.set,
                         "max_steps": st.max_steps,
                         "model": model,
