@@ -492,7 +492,7 @@ class Runner:
                     StageWorker,
                     {
                         "fn_constructor_args": args,
-                        "compute": ray.data.ActorPoolStrategy(size=res.concurrency),
+                        "compute": actor_pool(res.concurrency),
                     },
                 )
             else:
@@ -599,7 +599,7 @@ class Runner:
         if step.cls.uses_model(step.params) and phase == "summarize":
             # embeddings: the model loads once per actor, on a GPU when resources.num_gpus gives one
             fn = CorpusWorker
-            how = {"fn_constructor_args": args, "compute": ray.data.ActorPoolStrategy(size=res.concurrency)}
+            how = {"fn_constructor_args": args, "compute": actor_pool(res.concurrency)}
             remote["num_gpus"] = res.num_gpus
         else:
             fn, how = (
@@ -693,6 +693,15 @@ class Runner:
             bars = os.environ.get("ALIGNFACTORY_PROGRESS", "0") == "1"
             ctx.enable_progress_bars = ctx.enable_operator_progress_bars = bars
             ctx.print_on_execution_start = bars
+
+
+def actor_pool(size: int):
+    """A fixed pool whose actors each hold one shard at a time. Ray Data's default queues several
+    shards on an actor that is ready first; with few shards (a small run: 2 shards, 2 actors) one actor
+    got them all, worked through them in turn, and the other was dropped as idle."""
+    import ray
+
+    return ray.data.ActorPoolStrategy(size=size, max_tasks_in_flight_per_actor=1)
 
 
 def code_version() -> str:

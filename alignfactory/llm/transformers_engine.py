@@ -98,6 +98,18 @@ def _ray_assigned_cpus() -> float | None:
         return None
 
 
+MIN_SHARED_PREFIX = 16  # tokens; below this a separate prefix pass saves less than it costs
+
+
+def common_prefix_len(prompts: list[list[int]]) -> int:
+    """How many leading tokens every prompt has in common."""
+    first, n = prompts[0], min(len(p) for p in prompts)
+    for i in range(n):
+        if any(p[i] != first[i] for p in prompts):
+            return i
+    return n
+
+
 def truncate_at_stop(text: str, stop: tuple[str, ...]) -> tuple[str, bool]:
     """Cut `text` before the earliest stop string; (text, whether one was found)."""
     cut = min((i for i in (text.find(s) for s in stop if s) if i >= 0), default=-1)
@@ -211,6 +223,52 @@ class TransformersEngine:
             )
         return completions
 
+    def _layout(self, prompts: list[list[int]]):
+        """(ids, mask, shared): the prompts as one (P, L) block. Prompts that begin alike (a system
+        prompt, few-shot turns: instag's 450 of ~570 tokens) are laid out [shared prefix | padding |
+        rest], so the prefix is encoded once for the micro-batch, not P times; otherwise left-padded
+        (shared = 0). Padding is masked and position ids follow the mask either way."""
+        import torch
+
+        shared = common_prefix_len(prompts) if len(prompts) > 1 else 0
+        shared = min(shared, min(len(p) for p in prompts) - 1)  # each row keeps its last token apart
+        if shared < MIN_SHARED_PREFIX:
+            shared = 0
+        rest = self.tokenizer.pad(
+            {"input_ids": [p[shared:] for p in prompts]}, padding=True, return_tensors="pt"
+        )
+        head = torch.tensor([prompts[0][:shared]], dtype=rest["input_ids"].dtype).expand(len(prompts), -1)
+        ids = torch.cat([head, rest["input_ids"]], dim=1)
+        mask = torch.cat([torch.ones_like(head), rest["attention_mask"]], dim=1)
+        return ids.to(self.device), mask.to(self.device), shared
+
+    def _prefill(self, ids, mask, shared: int, k: int):
+        """KV cache of every column but the last, (P*k, heads, L-1, dim) request-major: the shared prefix
+        from one row, repeated P times, then the rest of the P rows. No logits (logits_to_keep=1: the
+        lm_head over every prompt position was a fifth of the prefill's work)."""
+        positions = (mask.long().cumsum(-1) - 1).clamp(min=0)  # padding anywhere: positions follow the mask
+        cache = None
+        if shared:
+            cache = self.model(
+                input_ids=ids[:1, :shared],
+                position_ids=positions[:1, :shared],
+                use_cache=True,
+                logits_to_keep=1,
+            ).past_key_values
+            cache.batch_repeat_interleave(ids.shape[0])
+        if ids.shape[1] - 1 > shared:
+            cache = self.model(
+                input_ids=ids[:, shared:-1],
+                attention_mask=mask[:, :-1],
+                position_ids=positions[:, shared:-1],
+                past_key_values=cache,
+                use_cache=True,
+                logits_to_keep=1,
+            ).past_key_values
+        if k > 1:
+            cache.batch_repeat_interleave(k)  # (P, ...) -> (P*k, ...), request-major
+        return cache
+
     def _generate(
         self, prompts: list[list[int]], seeds: list[int], k: int, sampling: Sampling, matcher=None
     ) -> list[list[tuple[str, int, str]]]:
@@ -238,8 +296,7 @@ class TransformersEngine:
             return [[("", 0, "length")] * k for _ in prompts]
         limits = [lim for lim in limits for _ in range(k)]  # per decode row
 
-        batch = self.tokenizer.pad({"input_ids": prompts}, padding=True, return_tensors="pt").to(self.device)
-        ids, mask = batch["input_ids"], batch["attention_mask"]  # (P, L), left-padded
+        ids, mask, shared = self._layout(prompts)  # (P, L); the first `shared` columns are one prefix
         prompt_len = ids.shape[1]
         processors = LogitsProcessorList()
         grammar = None
@@ -264,20 +321,8 @@ class TransformersEngine:
         )
         with torch.inference_mode():
             extra = {}
-            if prompt_len > 1:  # prefill the shared prefix once per request
-                positions = (mask.long().cumsum(-1) - 1).clamp(
-                    min=0
-                )  # left padding: positions follow the mask
-                prefix = self.model(
-                    input_ids=ids[:, :-1],
-                    attention_mask=mask[:, :-1],
-                    position_ids=positions[:, :-1],
-                    use_cache=True,
-                )
-                cache = prefix.past_key_values
-                if k > 1:
-                    cache.batch_repeat_interleave(k)  # (P, ...) -> (P*k, ...), request-major
-                extra["past_key_values"] = cache
+            if prompt_len > 1:  # prefill everything but each row's last token, once per request
+                extra["past_key_values"] = self._prefill(ids, mask, shared, k)
             out = self.model.generate(
                 input_ids=ids.repeat_interleave(k, dim=0),
                 attention_mask=mask.repeat_interleave(k, dim=0),

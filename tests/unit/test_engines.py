@@ -362,3 +362,12 @@ def test_embedded_files_are_located():
         and embedded_gguf_path().stat().st_size > 5e7
     )
     assert (embedder_path() / "config.json").exists()
+
+
+def test_common_prefix_len_counts_the_leading_tokens_all_prompts_share():
+    from alignfactory.llm.transformers_engine import common_prefix_len
+
+    assert common_prefix_len([[1, 2, 3, 4], [1, 2, 5], [1, 2, 3]]) == 2
+    assert common_prefix_len([[1, 2], [1, 2, 3]]) == 2  # one prompt is all prefix
+    assert common_prefix_len([[7, 1], [1, 7]]) == 0
+    assert common_prefix_len([[4, 5, 6]]) == 3
