@@ -14,7 +14,10 @@ from alignfactory.run import plan
 from alignfactory.spec import load_spec, validate
 
 REPO = Path(__file__).resolve().parents[2]
-PIPELINES = sorted(p.name for p in (REPO / "pipelines").glob("*.yaml") if not p.name.startswith("train_"))
+# data pipelines only: train_* are TRL configs, ablate_* are experiments (alignfactory.ablate.spec)
+PIPELINES = sorted(
+    p.name for p in (REPO / "pipelines").glob("*.yaml") if not p.name.startswith(("train_", "ablate_"))
+)
 
 
 def spec_for(tmp_path: Path, stage: str, params: dict | None = None, resources: dict | None = None):
