@@ -79,7 +79,8 @@ def parser() -> argparse.ArgumentParser:
     a.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY.PATH=VALUE")
     a.add_argument("-q", "--quiet", action="store_true")
     rp = sub.add_parser(
-        "report", help="write RUN_DIR/report.html (plots of a run), linked from its README.md"
+        "report",
+        help="write RUN_DIR/report.html (plots of a run, linked from its README.md; an ablation dir: its charts)",
     )
     rp.add_argument("run_dir")
     return p
@@ -195,6 +196,11 @@ def main(argv: list[str] | None = None) -> int:
     if extra and args.command != "train":
         parser().error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command == "report":
+        if os.path.isfile(os.path.join(args.run_dir, "ablation.json")):  # an ablation dir
+            from alignfactory.ablate.report import write
+
+            print(write(args.run_dir))
+            return 0
         from alignfactory.report import main as report_main
 
         return report_main([args.run_dir])

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from alignfactory import io
 from alignfactory.ablate import arms as armdata
+from alignfactory.ablate import report as html_report
 from alignfactory.ablate.spec import AblationSpec
 
 log = logging.getLogger("alignfactory.ablate")
@@ -235,6 +236,7 @@ class Ablation:
         results = self.eval_all(models, rows)
         result = self.assemble(evals, eval_path, leaks, data, models, results)
         io.write_json_atomic(self.out / "ablation.json", result)
+        log.info("report: %s", html_report.write(self.out))
         log.info("ablation done in %.1f s: %s", time.perf_counter() - t0, self.out / "ablation.json")
         return result
 
