@@ -1,6 +1,7 @@
 """Training data per arm, from one sampling run (a pipeline with reject_sample) over the train problems.
 
     seed_rows(problems, system)         mathset train rows + a system turn: the pipeline's input
+    split_seeds(rows, train, eval, seed) a user's seed file instead: held-out eval items + the input rows
     problem_samples(run_dir)            per problem, in input order: prompt, answer, solution, samples
                                         (text, verdict, finish_reason), read from the reject_sample shards
     build(take, problems, ...)          {"sft": [...], "preference": [...], "prompts": [...], "problems",
@@ -14,6 +15,10 @@ verified sample that ended by itself, in one seeded order, capped at `rows`. Per
     gold        the seed's reference solution ("... The answer is N.")
 Problems with no verified sample leave every arm. A cut sample (finish reason not "stop") is never
 training data, verified or not. `sft` is the run's own sft/ and preference/ output (a seeded subset).
+
+Curation (a run with a `select` stage placed after the responses are written): `selected` is the rows
+the select stage kept; `random` is as many rows drawn at random (seeded) from every row that stage chose
+among. Both arms come from one pool with the same responses, the same size: only the choice differs.
 """
 
 from __future__ import annotations
@@ -24,7 +29,8 @@ from pathlib import Path
 
 from alignfactory.run import SHARD_GLOB, read_shard
 
-TAKES = ("verified", "unverified", "gold", "sft")
+TAKES = ("verified", "unverified", "gold", "sft", "selected", "random")
+POOL_STAGE = "select"  # the stage whose choice `selected` and `random` compare
 
 
 def seed_rows(problems: list[dict], system: str | None) -> list[dict]:
@@ -36,6 +42,28 @@ def seed_rows(problems: list[dict], system: str | None) -> list[dict]:
         for r in rows:
             r["messages"] = [{"role": "system", "content": system}] + r["messages"]
     return rows
+
+
+def split_seeds(rows: list[dict], n_train: int, n_eval: int, seed: int) -> tuple[list[dict], list[dict]]:
+    """(train rows as they are, eval items) from a seed file's rows, in one seeded shuffle: the first
+    n_eval become eval items {"id", "prompt": messages, answer/entry_point/tests/verifier when the row
+    has them}, the next n_train the runs' input. An eval item that leak.find_leaks finds in a training
+    row (an exact or contained duplicate of a seed) is dropped, so the eval set may come out smaller."""
+    from alignfactory.ablate.leak import find_leaks
+    from alignfactory.io import to_messages
+
+    order = list(range(len(rows)))
+    _rng(seed, "split").shuffle(order)
+    train = [rows[i] for i in order[n_eval : n_eval + n_train]]
+    evals = []
+    for i in order[:n_eval]:
+        msgs = [{"role": m["role"], "content": m["content"]} for m in to_messages(rows[i])]
+        if msgs[-1]["role"] == "assistant":
+            msgs = msgs[:-1]
+        extra = {k: rows[i][k] for k in ("answer", "entry_point", "tests", "verifier") if k in rows[i]}
+        evals.append({"id": str(rows[i].get("id", f"seed-{i}")), "prompt": msgs} | extra)
+    leaked = {lk["eval_index"] for lk in find_leaks(evals, train)}
+    return train, [e for j, e in enumerate(evals) if j not in leaked]
 
 
 def _rng(seed: int, *key) -> random.Random:
@@ -108,6 +136,8 @@ def build(
         raise ValueError(f"take: unknown {take!r}; one of {', '.join(TAKES)}")
     if take == "sft":
         return _run_output(Path(run_dir), seed, rows)
+    if take in ("selected", "random"):
+        return _pool_take(take, Path(run_dir), seed, rows)
     chosen = verified_problems(problems, seed, rows)
     sft, pref, prompts, correct = [], [], [], 0
     for p in chosen:
@@ -163,6 +193,35 @@ def _run_output(run: Path, seed: int, rows: int | None) -> dict:
     pref = read("preference")
     prompts = [{"prompt": r["messages"][:-1]} for r in sft]
     return {"sft": sft, "preference": pref, "prompts": prompts, "problems": [], "correct_rows": None}
+
+
+def _pool_take(take: str, run: Path, seed: int, rows: int | None) -> dict:
+    """`selected`: the rows the run's select stage kept; `random`: as many from all it chose among."""
+    dirs = sorted(run.glob(f"stages/*-{POOL_STAGE}"))
+    if not dirs:
+        raise FileNotFoundError(f"{run}: no stages/*-{POOL_STAGE} (take {take} needs a {POOL_STAGE} stage)")
+    pool = [r for path in sorted(dirs[-1].glob(SHARD_GLOB)) for r in read_shard(path)[0]]
+    pool = [r for r in pool if r["messages"][-1]["role"] == "assistant"]  # a row with a response
+    if not pool:
+        raise ValueError(
+            f"{dirs[-1]}: no row with a response (take {take}: place {POOL_STAGE} after generate)"
+        )
+    kept = [r for r in pool if not r.get("reject")]
+    n = min(len(kept), rows) if rows else len(kept)
+    chosen = list(kept if take == "selected" else pool)
+    _rng(seed, take).shuffle(chosen)
+    chosen = chosen[:n]
+    sft = [
+        {"messages": [{"role": m["role"], "content": m["content"]} for m in r["messages"]]} for r in chosen
+    ]
+    prompts = [{"prompt": r["messages"][:-1]} for r in sft]
+    return {
+        "sft": sft,
+        "preference": [],
+        "prompts": prompts,
+        "problems": [r["id"] for r in chosen],
+        "correct_rows": None,
+    }
 
 
 def count_tokens(rows: list[dict], model_path: str) -> int:

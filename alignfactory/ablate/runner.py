@@ -59,8 +59,9 @@ def sha256_file(path: Path) -> str:
 # ---- eval items -------------------------------------------------------------------------------------
 
 
-def eval_prompt(item: dict, system: str | None) -> dict:
-    """An eval item -> a scorer row {"prompt": messages, answer | entry_point+tests | verifier}."""
+def eval_prompt(item: dict, system: str | None, open_ended: bool = False) -> dict:
+    """An eval item -> a scorer row {"prompt": messages, answer | entry_point+tests | verifier}; with
+    open_ended (a reward model or judge scores replies) a bare prompt is an item too, with the system turn."""
     if item.get("question") is not None:
         msgs = [{"role": "user", "content": str(item["question"])}]
     elif isinstance(item.get("prompt"), str):
@@ -69,17 +70,18 @@ def eval_prompt(item: dict, system: str | None) -> dict:
         msgs = [{"role": m["role"], "content": m["content"]} for m in item["prompt"]]
     else:
         raise AblateError(f"eval item {item.get('id', '?')}: no question or prompt")
-    if system and item.get("answer") is not None and msgs[0]["role"] != "system":
-        msgs = [{"role": "system", "content": system}] + msgs  # math items: the short-answer instruction
     extra = {k: item[k] for k in ("answer", "entry_point", "tests", "verifier") if item.get(k) is not None}
+    bare = not (
+        extra.get("answer") or (extra.get("entry_point") and extra.get("tests")) or extra.get("verifier")
+    )
+    if system and (item.get("answer") is not None or bare) and msgs[0]["role"] != "system":
+        msgs = [{"role": "system", "content": system}] + msgs  # math items: the short-answer instruction
     if "answer" in extra:
         extra["answer"] = str(extra["answer"])
-    if not (
-        extra.get("answer") or (extra.get("entry_point") and extra.get("tests")) or extra.get("verifier")
-    ):
+    if bare and not open_ended:
         raise AblateError(
             f"eval item {item.get('id', '?')}: nothing to score it by (needs answer, entry_point + tests, "
-            "or verifier)"
+            "or verifier; or eval.reward_model / eval.judge in the spec)"
         )
     return {"prompt": msgs} | extra
 
@@ -173,6 +175,9 @@ def eval_job(job: dict) -> dict:
         if ev.get("reward_model"):
             rm = Scorers("reward_model", reward_model=ev["reward_model"])
             items["reward_mean"] = [s[0] for s in rm.score(rows, [[o.texts[0]] for o in greedy])[0]]
+        if ev.get("judge"):  # a 1-10 rating / 10; an unreadable one is None (left out of the mean)
+            jd = Scorers("judge", judge_model=ev["judge"])
+            items["judge_mean"] = [s[0] for s in jd.score(rows, [[o.texts[0]] for o in greedy])[0]]
     finally:
         scorers.close()
     result = {
@@ -228,7 +233,8 @@ class Ablation:
         t0 = time.perf_counter()
         self.out.mkdir(parents=True, exist_ok=True)
         train_file, evals, eval_path = self.problems()
-        rows = [eval_prompt(it, self.spec.system) for it in evals]
+        ev = self.spec.eval
+        rows = [eval_prompt(it, self.spec.system, bool(ev.reward_model or ev.judge)) for it in evals]
         runs = {name: self.pipeline(name, train_file) for name in sorted({d.run for d in self.used_data()})}
         data = {name: self.arm_data(name, runs[self.spec.data[name].run]) for name in self.used_names()}
         leaks = self.leak_check(evals, data)
@@ -253,9 +259,14 @@ class Ablation:
         from alignfactory.ablate import mathset
 
         p = self.spec.problems
-        d = self.out / "problems" / key(p.model_dump(), self.spec.system)
+        seeds = [p.path, sha256_file(p.path)] if p.path else []  # (none: the keys of mathset problems stay)
+        d = self.out / "problems" / key(p.model_dump(exclude={"path"}), self.spec.system, *seeds)
         train_file, eval_path = d / "train.jsonl", d / "eval.jsonl"
-        if not train_file.is_file():
+        if not train_file.is_file() and p.path:  # a seed file: a held-out split of its rows
+            train, evals = armdata.split_seeds(io.read_jsonl(Path(p.path)), p.train, p.eval, p.seed)
+            mathset.write_jsonl(evals, eval_path)
+            mathset.write_jsonl(train, train_file)
+        elif not train_file.is_file():
             train, evals = mathset.split_problems(p.train, p.eval, p.seed)
             mathset.write_jsonl(mathset.eval_rows(evals), eval_path)
             mathset.write_jsonl(armdata.seed_rows(train, self.spec.system), train_file)
@@ -306,20 +317,24 @@ class Ablation:
         out = self.out / "data" / f"{name}-{k}"
         info_path = out / "info.json"
         if not info_path.is_file():
-            problems = armdata.problem_samples(run["dir"]) if d.take != "sft" else []
+            paired = d.take in ("verified", "unverified", "gold")
+            problems = armdata.problem_samples(run["dir"]) if paired else []
             built = armdata.build(d.take, problems, self.spec.problems.seed, d.rows, d.pick, run["dir"])
             if not built["sft"]:
                 raise AblateError(
-                    f"data recipe {name}: no training rows (run {d.run}: no problem with a verified sample; "
-                    "sample more problems or more samples per problem)"
+                    f"data recipe {name}: no training rows (run {d.run}: "
+                    + (
+                        "no problem with a verified sample; sample more problems or more samples per problem)"
+                        if paired
+                        else "no rows in its output)"
+                    )
                 )
             for part in ("sft", "preference", "prompts"):
                 io.write_jsonl_atomic(out / f"{part}.jsonl", built[part])
             # the generation this data needed: the whole sampling run for verified rows (every
-            # problem sampled n times, most of it thrown away); one sample per problem for unverified
-            share = {"verified": 1.0, "sft": 1.0, "unverified": 1 / run["samples_per_problem"], "gold": 0.0}[
-                d.take
-            ]
+            # problem sampled n times, most of it thrown away); one sample per problem for unverified;
+            # the whole run for sft, selected and random (every row of the pool got its response)
+            share = {"unverified": 1 / run["samples_per_problem"], "gold": 0.0}.get(d.take, 1.0)
             info = {
                 "recipe": f"{d.take} from run {d.run}"
                 + (f" ({d.pick} verified sample)" if d.take == "verified" else ""),
@@ -426,7 +441,7 @@ class Ablation:
 
     def eval_all(self, models: dict, rows: list[dict]) -> dict:
         """{checkpoint or "base": eval result}: one eval per distinct model."""
-        ev = self.spec.eval.model_dump()
+        ev = self.spec.eval.model_dump(exclude=set() if self.spec.eval.judge else {"judge"})  # (keys stay)
         rows_key = key(rows)
         jobs = {}
         cfg = self.spec.model.model_dump()

@@ -4,6 +4,7 @@
     model: {backend: auto, path: null}      # arm 0 (the base model), the sampler and the eval engine
     system: "..."                           # system turn of every math prompt (train rows and eval)
     problems: {train: 80, eval: 200, seed: 0}   # alignfactory.ablate.mathset; `--eval FILE` replaces eval
+                                            # path: FILE instead: a seeded split of its rows (arms.split_seeds)
     runs:                                   # pipelines run on the train problems (input.path set to them)
       sampled: {pipeline: pipelines/math_data.yaml, set: {stages.0.params.n: 4}}
     data:                                   # data recipes: a named subset of a run's rows
@@ -19,11 +20,14 @@
 
 `take` (see arms.py): verified (one verified sample per problem, plus one (correct, incorrect) pair
 from the same sampling for DPO), unverified (one random whole sample of the same problems), gold (the
-seed's reference solution of the same problems), sft (the run's sft/ and preference/ output as is).
+seed's reference solution of the same problems), sft (the run's sft/ and preference/ output as is),
+selected (the rows the run's select stage kept), random (as many rows, drawn at random from all the rows
+that stage chose among: the same pool, the same responses).
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -44,6 +48,7 @@ class Problems(BaseModel, extra="forbid"):
     train: int = Field(64, ge=1)  # generated training problems (the sampler's prompts)
     eval: int = Field(200, ge=1)  # held-out eval items
     seed: int = 0
+    path: str | None = None  # seed rows from this file instead of mathset: `eval` held out, `train` the input
 
 
 class RunRecipe(BaseModel, extra="forbid"):
@@ -53,7 +58,7 @@ class RunRecipe(BaseModel, extra="forbid"):
 
 class DataRecipe(BaseModel, extra="forbid"):
     run: str  # a name under runs:
-    take: Literal["verified", "unverified", "gold", "sft"]
+    take: Literal["verified", "unverified", "gold", "sft", "selected", "random"]
     rows: int | None = Field(None, ge=1)  # at most this many problems (the same ones for every take)
     pick: Literal["random", "shortest"] = "random"  # which verified sample of a problem is the SFT row
 
@@ -81,6 +86,7 @@ class EvalSpec(BaseModel, extra="forbid"):
     pass_at_k: int | None = Field(None, ge=2)  # also k samples per item at `temperature`: pass@k
     temperature: float = Field(0.8, gt=0)
     reward_model: str | None = None  # a `trl reward` checkpoint: adds reward_mean
+    judge: str | None = None  # a model ("embedded", a local dir, a hub id) rating replies 1-10: judge_mean
     allow_unsafe: bool = False  # code items without the sandbox's isolation (never in CI)
 
 
@@ -132,6 +138,11 @@ def check(spec: AblationSpec, where: str) -> None:
     for name, d in spec.data.items():
         if d.run not in spec.runs:
             fail(f"data.{name}.run", f"unknown run {d.run!r} (runs: {', '.join(spec.runs) or 'none'})")
+    if spec.problems.path and not Path(spec.problems.path).is_file():
+        fail("problems.path", f"seed file not found: {spec.problems.path}")
+    rm = spec.eval.reward_model
+    if rm and not Path(rm).exists() and not re.fullmatch(r"[\w.-]+/[\w.-]+", rm):  # a hub id passes
+        fail("eval.reward_model", f"reward model not found: {rm} (train one: alignfactory train reward)")
     for name, r in spec.runs.items():
         if not Path(r.pipeline).is_file():
             fail(f"runs.{name}.pipeline", f"pipeline spec not found: {r.pipeline}")

@@ -310,3 +310,154 @@ def test_eval_prompt_gets_the_system_turn_for_math_only():
         {"prompt": "Write f.", "entry_point": "f", "tests": [{"args": [1], "expected": 1}]}, SYSTEM
     )
     assert code["prompt"] == [{"role": "user", "content": "Write f."}] and code["entry_point"] == "f"
+
+
+# ---- curation: a seed file's held-out split, `selected` vs `random` from one select stage ----------------
+
+CURATION = "pipelines/ablate_curation.yaml"
+TOY = [  # the CPU toy command of the spec's header, less what only changes resources
+    "model.path=null",
+    "problems.train=24",
+    "problems.eval=8",
+    "training.sft.0.config=pipelines/train_sft_cpu.yaml",
+    "training.sft.0.max_steps=2",
+    "eval.reward_model=null",
+    "eval.judge=embedded",
+]
+
+
+def test_split_seeds_holds_out_items_that_never_leak():
+    from alignfactory.ablate.leak import find_leaks
+
+    rows = io.read_jsonl(Path("pipelines/seeds/sft_seed.jsonl"))
+    train, evals = arms.split_seeds(rows, 80, 20, seed=0)
+    assert len(train) == 80 and 0 < len(evals) <= 20
+    assert arms.split_seeds(rows, 80, 20, seed=0) == (train, evals)  # seeded
+    assert arms.split_seeds(rows, 80, 20, seed=1)[0] != train
+    assert find_leaks(evals, train) == []
+    assert all(r in rows for r in train)  # input rows as they are
+    held = {e["prompt"][-1]["content"] for e in evals}
+    assert not held & {io.to_messages(r)[-1]["content"] for r in train}
+    with_input = next(r for r in rows if r.get("input"))
+    e = arms.split_seeds([with_input], 0, 1, seed=0)[1][0]
+    assert e["prompt"] == [
+        {"role": "user", "content": f"{with_input['instruction']}\n\n{with_input['input']}"}
+    ]
+    math_row = next(r for r in rows if "answer" in r)
+    assert arms.split_seeds([math_row], 0, 1, seed=0)[1][0]["answer"] == math_row["answer"]
+    # a duplicate of a training seed is no eval item: it is dropped, not kept as a leak
+    dup = [{"instruction": "Write a haiku about autumn leaves falling."}] * 2
+    assert arms.split_seeds(dup, 1, 1, seed=0) == (dup[:1], [])
+
+
+def fake_pool(train_file: Path, out: Path, keep_every: int = 2) -> dict:
+    """A select stage's shard: every train seed with a response; every other row rejected by select."""
+    rows = []
+    for i, r in enumerate(io.read_jsonl(train_file)):
+        msgs = io.to_messages(r) + [{"role": "assistant", "content": f"Response {i}."}]
+        row = {"id": f"r{i}", "messages": msgs, "source": {"line": i + 1}, "meta": {}}
+        row["reject"] = None if i % keep_every == 0 else {"stage": "select", "reason": "not selected"}
+        rows.append(row)
+    write_shard(out / "stages/07-select/shard-00000.jsonl", rows, {})
+    return {"dir": out, "worker_s": 8.0, "samples_per_problem": 1, "key": "pool"}
+
+
+def test_selected_and_random_take_the_same_number_from_one_pool(tmp_path):
+    train = tmp_path / "train.jsonl"
+    io.write_jsonl_atomic(train, [{"instruction": f"Tell me fact number {i}."} for i in range(10)])
+    run = fake_pool(train, tmp_path / "run")["dir"]
+    sel = arms.build("selected", [], seed=0, run_dir=run)
+    rnd = arms.build("random", [], seed=0, run_dir=run)
+    assert sorted(sel["problems"]) == ["r0", "r2", "r4", "r6", "r8"]  # what select kept
+    assert len(rnd["sft"]) == len(sel["sft"]) == 5 and set(rnd["problems"]) <= {f"r{i}" for i in range(10)}
+    assert set(rnd["problems"]) != set(sel["problems"])  # (this seed draws some unselected rows)
+    draws = {tuple(sorted(arms.build("random", [], seed=s, run_dir=run)["problems"])) for s in range(10)}
+    assert len(draws) > 1 and arms.build("random", [], seed=3, run_dir=run) == arms.build(
+        "random", [], seed=3, run_dir=run
+    )
+    for b in (sel, rnd):
+        assert b["preference"] == [] and b["correct_rows"] is None
+        assert [p["prompt"] for p in b["prompts"]] == [r["messages"][:-1] for r in b["sft"]]
+        assert all(r["messages"][-1]["content"].startswith("Response") for r in b["sft"])
+    assert len(arms.build("random", [], seed=0, rows=2, run_dir=run)["sft"]) == 2
+    with pytest.raises(FileNotFoundError, match="needs a select stage"):
+        arms.build("selected", [], seed=0, run_dir=tmp_path)
+
+
+def test_shipped_curation_spec_loads_and_its_pool_pipeline_validates(tmp_path):
+    from alignfactory.spec import SpecError, load_spec
+
+    with pytest.raises(SpecError, match="eval.reward_model: reward model not found: runs/train/reward"):
+        load(CURATION)  # a fresh clone has no reward model yet: said at once, not after training
+    rm = tmp_path / "reward"
+    rm.mkdir()
+    spec = load(CURATION, [f"eval.reward_model={rm}"])
+    assert [a.name for a in spec.arms] == ["base", "curated", "random"]
+    assert {n: d.take for n, d in spec.data.items()} == {"curated": "selected", "random": "random"}
+    assert spec.eval.judge and spec.problems.path == "pipelines/seeds/sft_seed.jsonl"
+    assert ("random", "curated") in spec.compare
+    # the run's pipeline as the runner loads it: the main job's curation stages, select after generate
+    r = spec.runs["pool"]
+    sets = [f"{k}={json.dumps(v)}" for k, v in r.set.items()] + ['input.path="x.jsonl"']
+    pipe = load_spec(r.pipeline, sets, output=str(tmp_path / "run"))
+    names = [s.name for s in pipe.stages]
+    assert names == ["dedup", "dedup", "instag", "tag_normalize", "generate", "filter", "select", "export"]
+    main = {s.name: s.params for s in load_spec("pipelines/sft_data.yaml").stages}
+    for name in ("instag", "tag_normalize", "select"):  # the main job's curation, as it is there
+        assert pipe.stages[names.index(name)].params == main[name], name
+    toy = load(CURATION, TOY)
+    assert toy.eval.reward_model is None and toy.model.path is None and toy.problems.train == 24
+
+
+def test_eval_prompt_takes_bare_prompts_when_a_reward_model_or_judge_scores():
+    bare = {"id": "b", "prompt": [{"role": "user", "content": "Name a colour."}]}
+    with pytest.raises(runner.AblateError, match="or eval.reward_model / eval.judge"):
+        runner.eval_prompt(bare, SYSTEM)
+    row = runner.eval_prompt(bare, SYSTEM, open_ended=True)
+    assert row == {"prompt": [{"role": "system", "content": SYSTEM}] + bare["prompt"]}
+
+
+def test_curation_ablation_runs_on_a_scripted_judge(tmp_path, monkeypatch):
+    """The curation spec end to end without models: seed split, pool takes, leak check, judge_mean."""
+    monkeypatch.setattr(
+        runner.Ablation, "pipeline", lambda self, name, f: fake_pool(f, self.out / "runs" / name)
+    )
+
+    def train_job(job):
+        out = Path(job["out"])
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "_DONE").write_text(
+            json.dumps({"steps": job["max_steps"], "rows": job["rows"], "worker_s": 1.0})
+        )
+        return {"steps": job["max_steps"], "rows": job["rows"], "worker_s": 1.0}
+
+    def make_engine(cfg, batch_size=8):
+        trained = cfg.path is not None
+
+        def rule(conv, k, seed):  # replies: "Trained ..." or "Base ..."; the judge rates them 8 or 3
+            text = conv[-1]["content"]
+            if "helpfulness" in text:
+                return json.dumps({"reason": "ok", "score": 8 if "Trained reply" in text else 3})
+            return "Trained reply." if trained else "Base reply."
+
+        return ScriptedEngine(rule=rule)
+
+    monkeypatch.setattr(runner, "train_job", train_job)
+    monkeypatch.setattr("alignfactory.llm.make_engine", make_engine)
+    spec = load(CURATION, TOY)
+    result = runner.Ablation(spec, CURATION, output=str(tmp_path / "abl")).run()
+    evals = io.read_jsonl(Path(result["eval"]["path"]))
+    maths = sum("answer" in e for e in evals)  # a seed with an answer is also scored as math
+    assert result["leak_check"]["ok"] and maths >= 1
+    assert result["eval"]["metrics"] == ["judge_mean", "math_accuracy"]
+    base, cur, rnd = result["arms"]
+    assert cur["data"]["rows"] == rnd["data"]["rows"] == 12 and cur["train"]["steps"] == rnd["train"]["steps"]
+    assert (
+        cur["data"]["recipe"] == "selected from run pool" and rnd["data"]["recipe"] == "random from run pool"
+    )
+    n = result["eval"]["n_items"]
+    assert 0 < n <= 8 and len(base["items"]["judge_mean"]) == n
+    assert base["metrics"]["judge_mean"]["mean"] == pytest.approx(0.3)
+    assert cur["metrics"]["judge_mean"]["mean"] == pytest.approx(0.8)
+    assert base["metrics"]["math_accuracy"]["n"] == maths  # judged: every item; math: those with answers
+    assert (tmp_path / "abl" / "report.html").is_file()
