@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import html
 import json
+import math
 from pathlib import Path
 
 from alignfactory.report import CSS, _clip, _table_html
@@ -56,11 +57,15 @@ def bar_chart(metric: str, arms: list[dict]) -> str:
     stats = [a["metrics"].get(metric) or {} for a in arms]
     values = [v for s in stats for v in (s.get("mean"), s.get("lo"), s.get("hi")) if v is not None]
     if _bounded(metric) and all(0 <= v <= 1 for v in values):
-        lo_ax, hi_ax = 0.0, 1.0
-    else:  # e.g. reward_mean: any sign; the axis always shows 0
+        lo_ax, hi_ax, step = 0.0, 1.0, 0.25
+    else:  # e.g. reward_mean: any sign; the axis always shows 0, ticks at round numbers
         lo_ax, hi_ax = min([0.0, *values]), max([0.0, *values])
-        pad = (hi_ax - lo_ax) * 0.08 or 1.0
-        lo_ax, hi_ax = lo_ax - (pad if lo_ax < 0 else 0), hi_ax + (pad if hi_ax > 0 else 0)
+        if hi_ax == lo_ax:  # nothing scored, or every value 0
+            hi_ax = 1.0
+        raw = (hi_ax - lo_ax) / 4
+        mag = 10 ** math.floor(math.log10(raw))
+        step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
+        lo_ax, hi_ax = math.floor(lo_ax / step) * step, math.ceil(hi_ax / step) * step
     plot_w, plot_h = W - LEFT - RIGHT, H - TOP - BOTTOM
 
     def y(v: float) -> float:
@@ -71,8 +76,8 @@ def bar_chart(metric: str, arms: list[dict]) -> str:
         f'viewBox="0 0 {W} {H}" width="{W}" height="{H}" role="img" '
         f'aria-label="{html.escape(metric)} per arm, 95% intervals">'
     ]
-    for i in range(5):  # gridlines and y labels
-        v = lo_ax + (hi_ax - lo_ax) * i / 4
+    for i in range(round((hi_ax - lo_ax) / step) + 1):  # gridlines and y labels
+        v = lo_ax + step * i
         out.append(
             f'<line x1="{LEFT}" x2="{W - RIGHT}" y1="{y(v):.1f}" y2="{y(v):.1f}" stroke="#e3e3e3"/>'
             f'<text x="{LEFT - 6}" y="{y(v) + 4:.1f}" text-anchor="end" fill="#555">{v:.3g}</text>'
@@ -83,7 +88,7 @@ def bar_chart(metric: str, arms: list[dict]) -> str:
     for i, (arm, s) in enumerate(zip(arms, stats, strict=True)):
         cx = LEFT + slot * (i + 0.5)
         name = html.escape(arm["name"])
-        out.append(f'<text x="{cx:.1f}" y="{H - BOTTOM + 16}" text-anchor="middle" fill="#222">{name}</text>')
+        out.append(f'<text x="{cx:.1f}" y="{H - BOTTOM + 34}" text-anchor="middle" fill="#222">{name}</text>')
         mean = s.get("mean")
         if mean is None:
             out.append(
@@ -106,7 +111,9 @@ def bar_chart(metric: str, arms: list[dict]) -> str:
             f'<line class="ci" x1="{cx:.1f}" x2="{cx:.1f}" y1="{y(hi):.1f}" y2="{y(lo):.1f}"/>'
             f'<line x1="{cx - cap:.1f}" x2="{cx + cap:.1f}" y1="{y(hi):.1f}" y2="{y(hi):.1f}"/>'
             f'<line x1="{cx - cap:.1f}" x2="{cx + cap:.1f}" y1="{y(lo):.1f}" y2="{y(lo):.1f}"/></g>'
-            f'<text x="{cx:.1f}" y="{y(hi) - 5:.1f}" text-anchor="middle" fill="#222">{mean:.3f}</text>'
+            # the value beyond the whisker's far end: above a bar that rises, below one that falls
+            f'<text x="{cx:.1f}" y="{y(hi) - 5 if mean >= 0 else y(lo) + 13:.1f}" text-anchor="middle" '
+            f'fill="#222">{mean:.3f}</text>'
         )
     out.append(
         f'<line x1="{LEFT}" x2="{W - RIGHT}" y1="{zero:.1f}" y2="{zero:.1f}" stroke="#333"/>'
