@@ -315,15 +315,26 @@ def test_eval_prompt_gets_the_system_turn_for_math_only():
 # ---- curation: a seed file's held-out split, `selected` vs `random` from one select stage ----------------
 
 CURATION = "pipelines/ablate_curation.yaml"
-TOY = [  # the CPU toy command of the spec's header, less what only changes resources
-    "model.path=null",
-    "problems.train=24",
-    "problems.eval=8",
-    "training.sft.0.config=pipelines/train_sft_cpu.yaml",
-    "training.sft.0.max_steps=2",
-    "eval.reward_model=null",
-    "eval.judge=embedded",
-]
+
+
+def toy_sets() -> list[str]:
+    """The --set values of the CPU toy command in the spec's header comment (what a user copies)."""
+    import shlex
+
+    lines = Path(CURATION).read_text().splitlines()
+    start = next(
+        i for i, x in enumerate(lines) if x.startswith("#   alignfactory ablate") and "--output" in x
+    )
+    cmd = []
+    for x in lines[start:]:
+        cmd.append(x.lstrip("#").strip().rstrip("\\"))
+        if not x.rstrip().endswith("\\"):
+            break
+    words = shlex.split(" ".join(cmd))
+    return [words[i + 1] for i, w in enumerate(words) if w == "--set"]
+
+
+TOY = toy_sets()
 
 
 def test_split_seeds_holds_out_items_that_never_leak():
@@ -396,17 +407,25 @@ def test_shipped_curation_spec_loads_and_its_pool_pipeline_validates(tmp_path):
     assert {n: d.take for n, d in spec.data.items()} == {"curated": "selected", "random": "random"}
     assert spec.eval.judge and spec.problems.path == "pipelines/seeds/sft_seed.jsonl"
     assert ("random", "curated") in spec.compare
+
     # the run's pipeline as the runner loads it: the main job's curation stages, select after generate
-    r = spec.runs["pool"]
-    sets = [f"{k}={json.dumps(v)}" for k, v in r.set.items()] + ['input.path="x.jsonl"']
-    pipe = load_spec(r.pipeline, sets, output=str(tmp_path / "run"))
+    def pipeline(spec):
+        r = spec.runs["pool"]
+        sets = [f"{k}={json.dumps(v)}" for k, v in r.set.items()] + ['input.path="x.jsonl"']
+        return load_spec(r.pipeline, sets, output=str(tmp_path / "run"))
+
+    pipe = pipeline(spec)
     names = [s.name for s in pipe.stages]
     assert names == ["dedup", "dedup", "instag", "tag_normalize", "generate", "filter", "select", "export"]
     main = {s.name: s.params for s in load_spec("pipelines/sft_data.yaml").stages}
     for name in ("instag", "tag_normalize", "select"):  # the main job's curation, as it is there
         assert pipe.stages[names.index(name)].params == main[name], name
+    assert [s.resources.num_gpus for s in pipe.stages if s.name in ("instag", "generate")] == [1, 1]
+    # the header's CPU toy command: the embedded model, no GPU anywhere, no reward model
     toy = load(CURATION, TOY)
     assert toy.eval.reward_model is None and toy.model.path is None and toy.problems.train == 24
+    assert all(s.resources.num_gpus == 0 for s in pipeline(toy).stages)
+    assert toy.training["sft"][0].config_path == "pipelines/train_sft_cpu.yaml"
 
 
 def test_eval_prompt_takes_bare_prompts_when_a_reward_model_or_judge_scores():
