@@ -175,9 +175,10 @@ def eval_job(job: dict) -> dict:
         if ev.get("reward_model"):
             rm = Scorers("reward_model", reward_model=ev["reward_model"])
             items["reward_mean"] = [s[0] for s in rm.score(rows, [[o.texts[0]] for o in greedy])[0]]
-        if ev.get("judge"):  # a 1-10 rating / 10; an unreadable one is None (left out of the mean)
-            jd = Scorers("judge", judge_model=ev["judge"])
-            items["judge_mean"] = [s[0] for s in jd.score(rows, [[o.texts[0]] for o in greedy])[0]]
+        if ev.get("judge"):
+            items["judge_mean"] = judge_scores(
+                ev["judge"], rows, [o.texts[0] for o in greedy], ev["batch_size"]
+            )
     finally:
         scorers.close()
     result = {
@@ -189,6 +190,28 @@ def eval_job(job: dict) -> dict:
     }
     io.write_json_atomic(out, result)
     return result
+
+
+def judge_scores(model: str, rows: list[dict], replies: list[str], batch_size: int) -> list[float | None]:
+    """The pipeline's judge stage (pointwise helpfulness, rubrics/judge/, a structured {"reason", "score"}
+    verdict) on each (prompt, reply): score / 10, or None where the verdict could not be read."""
+    from alignfactory.llm import ModelConfig, make_engine
+    from alignfactory.stages.base import StageContext
+    from alignfactory.stages.synthesize.judge import Judge
+
+    engine = make_engine(ModelConfig(path=None if model == "embedded" else model), batch_size=batch_size)
+    try:
+        stage = Judge(Judge.Params(on_unparseable="keep"), StageContext("judge", 0), engine=engine)
+        judged = stage(
+            [
+                {"id": str(i), "meta": {}, "messages": r["prompt"] + [{"role": "assistant", "content": text}]}
+                for i, (r, text) in enumerate(zip(rows, replies, strict=True))
+            ]
+        )
+    finally:
+        if hasattr(engine, "close"):
+            engine.close()
+    return [None if j["meta"]["judge"]["score"] is None else j["meta"]["judge"]["score"] / 10 for j in judged]
 
 
 def execute(fn, jobs: list[dict], workers: int) -> list[dict]:

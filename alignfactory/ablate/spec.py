@@ -86,7 +86,7 @@ class EvalSpec(BaseModel, extra="forbid"):
     pass_at_k: int | None = Field(None, ge=2)  # also k samples per item at `temperature`: pass@k
     temperature: float = Field(0.8, gt=0)
     reward_model: str | None = None  # a `trl reward` checkpoint: adds reward_mean
-    judge: str | None = None  # a model ("embedded", a local dir, a hub id) rating replies 1-10: judge_mean
+    judge: str | None = None  # a model ("embedded", a local dir, a hub id) for the judge stage: judge_mean
     allow_unsafe: bool = False  # code items without the sandbox's isolation (never in CI)
 
 
