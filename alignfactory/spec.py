@@ -123,10 +123,10 @@ def unbool_on(node):
     return node
 
 
-def load_spec(path: str | Path, sets: list[str] = (), **cli) -> PipelineSpec:
-    path = Path(path)
+def read_mapping(path: Path, missing: str = "spec file not found") -> dict:
+    """A YAML file's top-level mapping; errors name the file (and line:column of a syntax error)."""
     if not path.exists():
-        raise SpecError(f"{path}: spec file not found")
+        raise SpecError(f"{path}: {missing}")
     try:
         tree = yaml.safe_load(path.read_text("utf-8"))
     except yaml.YAMLError as e:
@@ -135,7 +135,12 @@ def load_spec(path: str | Path, sets: list[str] = (), **cli) -> PipelineSpec:
         raise SpecError(f"{where}: YAML syntax error: {getattr(e, 'problem', e)}") from e
     if not isinstance(tree, dict):
         raise SpecError(f"{path}: expected a mapping at the top level")
-    tree = unbool_on(tree)
+    return tree
+
+
+def load_spec(path: str | Path, sets: list[str] = (), **cli) -> PipelineSpec:
+    path = Path(path)
+    tree = unbool_on(read_mapping(path))
     for assignment in sets:
         apply_set(tree, assignment)
     for key in ("limit", "output"):

@@ -31,11 +31,10 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, Field, ValidationError
 
 from alignfactory.llm.config import ModelConfig
-from alignfactory.spec import SpecError, _errors, apply_set
+from alignfactory.spec import SpecError, _errors, apply_set, read_mapping
 
 DEFAULT_CONFIGS = {
     "sft": "pipelines/train_sft_cpu.yaml",
@@ -111,14 +110,7 @@ class AblationSpec(BaseModel, extra="forbid"):
 def load(path: str | Path, sets: list[str] = ()) -> AblationSpec:
     """Read, apply `--set key.path=value` edits, validate; every error names `path` and the key."""
     path = Path(path)
-    if not path.is_file():
-        raise SpecError(f"{path}: ablation spec not found")
-    try:
-        tree = yaml.safe_load(path.read_text("utf-8"))
-    except yaml.YAMLError as e:
-        raise SpecError(f"{path}: YAML syntax error: {e}") from None
-    if not isinstance(tree, dict):
-        raise SpecError(f"{path}: expected a mapping at the top level")
+    tree = read_mapping(path, "ablation spec not found")
     for assignment in sets:
         apply_set(tree, assignment)
     try:
