@@ -13,30 +13,16 @@ import os
 import sys
 
 from alignfactory.io import InputError
-from alignfactory.spec import SpecError, load_spec
+from alignfactory.run.command import add_arguments as add_run_arguments
+from alignfactory.run.command import run as run_main
+from alignfactory.spec import SpecError
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="alignfactory", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser("run", help="run a pipeline spec (resumes a finished or interrupted run)")
-    r.add_argument("spec", help="pipelines/<name>.yaml")
-    r.add_argument(
-        "--set",
-        dest="sets",
-        action="append",
-        default=[],
-        metavar="KEY.PATH=VALUE",
-        help="override a spec value, e.g. --set stages.1.params.n=4 (repeatable)",
-    )
-    r.add_argument("--limit", type=int, help="read at most N input rows")
-    r.add_argument("--output", help="run directory (default runs/<name>)")
-    r.add_argument(
-        "--model", help="local HF dir, .gguf file, or hub id (default: embedded SmolLM2-135M-Instruct)"
-    )
-    r.add_argument("--backend", choices=["auto", "transformers", "vllm", "openai"])
-    r.add_argument("-q", "--quiet", action="store_true", help="warnings only, no progress lines")
-    r.add_argument("--ray-progress", action="store_true", help="show Ray Data's own progress bars too")
+    add_run_arguments(r)
     t = sub.add_parser(
         "train",
         help="train on a run's output with TRL (extra --key value args override the YAML, as with trl)",
@@ -204,40 +190,17 @@ def main(argv: list[str] | None = None) -> int:
         from alignfactory.report import main as report_main
 
         return report_main([args.run_dir])
-    progress = None
-    if args.command == "run":  # one line per stage (in place on a terminal); logs print above it
-        from alignfactory.progress import Progress, Silent
-
-        progress = Silent() if args.quiet else Progress(sys.stderr)
-        if args.ray_progress:
-            os.environ["ALIGNFACTORY_PROGRESS"] = "1"  # Ray Data's own bars, read by Runner.ensure_ray
+    if args.command == "run":  # its console (progress lines, run.log) is its own: alignfactory/run/command.py
+        return run_main(args)
     fmt = logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
-    handler = progress.handler(fmt) if progress else logging.StreamHandler(sys.stderr)
+    handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(fmt)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, handlers=[handler])
     if args.command == "train":
         return train_main(args, extra)
     if args.command == "eval":
         return eval_main(args)
-    if args.command == "ablate":
-        return ablate_main(args)
-    from alignfactory.run import Runner
-
-    try:
-        spec = load_spec(
-            args.spec, args.sets, limit=args.limit, output=args.output, model=args.model, backend=args.backend
-        )
-        manifest = Runner(spec, args.spec, args.output, progress=progress).run()
-    except (SpecError, InputError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    from alignfactory.cost import table
-
-    print(table(manifest["cost"]))  # per stage rows, tokens, seconds, GPU-s, money; per SFT row / pair
-    if manifest.get("stopped"):
-        print(f"stopped: {manifest['stopped']}", file=sys.stderr)
-        return 3
-    return 0
+    return ablate_main(args)
 
 
 if __name__ == "__main__":

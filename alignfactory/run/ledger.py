@@ -1,0 +1,118 @@
+"""What a run has done, written down: a stage's totals from its shard headers, the _SUCCESS marker,
+rejected/ and manifest.json.
+
+    runs/<name>/stages/<i>-<stage>/_SUCCESS         all shards of the stage written, with totals
+    runs/<name>/rejected/<i>-<stage>.jsonl          every dropped row, with its reason
+    runs/<name>/manifest.json                       spec, code version, per stage totals, cost
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+from pathlib import Path
+
+from alignfactory import __version__, cost, io
+from alignfactory.run.planning import Step
+from alignfactory.run.shards import SHARD_GLOB, read_shard
+from alignfactory.spec import PipelineSpec
+
+log = logging.getLogger("alignfactory")
+
+
+def totals(step: Step) -> dict:
+    sums = {
+        "rows_in": 0,
+        "rows_out": 0,
+        "rejected": 0,
+        "tokens_in": 0,
+        "tokens_out": 0,
+        "seconds": 0.0,
+        "load_seconds": 0.0,  # engine/model construction in workers
+        "shards": 0,
+    }
+    nodes = set()  # Ray node ids that ran shards of this stage
+    for path in step.dir.glob(SHARD_GLOB):
+        with open(path, encoding="utf-8") as f:
+            stats = json.loads(f.readline())["_shard"]
+        for k in sums:
+            sums[k] += stats.get(k, 1 if k == "shards" else 0)
+        if stats.get("worker", {}).get("node"):
+            nodes.add(stats["worker"]["node"])
+    sums["seconds"] = round(sums["seconds"], 3)
+    sums["load_seconds"] = round(sums["load_seconds"], 3)
+    if nodes:
+        sums["nodes"] = sorted(nodes)
+    return sums
+
+
+def succeed(step: Step, totals: dict) -> None:
+    io.write_json_atomic(step.dir / "_SUCCESS", totals)
+    log.info("%s: %s", step.name, ", ".join(f"{k}={v}" for k, v in totals.items()))
+
+
+def collect_rejected(root: Path, steps: list[Step]) -> None:
+    """rejected/<i>-<stage>.jsonl: every dropped row, with its reason, gathered from the shards."""
+    out = root / "rejected"
+    out.mkdir(exist_ok=True)
+    for step in steps:
+        rows = [r for p in sorted(step.dir.glob(SHARD_GLOB)) for r in read_shard(p)[0] if r.get("reject")]
+        target = out / f"{step.dir.name}.jsonl"
+        if rows:
+            io.write_jsonl_atomic(target, rows)
+        elif target.exists():
+            target.unlink()
+
+
+def write_manifest(
+    root: Path,
+    spec: PipelineSpec,
+    spec_path: str | None,
+    steps: list[Step],
+    seconds: float,
+    stopped: str | None = None,
+) -> dict:
+    manifest = {
+        "name": spec.name,
+        "spec_path": spec_path,
+        "spec": spec.model_dump(mode="json"),
+        "code_version": code_version(),
+        "seconds": round(seconds, 3),
+        "stages": [
+            {
+                "index": s.index,
+                "name": s.name,
+                "dir": str(s.dir.relative_to(root)),
+                "fingerprint": s.fingerprint,
+                "done": s.done,
+                "memory_request": s.memory.to_dict(),  # per actor/task, what Ray scheduled by
+                # not done yet (interrupted, or stopped by its budget): what its shards hold so far
+                **(json.loads((s.dir / "_SUCCESS").read_text()) if s.done else totals(s)),
+            }
+            for s in steps
+        ],
+    }
+    manifest["cost"] = cost.summary(manifest, root)  # per stage, per SFT row / pair
+    from alignfactory.inspect import judge_consistency
+
+    # per judge stage: comparisons judged both ways, agreeing, flipped (ties), unreadable
+    manifest["judge_consistency"] = judge_consistency(root)
+    if stopped:
+        manifest["stopped"] = stopped
+    io.write_json_atomic(root / "manifest.json", manifest)
+    return manifest
+
+
+def code_version() -> str:
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            cwd=Path(__file__).resolve().parent,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        sha = ""
+    return f"{__version__}+{sha}" if sha else __version__

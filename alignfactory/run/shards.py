@@ -1,0 +1,33 @@
+"""A shard file: the unit every stage reads, writes and resumes by.
+
+    runs/<name>/stages/00-read/shard-00000.jsonl   first line {"_shard": stats}, then rows (kept and rejected)
+
+A stage's shard i is written whole and atomically, so it either exists, finished, or not at all.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alignfactory import io
+
+SHARD_GLOB = "shard-*.jsonl"
+
+
+def write_shard(path: Path, rows: list[dict], stats: dict) -> None:
+    io.write_atomic(path, io.jsonl_bytes([{"_shard": stats}] + rows))
+
+
+def read_shard(path: Path) -> tuple[list[dict], dict]:
+    lines = io.read_jsonl(path)
+    return lines[1:], lines[0]["_shard"]
+
+
+def kept(rows: list[dict]) -> list[dict]:
+    return [r for r in rows if not r.get("reject")]
+
+
+def counts(rows: list[dict], rows_in: int) -> dict:
+    """A shard header's row counts: rows_out kept, the rest rejected."""
+    good = len(kept(rows))
+    return {"rows_in": rows_in, "rows_out": good, "rejected": len(rows) - good}

@@ -1,0 +1,162 @@
+"""What runs inside Ray: the map_batches callables and task functions the runner sends to workers.
+Ray pickles them by module path, so each stays at the top level of this module.
+
+Row stages: StageWorker (an actor for LLM stages: the engine loads once) or run_task_stage (a task),
+one item = one shard carrying its rows and every stage's output. Corpus stages: run_corpus (all rows
+in one task), and CorpusWorker / run_corpus_task for a distributed corpus stage (map -> combine ->
+apply), one item = one input shard read from its file here (the driver sends paths, not rows).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import time
+from pathlib import Path
+
+from alignfactory import io
+from alignfactory.run.execute import account, build_stage, run_on_shard
+from alignfactory.run.shards import counts, kept, read_shard
+from alignfactory.stages.base import StageContext
+
+# ---- row stages -----------------------------------------------------------------------------------
+
+
+class StageWorker:
+    """map_batches callable: one item = one shard; stages before the shard's start pass it through."""
+
+    def __init__(self, name: str, params: dict, ctx: StageContext):
+        t0 = time.perf_counter()
+        self.index = ctx.index
+        self.stage = build_stage(name, params, ctx)
+        self.load_seconds = round(time.perf_counter() - t0, 3)  # engine/model load, reported once
+        self.where = _worker_location()
+
+    def __call__(self, batch: dict) -> dict:
+        import numpy as np
+
+        payloads = []
+        for start, payload in zip(batch["start"], batch["payload"], strict=True):
+            item = json.loads(payload)
+            if int(start) <= self.index:
+                out, stats = run_on_shard(self.stage, item["rows"])
+                stats |= {"worker": self.where, "load_seconds": self.load_seconds}
+                self.load_seconds = 0.0
+                item["outputs"][str(self.index)] = {"rows": out, "stats": stats}
+                item["rows"] = kept(out)
+            payloads.append(json.dumps(item, ensure_ascii=False).encode())
+        return {"shard": batch["shard"], "start": batch["start"], "payload": np.array(payloads, dtype=object)}
+
+
+def _worker_location() -> dict:
+    try:
+        import ray
+
+        node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
+    except Exception:
+        node = None
+    return {"node": node, "pid": os.getpid()}
+
+
+def run_task_stage(batch: dict, name: str, params: dict, ctx: StageContext) -> dict:
+    return StageWorker(name, params, ctx)(batch)
+
+
+# ---- corpus stages --------------------------------------------------------------------------------
+
+
+def run_corpus(name: str, params: dict, ctx: StageContext, rows: list[dict]) -> tuple[list[dict], dict]:
+    return run_on_shard(build_stage(name, params, ctx), rows)
+
+
+# A distributed corpus stage is built once per Ray worker process (tasks reuse their processes), so
+# what it loads lazily (an embedder, a benchmark index) is loaded once per process, not per shard.
+_CORPUS_STAGES: dict[str, object] = {}
+_PLANS: dict[tuple, object] = {}
+
+
+def corpus_stage(name: str, params: dict, ctx: StageContext):
+    key = json.dumps([name, params, ctx.index, str(ctx.run_dir)], sort_keys=True, default=str)
+    if key not in _CORPUS_STAGES:
+        _CORPUS_STAGES.clear()
+        _CORPUS_STAGES[key] = build_stage(name, params, ctx)
+    return _CORPUS_STAGES[key]
+
+
+def load_plan(path: Path) -> dict:
+    """_PLAN.pkl: {"plan": combine()'s result, "summarize_seconds": [per shard], "combine_seconds",
+    "kept_lines": [per shard, (n,) int32 line numbers of its kept rows]}, read once per process."""
+    key = (str(path), path.stat().st_mtime_ns)
+    if key not in _PLANS:
+        _PLANS.clear()
+        _PLANS[key] = pickle.loads(path.read_bytes())
+    return _PLANS[key]
+
+
+class CorpusWorker:
+    """map_batches callable for a distributed corpus stage; one item = one input shard, read from
+    its file here (the driver sends paths, not rows). phase "summarize" returns the pickled summary;
+    phase "apply" returns the shard's output rows and stats for the driver to write."""
+
+    def __init__(self, name: str, params: dict, ctx: StageContext, phase: str, plan_path: str | None = None):
+        self.stage = corpus_stage(name, params, ctx)
+        self.phase, self.plan_path = phase, plan_path
+        self.where = _worker_location()
+
+    def __call__(self, batch: dict) -> dict:
+        import numpy as np
+
+        out = []
+        for shard, path in zip(batch["shard"], batch["path"], strict=True):
+            shard = int(shard)
+            t0 = time.perf_counter()
+            if self.phase == "summarize":  # -> <stage dir>/_SUMMARY-<shard>.pkl; the driver reads the files
+                rows = read_shard(Path(path))[0]
+                lines = np.array([i for i, r in enumerate(rows) if not r.get("reject")], dtype=np.int32)
+                summary = self.stage.summarize([rows[i] for i in lines], shard)
+                record = {"summary": summary, "seconds": time.perf_counter() - t0, "kept_lines": lines}
+                io.write_atomic(summary_path(Path(self.plan_path), shard), pickle.dumps(record, protocol=5))
+                out.append(b"")
+                continue
+            meta = load_plan(Path(self.plan_path))
+            touched = self.stage.touched(meta["plan"], shard)
+            if touched is None or meta.get("kept_lines") is None:  # (a plan from before kept_lines)
+                rows = kept(read_shard(Path(path))[0])
+                body = account(self.stage, rows, self.stage.apply(rows, meta["plan"], shard))
+                stats = counts(body, len(rows))
+            else:
+                body, stats = self.apply_sparse(
+                    Path(path), meta["kept_lines"][shard], touched, meta["plan"], shard
+                )
+            # the shard's own seconds: apply + its summarize (+ the combine, counted on shard 0)
+            seconds = time.perf_counter() - t0 + meta["summarize_seconds"][shard]
+            seconds += meta["combine_seconds"] if shard == 0 else 0.0
+            stats |= {"tokens_in": 0, "tokens_out": 0, "seconds": round(seconds, 3), "worker": self.where}
+            # the output shard's exact bytes (rows already bytes stay so): the driver writes them as they are
+            data = b"".join(
+                r if isinstance(r, bytes) else io.jsonl_bytes([r]) for r in [{"_shard": stats}, *body]
+            )
+            out.append(pickle.dumps({"shard_bytes": data, "stats": stats}))
+        return {"shard": batch["shard"], "path": batch["path"], "payload": np.array(out, dtype=object)}
+
+    def apply_sparse(self, path: Path, kept_lines, touched: list[int], plan, shard: int):
+        """apply on the touched rows only (CorpusStage.touched): the shard's kept rows in order, each
+        touched row as a dict and every other row as its input line's bytes, and the counts."""
+        with open(path, "rb") as f:
+            lines = f.read().split(b"\n")[1:]  # line 0 is the shard header; JSON lines hold no raw \n
+        body: list = [lines[i] + b"\n" for i in kept_lines.tolist()]
+        rows = {pos: json.loads(body[pos]) for pos in touched}
+        self.stage.apply(rows, plan, shard)  # changes the rows in place
+        for pos, row in rows.items():
+            body[pos] = row
+        rejected = sum(1 for r in rows.values() if r.get("reject"))
+        return body, {"rows_in": len(body), "rows_out": len(body) - rejected, "rejected": rejected}
+
+
+def summary_path(plan_path: Path, shard: int) -> Path:
+    return plan_path.with_name(f"_SUMMARY-{shard:05d}.pkl")
+
+
+def run_corpus_task(batch: dict, name: str, params: dict, ctx: StageContext, phase: str, plan_path=None):
+    return CorpusWorker(name, params, ctx, phase, plan_path)(batch)
