@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import yaml
-from pydantic import BaseModel, Field, PrivateAttr, ValidationError
+from pydantic import BaseModel, Field, PrivateAttr, ValidationError, field_validator
 
 from alignfactory import registry
 from alignfactory.cost import Budget, Price
@@ -50,6 +50,15 @@ class Resources(BaseModel, extra="forbid"):
     concurrency: int = Field(1, ge=1)  # actors (LLM stages) or parallel tasks
     num_cpus: float = Field(1.0, gt=0)  # per actor/task; on 2-core machines keep actors <= 1 CPU
     num_gpus: float = Field(0.0, ge=0)
+    # per actor/task, bytes or "1.5GiB"; None = estimated from the model and batch (alignfactory/memory.py)
+    memory: int | str | None = None
+
+    @field_validator("memory")
+    @classmethod
+    def _memory_size(cls, v):
+        from alignfactory.memory import parse_size
+
+        return None if v is None else parse_size(v)  # a bad size fails at load, naming the key
 
 
 class StageSpec(BaseModel, extra="forbid"):
