@@ -1,0 +1,75 @@
+"""Where a run's output goes: the console shows progress lines, warnings and the cost table; the
+rest (the driver's INFO log, every Ray worker's stdout/stderr such as weight-loading bars, Ray Data's
+memory advice) is appended to <run dir>/run.log. `alignfactory run -v` prints all of it here too.
+
+    log_file = attach_run_log(run_dir, verbose)   # before Runner.run()
+    route_worker_output(verbose)                  # after ray.init(log_to_driver=True)
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+LOG_NAME = "run.log"
+_FMT = logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+_file_handler: logging.FileHandler | None = None
+
+
+def attach_run_log(run_dir: Path, verbose: bool) -> Path:
+    """Append INFO and up to <run_dir>/run.log; console handlers show INFO only when verbose."""
+    global _file_handler
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / LOG_NAME
+    root = logging.getLogger()
+    if _file_handler is not None:  # a second run in one process (tests): one file at a time
+        root.removeHandler(_file_handler)
+        _file_handler.close()
+    _file_handler = logging.FileHandler(path, encoding="utf-8")
+    _file_handler.setFormatter(_FMT)
+    _file_handler.setLevel(logging.INFO)
+    for h in root.handlers:
+        h.setLevel(logging.INFO if verbose else logging.WARNING)
+    root.addHandler(_file_handler)
+    root.setLevel(logging.INFO)
+    return path
+
+
+def route_worker_output(verbose: bool) -> bool:
+    """Send Ray workers' stdout/stderr and Ray Data's console log to the run log instead of the
+    console (unless verbose). Ray's printer of worker lines is a handler on a dispatcher in
+    ray._private.worker (Ray 2.60); if that is gone in another Ray, its lines stay on the console
+    and this returns False."""
+    if verbose or _file_handler is None:
+        return False
+    data_log = logging.getLogger("ray.data")  # propagate=False, its own console handler
+    for h in data_log.handlers:
+        if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler):
+            h.setLevel(max(h.level, logging.ERROR))
+    if _file_handler not in data_log.handlers:
+        data_log.addHandler(_file_handler)
+    try:
+        from ray._private import worker as ray_worker
+
+        dispatcher = ray_worker.global_worker_stdstream_dispatcher
+        if "ray_print_logs" not in [name for name, _ in dispatcher.handlers]:
+            return False
+        dispatcher.remove_handler("ray_print_logs")
+    except (ImportError, AttributeError):
+        return False
+    workers = logging.getLogger("alignfactory.workers")
+
+    def to_log(data: dict) -> None:
+        who = data.get("actor_name") or data.get("task_name") or ""
+        prefix = f"({who} pid={data.get('pid')})"
+        lines = data.get("lines", [])
+        if data.get("pid") == "autoscaler":  # its status dump every few seconds: events only, as Ray does
+            try:
+                lines = list(ray_worker.filter_autoscaler_events(lines))
+            except Exception:  # noqa: BLE001 (it asks the GCS which autoscaler runs; none: keep nothing)
+                lines = []
+        for line in lines:
+            workers.info("%s %s", prefix, line.rstrip())
+
+    dispatcher.add_handler("alignfactory_run_log", to_log)
+    return True
