@@ -188,9 +188,9 @@ class Scorers:
         from jinja2 import Template
 
         from alignfactory.llm import make_engine
-        from alignfactory.llm.base import Sampling
+        from alignfactory.llm.base import Constraint, Sampling
         from alignfactory.llm.config import ModelConfig
-        from alignfactory.stages.synthesize.judge import parse_score
+        from alignfactory.stages.synthesize.judge import SCORE_SCHEMA, read_score
 
         if self._judge_engine is None:
             self._judge_engine = make_engine(
@@ -212,18 +212,18 @@ class Scorers:
             for r, cs in zip(rows, completions, strict=True)
             for c in cs
         ]
-        outs = self._judge_engine.chat(
-            convs, Sampling(max_tokens=96, temperature=0.0), list(range(len(convs)))
-        )
+        # the judge stage's shape ({"reason", "score": 1-10}), constrained where the engine can
+        sampling = Sampling(max_tokens=96, temperature=0.0, constraint=Constraint.json(SCORE_SCHEMA))
+        outs = self._judge_engine.chat(convs, sampling, list(range(len(convs))))
         it = iter(outs)
         out = []
         for cs in completions:
             scores = []
             for _ in cs:
                 o = next(it)
-                # the template asks for {"reason", "score"}; the judge stage's reader takes that and
-                # labeled free text; a cut reply or no readable score: unscored
-                v = parse_score(o.texts[0]) if o.complete(0) else None
+                # the judge stage's reader: structured JSON, or labeled free text where the engine
+                # could not constrain; a cut reply or no readable score: unscored
+                v = read_score(o)[0] if o.complete(0) else None
                 scores.append(v / 10 if v is not None else None)
             out.append(scores)
         return out
