@@ -2,6 +2,10 @@
 where it stopped, ending with the same rows and the same token count as an uninterrupted run.
 Real local Ray, the real embedded model (8 rows, 16 tokens each, 4 shards)."""
 
+import json
+import subprocess
+import sys
+
 import pytest
 
 from alignfactory.run import Runner
@@ -41,8 +45,20 @@ def test_budget_stop_then_resume_gives_the_uninterrupted_rows(local_ray, tmp_pat
     assert not (cut / "sft").exists()  # export never ran
     assert stopped["cost"]["total"]["tokens"] >= 1
 
-    again = run(cut, ["budget.tokens=1"])  # still spent: stops before sending any shard
-    assert again["stopped"] and shards(cut) == written
+    # still spent: stops before sending any shard. Through the CLI, as a user meets it: exit status
+    # 3 (a budget stop, not a failure, not success), the reason on the console
+    cli = subprocess.run(
+        [sys.executable, "-m", "alignfactory.run", str(SPEC), "--output", str(cut), "--limit", "8"]
+        + [a for kv in [*BASE, "budget.tokens=1"] for a in ("--set", kv)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert cli.returncode == 3, cli.stdout[-2000:] + cli.stderr[-2000:]
+    assert "token budget spent" in cli.stdout + cli.stderr
+    again = json.loads((cut / "manifest.json").read_text())
+    assert again["stopped"].startswith("token budget spent") and shards(cut) == written
 
     resumed = run(cut, ["budget.tokens=1000000"])
     assert "stopped" not in resumed and all(s["done"] for s in resumed["stages"])

@@ -4,7 +4,7 @@ import pytest
 
 from alignfactory.run import Runner
 from alignfactory.spec import load_spec
-from tests.integration.conftest import REPO, exported, rejected_rows, write_jsonl
+from tests.integration.conftest import REPO, assert_each_input_once, input_lines, write_jsonl
 
 pytestmark = pytest.mark.slow
 
@@ -46,4 +46,4 @@ def test_work_lands_on_both_nodes(two_nodes, tmp_path):
     generate = next(s for s in manifest["stages"] if s["name"] == "generate")
     assert len(generate["nodes"]) == 2  # shards were generated on both nodes
     assert generate["rows_out"] == 8
-    assert len(exported(tmp_path / "run")) + len(rejected_rows(tmp_path / "run")) == 8
+    assert_each_input_once(tmp_path / "run", input_lines(path))  # row by row, across both nodes

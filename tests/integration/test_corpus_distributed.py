@@ -123,7 +123,7 @@ SLOW = "tests.integration.corpus_stages:SlowDedup"
 
 
 def run_cli(spec: Path) -> subprocess.Popen:
-    return start_run([str(spec)])
+    return start_run([str(spec), "-v"])  # -v: the INFO lines the resume checks read
 
 
 def start_then_kill(tmp_path: Path, params: dict, wait_for: str) -> tuple[Path, Path, Path]:

@@ -92,7 +92,8 @@ def setup(tmp_path_factory, local_ray):
 
 
 def start(spec_path: Path, out: Path) -> subprocess.Popen:
-    return start_run([str(spec_path), "--output", str(out)], os.environ["AF_TEST_RAY_ADDRESS"])
+    # -v: the INFO lines the resume checks read
+    return start_run([str(spec_path), "--output", str(out), "-v"], os.environ["AF_TEST_RAY_ADDRESS"])
 
 
 def finish(proc: subprocess.Popen) -> str:

@@ -78,6 +78,39 @@ def test_the_shipped_spec_ran_with_its_defaults_into_runs_sft_data(job):
         assert re.search(r"^yield: \d+ input rows -> \d+ SFT rows", OUTPUT["console"], re.M)
 
 
+def test_console_shows_progress_and_the_log_holds_the_chatter(job):
+    """The console: where the log is (first line), progress lines, the cost table; workers' weight
+    loading bars, INFO lines and Ray Data's memory advice go to runs/sft_data/run.log."""
+    out, _, _ = job
+    if "console" not in OUTPUT:
+        pytest.skip("the main job was reused from an earlier session: its console output is gone")
+    console = OUTPUT["console"]
+    assert (
+        console.splitlines()[0].startswith("alignfactory: sft_data ->")
+        and "run.log" in console.splitlines()[0]
+    )
+    assert "instag" in console and "done in" in console  # progress lines
+    for chatter in ("Loading weights", "pid=", " INFO ", "Ray only requests"):
+        assert chatter not in console, chatter
+    log = (out / "run.log").read_text("utf-8")
+    assert "instag: rows_in=" in log  # the driver's INFO lines
+    assert "Loading weights" in log and "pid=" in log  # the workers' output, routed here
+
+
+def test_every_stage_requests_its_memory_and_ray_has_no_memory_advice(job):
+    """Issue 18: each stage tells Ray what its actor or task needs (memory.py's estimate, in the
+    manifest), so Ray Data's detector has nothing to say: no "Ray only requests 0.0B" or "used up
+    to ..." advice anywhere in the run's log."""
+    out, manifest, _ = job
+    for stage in manifest["stages"]:
+        assert stage["memory_request"]["bytes"] > 0 and stage["memory_request"]["how"], stage["name"]
+    instag = next(s for s in manifest["stages"] if s["name"] == "instag")
+    assert instag["memory_request"]["bytes"] > 2**30  # model + KV cache, not a bare task's
+    log = (out / "run.log").read_text("utf-8")
+    for advice in ("Ray only requests", "of memory per worker", "To avoid out-of-memory errors"):
+        assert advice not in log, advice
+
+
 def test_every_input_line_once_and_some_data_out(job):
     out, manifest, _ = job
     seen = assert_each_input_once(out, main_job_lines())

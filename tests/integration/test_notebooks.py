@@ -19,12 +19,15 @@ from tests.integration.conftest import REPO, read_jsonl
 from tests.integration.main_job import main_job, main_job_lines
 from tests.unit.test_inspect import make_run
 
+CODE_SEEDS = REPO / "tests" / "integration" / "data" / "code_with_impossible_task.jsonl"
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
 SPECS = {
     # "sft" is the main job as shipped (tests/integration/main_job.py: pipelines/sft_data.yaml, its
     # defaults, --limit only, into runs/sft_data), shared with test_main_job, test_sft_data and the
     # browser test.
-    # 2 code tasks, 2 solutions each: sandbox verdicts and (when one passes) pairs
+    # code_data.yaml at its shipped default (include_reference: false), 2 tasks, 2 solutions each:
+    # add_numbers (the first code seed: sandbox verdicts and, when one passes, a pair) and a task
+    # whose two reference tests contradict each other, so no solution can pass (test_code_default)
     "code": ("code_data.yaml", ["sampling.max_tokens=96", "shard_size=2", "stages.0.params.k=2"]),
 }
 
@@ -38,7 +41,7 @@ def real_run(kind: str, tmp_path_factory, request) -> Path:
     root.mkdir(exist_ok=True)
     out = root / kind
     spec_name, sets = SPECS[kind]
-    sets = [f"input.path={REPO / 'pipelines' / 'seeds' / 'code_seed.jsonl'}", *sets]
+    sets = [f"input.path={CODE_SEEDS}", *sets]
     manifest = out / "manifest.json"
     if not (manifest.exists() and all(s["done"] for s in json.loads(manifest.read_text())["stages"])):
         request.getfixturevalue("local_ray")  # Ray only when there is work to do

@@ -14,7 +14,7 @@ import yaml
 from alignfactory import records
 from alignfactory.run import Runner
 from alignfactory.spec import load_spec
-from tests.integration.conftest import REPO, read_jsonl, rejected_rows
+from tests.integration.conftest import REPO, assert_each_input_once, input_lines, read_jsonl, rejected_rows
 
 SPEC = REPO / "pipelines" / "preference_data.yaml"
 LIMIT = 3
@@ -83,6 +83,8 @@ def test_every_row_accounted_for_and_judged_pairwise(run):
         )
         == LIMIT
     )
+    # row by row: each prompt line is in sft/, preference/ only, or rejected/ with its reason
+    assert_each_input_once(out, input_lines(REPO / "pipelines" / "seeds" / "sft_seed.jsonl", LIMIT))
 
 
 @pytest.mark.slow

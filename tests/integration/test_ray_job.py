@@ -10,10 +10,18 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import REPO, exported, rejected_rows
+from tests.integration.conftest import (
+    REPO,
+    assert_each_input_once,
+    exported,
+    input_lines,
+    read_jsonl,
+    rejected_rows,
+)
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
+SEEDS = REPO / "pipelines" / "seeds" / "sft_seed.jsonl"
 
 
 def free_port() -> int:
@@ -87,5 +95,13 @@ def test_ray_job_submit_runs_the_spec(ray_head, tmp_path):
     assert "succeeded" in (proc.stdout + proc.stderr).lower()
     rows = exported(out)
     assert len(rows) + len(rejected_rows(out)) == 6
+    # row by row: the job read the working-dir copy Ray unpacked, so the file is the one its read
+    # stage recorded (the same seed file), and the lines are the first 6 of it
+    (read_shard,) = sorted((out / "stages" / "00-read").glob("shard-*.jsonl"))
+    src = read_jsonl(read_shard)[1]["source"]["file"]
+    assert src.endswith("pipelines/seeds/sft_seed.jsonl") and src != str(
+        REPO / "pipelines/seeds/sft_seed.jsonl"
+    )
+    assert_each_input_once(out, [(str(Path(src).resolve()), n) for _, n in input_lines(SEEDS, 6)])
     assert all(r["messages"][-1]["role"] == "assistant" for r in rows)
     assert shutil.which("ray", path=str(BIN))

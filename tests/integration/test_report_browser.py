@@ -4,6 +4,7 @@ no console errors or page errors, every plot the run has data for must be presen
 decoded PNG whose pixels are not all one colour), and a full-page screenshot is kept under
 tests/artifacts/ (ignored by git) for a person to look at."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +17,7 @@ from tests.integration.test_notebooks import real_run
 from tests.unit.test_inspect import make_run
 
 CHROMIUM = Path("/usr/lib/chromium/chromium-headless-shell")
+MAIN_JOB_VIEWS = {"cooccurrence", "evolution", "lengths", "map", "rejections", "scores", "tags"}
 ARTIFACTS = REPO / "tests" / "artifacts"
 
 # Per <img class="plot">: decoded size, and how many distinct colours a 64x64 sample of it has.
@@ -76,23 +78,27 @@ def expected_views(run_dir: Path) -> set[str]:
 
 @pytest.mark.slow
 def test_report_of_a_real_run_in_chromium(browser, sft_run):
-    # the CLI entry point, as a user runs it
+    # the subcommand, as a user types it: the venv's `alignfactory` script, a path relative to the
+    # directory it runs in
     done = subprocess.run(
-        [sys.executable, "-m", "alignfactory.report", str(sft_run)],
+        [str(Path(sys.executable).parent / "alignfactory"), "report", os.path.relpath(sft_run, REPO)],
         capture_output=True,
         text=True,
         timeout=300,
+        cwd=REPO,
     )
     assert done.returncode == 0, done.stderr
-    path = Path(done.stdout.strip())
-    assert path == sft_run / "report.html"
+    path = (REPO / done.stdout.strip()).resolve()
+    assert path == (sft_run / "report.html").resolve()
     assert report.LINK in (sft_run / "README.md").read_text()
 
     problems, plots, page = open_report(browser, path, "report_sft.png")
     assert problems == []
     want = expected_views(sft_run)
-    # what this run has data for (its 16 lines hold no duplicate)
-    assert {"rejections", "lengths", "map"} <= want
+    # pinned, not only derived from inspect.missing() on the same run (a view that loses its data
+    # would drop out of both): the main job at --limit 16 tags, selects, evolves, judges and
+    # exports; its 16 lines hold no duplicate, it runs no code, and the 135M model makes no pair
+    assert want == MAIN_JOB_VIEWS, (sorted(want), inspect.missing(sft_run))
     assert {p["view"] for p in plots} == want
     for p in plots:
         assert p["ok"] and p["w"] > 100 and p["h"] > 100 and p["colours"] > 2, p
@@ -102,6 +108,29 @@ def test_report_of_a_real_run_in_chromium(browser, sft_run):
         assert note.count() == 1 and note.inner_text().strip(), anchor
     assert page.locator("section").count() == len(report.VIEWS)
     assert "this view failed" not in page.content()
+    page.close()
+
+
+@pytest.mark.slow
+def test_report_of_a_real_code_run_shows_its_sandbox_verdicts(browser, tmp_path_factory, request):
+    """The exec_feedback branch: a real code_data run (the session's shared one) has sandbox
+    verdicts, which the report draws (view "verifiers"); its pass matrices are what inspect.verdicts
+    reads."""
+    code_run = real_run("code", tmp_path_factory, request)
+    verdicts = inspect.verdicts(code_run)
+    assert len(verdicts) == 4 and set(verdicts["stage"]) == {"exec_feedback"}  # 2 tasks x 2 solutions
+    assert set(verdicts["what"]) == {"solution"} and not verdicts["passed"].all()  # one() cannot pass
+    path = report.write(code_run)
+    problems, plots, page = open_report(browser, path, "report_code.png")
+    assert problems == []
+    drawn = {p["view"] for p in plots}
+    # the sandbox verdicts view is drawn; every drawn view has its data (the prompt map of 2 rows may
+    # say in a note that it has too few points to draw)
+    assert "verifiers" in drawn and drawn <= expected_views(code_run)
+    for p in plots:
+        assert p["ok"] and p["w"] > 100 and p["h"] > 50 and p["colours"] > 2, (
+            p
+        )  # 1 rejection: a short bar chart
     page.close()
 
 

@@ -12,8 +12,10 @@ import pytest
 
 from tests.integration.conftest import (
     REPO,
+    assert_each_input_once,
     exported,
     finish_run,
+    input_lines,
     read_jsonl,
     rejected_rows,
     start_run,
@@ -37,15 +39,14 @@ def sets(input_path: Path) -> list[str]:
     return args
 
 
-def run_cli(input_path: Path, out: Path) -> subprocess.Popen:
-    return start_run([*CLI[3:], "--output", str(out), *sets(input_path)])
+def run_cli(input_path: Path, out: Path, address: str) -> subprocess.Popen:
+    # -v: INFO lines read below. The drivers join one Ray cluster (as `ray job submit` drivers join
+    # theirs): a Ray start per run saved; a driver's death ends its job's workers.
+    return start_run([*CLI[3:], "--output", str(out), "-v", *sets(input_path)], address)
 
 
-def test_kill_9_mid_run_then_resume_equals_uninterrupted(tmp_path):
-    import ray
-
-    if ray.is_initialized():
-        ray.shutdown()
+def test_kill_9_mid_run_then_resume_equals_uninterrupted(tmp_path, local_ray):
+    address = local_ray.get_runtime_context().gcs_address
     rows = [{"instruction": f"Give a short fact about the number {i}."} for i in range(N_ROWS - 2)]
     rows += [
         {"instruction": "give a SHORT fact about the number 3."},
@@ -53,11 +54,11 @@ def test_kill_9_mid_run_then_resume_equals_uninterrupted(tmp_path):
     ]  # dedup + read rejects
     path = write_jsonl(tmp_path / "in.jsonl", rows)
 
-    finish_run(run_cli(path, tmp_path / "whole"))
+    finish_run(run_cli(path, tmp_path / "whole", address))
     reference = exported(tmp_path / "whole")
 
     out = tmp_path / "killed"
-    proc = run_cli(path, out)
+    proc = run_cli(path, out, address)
     generated = out / "stages" / "02-generate"
     deadline = time.time() + 300
     while time.time() < deadline and len(list(generated.glob("shard-*.jsonl"))) < 2:
@@ -75,7 +76,7 @@ def test_kill_9_mid_run_then_resume_equals_uninterrupted(tmp_path):
     # a shard counts as done when every stage of its segment (generate, filter) wrote it
     whole = len(list((out / "stages" / "03-filter").glob("shard-*.jsonl")))
 
-    log = finish_run(run_cli(path, out))
+    log = finish_run(run_cli(path, out, address))
     assert f"{total - whole} shards to run" in log  # only shards not finished before the kill were sent
     assert {
         p.name: p.stat().st_mtime_ns for p in generated.glob("shard-*.jsonl") if p.name in shards_before
@@ -86,3 +87,4 @@ def test_kill_9_mid_run_then_resume_equals_uninterrupted(tmp_path):
     ids = [r["id"] for p in sorted(generated.glob("shard-*.jsonl")) for r in read_jsonl(p)[1:]]
     assert len(ids) == len(set(ids)) == N_ROWS - 2  # no duplicates, no losses
     assert len(resumed) + len(rejected_rows(out)) == N_ROWS
+    assert_each_input_once(out, input_lines(path))  # each line once: in sft/ or rejected/, by source

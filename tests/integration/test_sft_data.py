@@ -93,15 +93,20 @@ def test_selection_evolution_and_synthesis_metadata(run):
     selected = [r for r in stage_rows(manifest, out, "select") if not r["reject"]]
     assert selected and all(r["meta"]["select"]["phase"] in ("coverage", "score") for r in selected)
     assert sorted(r["meta"]["select"]["rank"] for r in selected) == list(range(len(selected)))
-    for row in stage_rows(manifest, out, "evolve"):
-        if row["reject"] or row["meta"]["evolve"].get("evolved"):  # an evolution: a child of a selected row
-            assert row["lineage"]["stage"] == "evolve" and row["lineage"]["round"] == 1
-            assert row["lineage"]["parents"][0] in {r["id"] for r in selected}
+    # every selected row is evolved: its evolution survives as a child or is eliminated (rejected);
+    # either way a row of round 1 whose parent is the selected row
+    evolutions = [r for r in stage_rows(manifest, out, "evolve") if r["lineage"]["stage"] == "evolve"]
+    assert {r["lineage"]["parents"][0] for r in evolutions} == {r["id"] for r in selected}
+    assert all(r["lineage"]["round"] == 1 for r in evolutions)
+    assert all(r["reject"] or r["meta"]["evolve"].get("evolved") for r in evolutions)
     judged = [r for r in stage_rows(manifest, out, "judge") if not r["reject"]]
     assert judged and all("judge" in r["meta"] for r in judged)
-    for row in stage_rows(manifest, out, "reject_sample"):
-        if "reject_sample" in row["meta"]:  # only the row with a reference answer, if selected
-            assert row["meta"]["reject_sample"]["reference"] == row["seed"]["answer"]
+    # reject_sample verifies rows that carry a reference answer; the main job's first LIMIT seeds
+    # carry none, so every row passes through unverified and unmarked (the reference path, with a
+    # row certain to have one, is tests/unit/test_reject_sample.py's, on a scripted engine)
+    sampled = stage_rows(manifest, out, "reject_sample")
+    assert sampled and not any((r.get("seed") or {}).get("answer") for r in sampled)
+    assert all(not r["reject"] and "reject_sample" not in r["meta"] for r in sampled)
 
 
 def test_outputs_load_with_the_columns_trl_expects(run):

@@ -2,10 +2,11 @@
 through `alignfactory train` / `alignfactory eval`, plus `trl sft --config` as TRL's own CLI runs it,
 and SFT on 2 Ray Train CPU workers with one worker SIGKILLed mid-run.
 
-The chain and `trl sft` run on the embedded SmolLM2-135M-Instruct (about 80 s for the whole chain
-on 2 cores). The Ray Train kill test uses a tiny random 2-layer llama with SmolLM2's tokenizer: the
-launcher's failure handling is under test there, not the weights. ALIGNFACTORY_TRAIN_MODEL=tiny runs
-everything on the tiny model (a quick local loop).
+`trl sft` runs the shipped CPU config on the embedded SmolLM2-135M-Instruct and the main job's output.
+The chain, the other TRL steps and the Ray Train kill test use a tiny random 2-layer llama with
+SmolLM2's tokenizer: the training code is under test there, not the weights (the chain took 131 s
+on the 135M model, most of test_train_chain's setup). ALIGNFACTORY_TRAIN_MODEL=embedded runs the chain
+on the embedded model.
 """
 
 from __future__ import annotations
@@ -73,10 +74,11 @@ def tiny_model(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="session")
 def base_model(tmp_path_factory, tiny_model) -> str:
-    """The embedded SmolLM2-135M-Instruct (a linked, converted copy), unless ALIGNFACTORY_TRAIN_MODEL=tiny."""
+    """The chain's starting model: the tiny random llama, or with ALIGNFACTORY_TRAIN_MODEL=embedded the
+    embedded SmolLM2-135M-Instruct (a linked, converted copy)."""
     from alignfactory.train.common import link_embedded_model
 
-    if os.environ.get("ALIGNFACTORY_TRAIN_MODEL") == "tiny":
+    if os.environ.get("ALIGNFACTORY_TRAIN_MODEL") != "embedded":
         return tiny_model
     return str(link_embedded_model(tmp_path_factory.mktemp("model") / "smollm2"))
 
@@ -271,34 +273,56 @@ def test_eval_before_after_table_on_held_out_rows(chain):
     assert m["reward_mean"]["n"] == 6 and math.isfinite(m["reward_mean"]["value"])
 
 
-@pytest.mark.parametrize(
-    ("step", "model", "data"),
-    [
-        ("sft", "base_model", "sft/train.jsonl"),  # the embedded model: its real chat template
-        ("dpo", "tiny_model", "preference/train.jsonl"),
-        ("reward", "tiny_model", "preference/train.jsonl"),
-    ],
-)
-def test_trl_cli_runs_our_cpu_profiles_as_is(step, model, data, run_dir, tmp_path, request):
-    """`trl <step> --config` (TRL's own CLI, a subprocess) on the factory's output, no conversion."""
-    cfg = yaml.safe_load((REPO / f"pipelines/train_{step}_cpu.yaml").read_text())
-    cfg |= {
-        "model_name_or_path": request.getfixturevalue(model),
-        "output_dir": str(tmp_path / "out"),
-        "max_steps": 2,
-        "max_length": 256,
-        "datasets": [{"path": "json", "data_files": str(run_dir / data), "split": "train"}],
-    }
+def test_trl_sft_on_the_shipped_config_after_the_main_job(tmp_path):
+    """What a user runs after `make run`: `alignfactory train link-model`, then `trl sft --config
+    pipelines/train_sft_cpu.yaml` with the config's own datasets (runs/sft_data/sft/train.jsonl, the
+    main job's output, shared with test_main_job) and model (runs/models/smollm2-135m-instruct, the
+    embedded model and its real chat template); only output_dir and max_steps differ."""
+    from tests.integration.main_job import main_job
+
+    sft_rows = read_jsonl(main_job() / "sft" / "train.jsonl")
+    link = subprocess.run(
+        [str(Path(PY).parent / "alignfactory"), "train", "link-model"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    assert link.returncode == 0, link.stderr[-2000:]
+    cfg = yaml.safe_load((REPO / "pipelines/train_sft_cpu.yaml").read_text())
+    assert cfg["datasets"][0]["data_files"] == "runs/sft_data/sft/train.jsonl" and sft_rows
+    assert (REPO / cfg["model_name_or_path"] / "config.json").is_file()
+    cfg |= {"output_dir": str(tmp_path / "out"), "max_steps": 2}
+    p = trl_cli("sft", cfg, tmp_path)
+    assert (tmp_path / "out/model.safetensors").is_file() and "'loss'" in p.stdout + p.stderr
+
+
+def trl_cli(step: str, cfg: dict, tmp_path: Path) -> subprocess.CompletedProcess:
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
-    trl = Path(PY).parent / "trl"
     p = subprocess.run(
-        [str(trl), step, "--config", str(tmp_path / "c.yaml")],
+        [str(Path(PY).parent / "trl"), step, "--config", str(tmp_path / "c.yaml")],
         cwd=REPO,
         capture_output=True,
         text=True,
         timeout=600,
     )
     assert p.returncode == 0, p.stderr[-3000:]
+    return p
+
+
+@pytest.mark.parametrize("step", ["dpo", "reward"])
+def test_trl_cli_runs_our_cpu_profiles_as_is(step, tiny_model, run_dir, tmp_path):
+    """`trl <step> --config` (TRL's own CLI, a subprocess) on the factory's preference output, no
+    conversion (a tiny model: the training code is under test, not the weights)."""
+    cfg = yaml.safe_load((REPO / f"pipelines/train_{step}_cpu.yaml").read_text())
+    data = "preference/train.jsonl"
+    cfg |= {
+        "model_name_or_path": tiny_model,
+        "output_dir": str(tmp_path / "out"),
+        "max_steps": 2,
+        "max_length": 256,
+        "datasets": [{"path": "json", "data_files": str(run_dir / data), "split": "train"}],
+    }
+    p = trl_cli(step, cfg, tmp_path)
     assert (tmp_path / "out/model.safetensors").is_file()
     assert "'loss'" in p.stdout + p.stderr
     if step == "reward":

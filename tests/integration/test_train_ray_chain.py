@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import PY, REPO, read_jsonl
+from tests.integration.conftest import PY, REPO, read_jsonl, write_jsonl
 from tests.integration.test_train_chain import distance, make_run_dir, weights
 
 pytestmark = pytest.mark.slow
@@ -64,6 +64,12 @@ def chain(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ray_chain")
     base = str(tiny_llama(tmp / "tiny"))
     run = make_run_dir(tmp / "run")
+    # make_run_dir writes its 6 preference rows 3 times over; give each copy a prompt of its own, so
+    # that DPO's and the reward model's rows differ by content and the shard check can be strict
+    pref = read_jsonl(run / "preference/train.jsonl")
+    for i, row in enumerate(pref):
+        row["prompt"][-1]["content"] += f" (copy {i // 6 + 1})"
+    write_jsonl(run / "preference/train.jsonl", pref)
     root, store = tmp / "out", tmp / "store"
     trl = ["--max_length", "128", "--max_steps", "3", "--save_strategy", "no"]
     trl += ["--per_device_train_batch_size", "2"]
@@ -163,8 +169,11 @@ def test_the_two_workers_trained_on_different_rows_into_one_model(chain):
         b0, b1 = workers(chain, step, "batches.jsonl")
         assert [b["step"] for b in b0] == [b["step"] for b in b1] == [1, 2, 3], step
         assert all(b["rows"] for b in b0 + b1), step  # every step saw training rows on both ranks
-        # rank 1 got its own shard of the data (DistributedSampler), not rank 0's rows
-        assert any(set(x["rows"]) != set(y["rows"]) for x, y in zip(b0, b1, strict=True)), step
+        # each step, rank 1 trained on its own shard of the data, none of rank 0's rows (the fixture
+        # makes every training row distinct, so a row hashing alike on both ranks is a shared row)
+        for x, y in zip(b0, b1, strict=True):
+            shared = set(x["rows"]) & set(y["rows"])
+            assert not shared, (step, x["step"], sorted(shared), x["rows"], y["rows"])
     online = [read_jsonl(chain["root"] / f"online/{f}") for f in ("log.jsonl", "log.rank1.jsonl")]
     for r0, r1 in zip(*online, strict=True):
         assert r0["step"] == r1["step"] and not set(r0["prompt_index"]) & set(r1["prompt_index"])

@@ -17,6 +17,7 @@ from alignfactory.llm.base import Sampling
 from alignfactory.llm.config import ModelConfig
 from alignfactory.llm.embedded import EMBEDDED_MODEL_ID
 from tests.integration.conftest import vllm_server_url
+from tests.integration.test_structured_engines import check_engine
 
 pytestmark = [
     pytest.mark.vllm,
@@ -43,11 +44,26 @@ def _wait_ready(info) -> str:
     return vllm_server_url(info)
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def vllm_engine(server):  # the server starts first, then this engine loads while it boots
     eng = make_engine(ModelConfig(backend="vllm", enforce_eager=True))
     yield eng
     eng.close()
+
+
+def test_vllm_engine_enforces_json_choice_regex(vllm_engine):
+    """Structured outputs in-process (StructuredOutputsParams): test_structured_engines' cases."""
+    check_engine(vllm_engine)
+
+
+def test_openai_engine_against_vllm_serve_enforces_json_choice_regex(server):
+    """Structured outputs through `vllm serve` (response_format / structured_outputs)."""
+    engine = make_engine(ModelConfig(backend="openai", base_url=vllm_server_url(server), path="smollm2"))
+    try:
+        check_engine(engine)
+        assert engine._server_is_vllm()  # choice/regex went as vLLM's structured_outputs
+    finally:
+        engine.close()
 
 
 def test_vllm_engine_n_seeds_order(vllm_engine):

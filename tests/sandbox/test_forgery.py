@@ -42,24 +42,28 @@ FORGE = (
 )
 AT_LOAD = "forge()\nprint(2)\nEXIT(0)\n"  # never defines f
 INSIDE = "def f(x):\n    forge()\n    print(2)\n    EXIT(0)\nf(1) if __name__ == '__main__' else None\n"
-# A thread that waits for the last case, then forges while the runner finishes (f itself is wrong).
+# A thread that waits for the last case, then forges while the runner finishes (f itself is wrong). The
+# order is fixed, not timed: the last case (or the stdio program) goes on only once the thread has put a
+# forged frame on the channel, so however loaded the machine, forged frames are there to be caught.
 THREAD = (
-    "import threading, time\n"
-    "last = threading.Event()\n"
+    "import threading\n"
+    "last, forged = threading.Event(), threading.Event()\n"
     "def late():\n"
     "    last.wait(5)\n"
-    "    for _ in range(50):\n"
+    "    forge()\n"
+    "    forged.set()\n"
+    "    for _ in range(49):\n"
     "        forge()\n"
     "threading.Thread(target=late, daemon=True).start()\n"
     "def f(x):\n"
     "    if x == 2:\n"
     "        last.set()\n"
-    "        time.sleep(0.05)\n"
+    "        forged.wait(5)\n"
     "    return -1\n"
     "if __name__ == '__main__':\n"
     "    print(2)\n"
     "    last.set()\n"
-    "    time.sleep(0.05)\n"
+    "    forged.wait(5)\n"
 )
 
 
@@ -175,10 +179,37 @@ def test_replayed_frames_fail_authentication(run):
     assert v.status is Status.SUSPICIOUS and "authentication" in v.detail, v.detail
 
 
-def test_truncating_the_channel_never_passes(run, sb):
-    code = "import os\nos.ftruncate(3, 1)\ndef f(x):\n    return -1\n"
-    v = sb.run([Job(code=code, **ASSERT)])[0]
-    assert v.status is not Status.PASS
+# Truncate the channel to its setup byte, erasing the runner's authentic record of case 0, and write
+# forged frames in its place: every case passed, then the end marker; exit before the runner writes
+# again. f is wrong on case 1, and only the frames' tags stand between this job and PASS: without the
+# truncation the forged case 0 would follow the runner's own and the order check alone would catch it.
+TRUNCATE_AND_FORGE = (
+    "TRUNCATE = getattr(__import__('o' + 's'), 'f' + 'truncate')\n"
+    "def frame(rec):\n"
+    "    p = marshal.dumps(rec)\n"
+    "    return struct.pack('>I', 16 + len(p)) + bytes(16) + p\n"
+    "def f(x):\n"
+    "    if x == 1:\n"
+    "        return 2\n"
+    "    TRUNCATE(FD, 1)\n"
+    "    WRITE(FD, b''.join(frame(r) for r in RECORDS))\n"
+    "    EXIT(0)\n"
+)
+FORGED_RECORDS = {
+    "call": [("case", 0, "v", 2, 0.0), ("case", 1, "v", 4, 0.0), ("end", 2, 0, 0)],
+    "assert": [("case", 0, "ok", 0.0), ("case", 1, "ok", 0.0), ("end", 2, 0, 0)],
+}
+
+
+@pytest.mark.parametrize("kind", FORGED_RECORDS)
+@pytest.mark.parametrize("names", ["plain", "obfuscated"])
+def test_truncating_the_channel_and_forging_in_its_place_never_passes(run, kind, names):
+    preamble = PLAIN if names == "plain" else OBFUSCATED
+    v = run(preamble + f"RECORDS = {FORGED_RECORDS[kind]!r}\n" + TRUNCATE_AND_FORGE, **KINDS[kind])
+    assert v.status is Status.SUSPICIOUS, (v.status, v.detail, v.stderr[-300:])
+    # frame 0 is a forged one: the truncation did erase the runner's case 0
+    assert "frame 0: not written by the runner (authentication failed)" in v.detail, v.detail
+    assert not any(c.status is Status.PASS for c in v.cases)
 
 
 # ---- what enters the sandbox --------------------------------------------------------------------

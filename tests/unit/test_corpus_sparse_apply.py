@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from alignfactory import io, records, run
+from alignfactory.run import workers
 from alignfactory.stages.base import StageContext
 from alignfactory.stages.curate.dedup import Dedup
 
@@ -73,7 +74,7 @@ def test_sparse_apply_equals_the_full_apply_and_copies_untouched_rows_as_bytes(t
     params = Dedup.Params(method=method).model_dump(mode="json")
     sparse = run_worker(tmp_path, paths, params)
     monkeypatch.setattr(Dedup, "touched", lambda self, plan, shard: None)  # the full parse-and-dump path
-    run._CORPUS_STAGES.clear()
+    workers._CORPUS_STAGES.clear()
     full = run_worker(tmp_path, paths, params)
     assert [body(b) for b in sparse] == [body(b) for b in full]  # the same rows, byte for byte
     for s, f in zip(sparse, full, strict=True):

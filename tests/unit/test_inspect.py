@@ -1,16 +1,22 @@
 """alignfactory.inspect and the report's views on synthetic run directories that carry every column
 the views read (tags, vocabulary, evolution lineage, judge/reward scores, sandbox verdicts, pairs,
 duplicates), and on a bare one that carries none of them. make_run() is also used by the notebook
-and browser tests, so the views are exercised where real small runs lack tags or pairs."""
+and browser tests, so the views are exercised where real small runs lack tags or pairs. Its shapes are
+what the stages write: tag_normalize's meta and tags/ files come from the stage's own code (with a
+hand-made embedder); judge, evolve and reward rows are written as their stage modules word them."""
 
 import copy
 import json
 import random
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from alignfactory import inspect, io, records, report
+from alignfactory.stages.base import StageContext
+from alignfactory.stages.curate.evolve import OPERATIONS
+from alignfactory.stages.curate.tag_normalize import TagNormalize, clean
 
 SEEDS = [
     "Solve 12 * 7 and explain each step.",
@@ -38,6 +44,31 @@ RAW_TAGS = {  # raw InsTag tags per seed (variants that tag_normalize merges)
 }
 CANONICAL = {"math calculation": "math", "Math": "math", "Python programming": "coding", "career": "advice"}
 SHARD = 8
+EVOLVE_OPS = ["add_constraints", "deepening", "concretizing"]  # evolve.OPERATIONS names
+EVOLVE_ELIMINATED = [  # reasons as Evolve.eliminated writes them
+    "eliminated: copies_template: '#rewritten prompt#'",
+    "eliminated: no_information_gain: equality check said 'Equal'",
+]
+
+
+class AliasEmbedder:
+    """For the real tag_normalize stage: the tags CANONICAL merges share one vector, every other tag
+    has its own (orthogonal), so semantic aggregation merges exactly CANONICAL's groups."""
+
+    group = {clean(raw): canon for raw, canon in CANONICAL.items()}
+
+    def encode(self, texts):
+        keys = [self.group.get(t, t) for t in texts]
+        dims = sorted(set(keys))
+        return np.array([[float(k == d) for d in dims] for k in keys], dtype=np.float32)
+
+
+def tag_normalize(root: Path, index: int, rows: list[dict]) -> None:
+    """The stage's own code (summarize -> combine -> apply) puts meta.tag_normalize on the rows and
+    writes tags/vocabulary.jsonl and tags/mapping.jsonl, so their shapes cannot drift from a real run."""
+    params = TagNormalize.Params(association=False)  # rule + semantic: CANONICAL is the whole merge
+    stage = TagNormalize(params, StageContext("tag_normalize", index, run_dir=root), AliasEmbedder())
+    stage.apply(rows, stage.combine([stage.summarize(rows, 0)]), 0)
 
 
 def _write_stage(root: Path, index: int, name: str, rows: list[dict], rows_in: int, tokens=(0, 0)) -> dict:
@@ -98,12 +129,7 @@ def make_run(root: Path, rich: bool = True) -> Path:
             seed = SEEDS.index(records.instruction(r))
             r["meta"]["instag"] = {"tags": [{"tag": t, "explanation": f"about {t}"} for t in RAW_TAGS[seed]]}
         kept = stage("instag", kept, len(kept), (400, 120))
-        for r in kept:
-            r["meta"]["tag_normalize"] = {
-                "tags": sorted(
-                    {CANONICAL.get(t["tag"], t["tag"].lower()) for t in r["meta"]["instag"]["tags"]}
-                )
-            }
+        tag_normalize(root, len(names), kept)
         kept = stage("tag_normalize", kept, len(kept))
     first, out = {}, []
     for r in kept:  # dedup: exact duplicates of the instruction
@@ -118,19 +144,16 @@ def make_run(root: Path, rich: bool = True) -> Path:
     if rich:
         out = []
         for i, r in enumerate(kept):  # evolve: one or two rounds; two children eliminated
-            child = r
+            child, ops = r, []
             for rnd in range(1, 3 if i < 4 else 2):
-                op = ["add_constraints", "deepen", "concretize"][(i + rnd) % 3]
+                op = EVOLVE_OPS[(i + rnd) % 3]
+                ops.append(op)
                 text = records.instruction(child) + f" ({op} {rnd})"
                 child = records.derive(child, "evolve", [{"role": "user", "content": text}], {"round": rnd})
-                child["lineage"] |= {"operation": op, "round": rnd}
-            if i in (5, 6):
-                records.reject(
-                    child,
-                    "evolve",
-                    ["eliminated: copied_prompt", "eliminated: no_information_gain"][i - 5],
-                    raw="...",
-                )
+                child["lineage"] |= {"operation": op, "round": rnd, "operations": list(ops)}
+            if i in (5, 6):  # an eliminated candidate's lineage has no operations (evolve.py)
+                del child["lineage"]["operations"]
+                records.reject(child, "evolve", EVOLVE_ELIMINATED[i - 5], raw="...")
             out.append(child)
         kept = stage("evolve", out, len(kept), (900, 700))
     out = []
@@ -143,14 +166,21 @@ def make_run(root: Path, rich: bool = True) -> Path:
         )
     kept = stage("generate", out, len(kept), (600, 1500))
     if rich:
-        for i, r in enumerate(kept):  # judge: a score 1..10, low ones rejected
-            score = [9, 7, 3, 8, 6, 5, 9, 2][i % 8]
-            r["meta"]["judge"] = {"score": score, "raw": f"Score: {score}"}
-            if score < 4:
-                records.reject(r, "judge", f"low_score: {score} < 4", raw=f"Score: {score}")
+        for i, r in enumerate(kept):  # judge (pointwise, structured, min_score 4): as judge.py writes
+            score = float([9, 7, 3, 8, 6, 5, 9, 2][i % 8])
+            reply = json.dumps({"score": int(score), "reason": "fine"})
+            r["meta"]["judge"] = {
+                "scores": {"helpfulness": score},
+                "reasons": {"helpfulness": "fine"},
+                "raw": {"helpfulness": reply},
+                "parse": {"helpfulness": "structured"},
+                "score": score,
+            }
+            if score < 4.0:
+                records.reject(r, "judge", f"below_min_score: {score} < 4.0")
         kept = stage("judge", kept, len(kept), (800, 200))
         for i, r in enumerate(kept):
-            r["meta"]["reward"] = {"score": round(-1 + 0.37 * i, 2)}
+            r["meta"]["reward"] = {"score": round(-1 + 0.37 * i, 6), "model": "/models/reward"}  # reward.py
         kept = stage("reward", kept, len(kept))
         for i, r in enumerate(kept):  # autoif-shaped verdicts and pairs
             statuses = ["PASS", "FAIL", "PASS", "TLE"][: 2 + i % 3]
@@ -191,19 +221,6 @@ def make_run(root: Path, rich: bool = True) -> Path:
             for p in r["pairs"]
         ]
         io.write_jsonl_atomic(root / "preference" / "train.jsonl", prefs)
-        (root / "tags").mkdir()
-        vocab = {}
-        for r in kept:
-            for raw in r["meta"]["instag"]["tags"]:
-                vocab.setdefault(CANONICAL.get(raw["tag"], raw["tag"].lower()), set()).add(raw["tag"])
-        io.write_jsonl_atomic(
-            root / "tags" / "vocabulary.jsonl",
-            [{"tag": t, "count": len(m), "members": sorted(m)} for t, m in vocab.items()],
-        )
-        io.write_jsonl_atomic(
-            root / "tags" / "mapping.jsonl",
-            [{"raw": k, "canonical": v, "step": "alias"} for k, v in CANONICAL.items()],
-        )
     spec = {
         "name": "synthetic",
         "model": {"path": None},
@@ -245,7 +262,7 @@ def test_every_input_line_ends_exported_or_rejected_once(rich):
     # the rejected frame is rejected/ as written, with the reason's kind split off
     r = inspect.rejected(rich)
     assert sorted(r["line"]) == sorted(rej.index)
-    assert set(r[r["stage"] == "judge"]["kind"]) == {"low_score"}
+    assert set(r[r["stage"] == "judge"]["kind"]) == {"below_min_score"}
 
 
 def test_leaves_are_each_rows_final_state(rich):
@@ -280,18 +297,19 @@ def test_tags_vocabulary_and_mapping(rich):
     assert canon.groupby(["source", "tag"]).size().max() == 1
     v = inspect.tag_vocabulary(rich).set_index("tag")
     assert v.loc["math", "members"] == ["Math", "math calculation"]
-    assert set(inspect.tag_mapping(rich)["canonical"]) == set(CANONICAL.values())
+    assert v.loc["math", "count"] == 2 and v.loc["advice", "count"] == 1  # rows carrying the tag
+    m = inspect.tag_mapping(rich).set_index("raw")  # every raw tag, with the step that last moved it
+    assert {raw: m.loc[raw, "canonical"] for raw in CANONICAL} == CANONICAL
+    assert m.loc["Math", "step"] == "rule" and m.loc["math calculation", "step"] == "semantic"
+    assert m.loc["history", "step"] == "kept" and m.loc["history", "canonical"] == "history"
 
 
 def test_lineage_evolution_depth(rich):
     e = inspect.lineage(rich)
     evo = e[e["stage"] == "evolve"]
-    assert set(evo["operation"]) == {"add_constraints", "deepen", "concretize"}
+    assert set(evo["operation"]) == set(EVOLVE_OPS) and set(EVOLVE_OPS) <= set(OPERATIONS)
     assert set(evo["round"]) == {1, 2}
-    assert sorted(evo["rejected"].dropna()) == [
-        "eliminated: copied_prompt",
-        "eliminated: no_information_gain",
-    ]
+    assert sorted(evo["rejected"].dropna()) == sorted(EVOLVE_ELIMINATED)
     d = inspect.depth(rich)
     assert len(d) == len(inspect.final_rows(rich))
     assert (d["depth"] >= 2).all()  # evolve, then generate, at least
@@ -301,7 +319,7 @@ def test_lineage_evolution_depth(rich):
 def test_scores_verdicts_pairs(rich):
     s = inspect.scores(rich)
     low = s[s["judge"] < 4]
-    assert len(low) and low["rejected"].str.startswith("low_score").all()
+    assert len(low) and low["rejected"].str.startswith("below_min_score").all()
     assert s[s["rejected"].isna()]["reward"].notna().all()
     v = inspect.verdicts(rich)
     assert set(v["what"]) == {"verifier", "response check"}
@@ -360,5 +378,5 @@ def test_dataset_card_keeps_its_shape(rich):
     card = inspect.dataset_card(rich)
     assert card.startswith("# synthetic")
     assert "| 03-dedup | 12 | 10 | 2 |" in card
-    assert "| judge | low_score |" in card
+    assert "| judge | below_min_score |" in card
     assert "## preference/" in card

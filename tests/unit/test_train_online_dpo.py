@@ -75,12 +75,24 @@ def test_reward_model_scorer_scores_every_completion(trainer):
     assert len(set(scores[0])) == 3  # different texts, different scores
 
 
-def test_judge_scorer_parses_scores_and_keeps_unparseable_unscored():
-    replies = iter(["Reason: good.\nScore: 9", "Score: 2", "I refuse to grade."])
+@pytest.mark.parametrize(
+    "constrains,replies",
+    [
+        (True, ['{"reason": "good", "score": 9}', '{"reason": "meh", "score": 2}', '{"reason": "no score"}']),
+        (False, ["Reason: good.\nScore: 9", "Score: 2", "I refuse to grade."]),  # a server that cannot
+    ],
+)
+def test_judge_scorer_asks_for_the_judge_shape_and_keeps_unreadable_unscored(constrains, replies):
+    from alignfactory.stages.synthesize.judge import Judge
+
+    it = iter(replies)
     s = Scorers("judge", judge_model="scripted")
-    s._judge_engine = ScriptedEngine(rule=lambda conv, k, seed: next(replies))
+    s._judge_engine = ScriptedEngine(rule=lambda conv, k, seed: next(it), constrains=constrains)
     scores, kinds = s.score([{"prompt": [{"role": "user", "content": "q"}]}], [["x", "y", "z"]])
     assert kinds == ["judge"] and scores == [[0.9, 0.2, None]]
+    # the judge stage's own pointwise shape: {"reason", "score": 1-10}
+    (call,) = s._judge_engine.calls
+    assert call["sampling"].constraint == Judge.constraint(Judge.Params())
 
 
 def test_auto_picks_a_verifier_per_row():
@@ -112,3 +124,57 @@ def test_prompts_are_dealt_once_per_epoch_across_ranks_and_steps(trainer):
     for e in epochs:
         assert set(e) == {0, 1, 2, 3, 4} and e[5:] == e[:3]  # all 5, then the pad from the start
     assert epochs[0] != epochs[1]  # each epoch its own shuffle
+
+
+def test_a_step_scored_by_math_code_and_autoif_pairs_the_verified_completion(tmp_path):
+    """One loop step on seeds carrying `answer`, `tests` and `verifier`: `auto` picks the math, code
+    (real sandbox) and AutoIF (real sandbox) scorers, and every pair's chosen completion is the one
+    its verifier passes. The policy's sampling is replaced by fixed completions (a random tiny
+    model writes nothing a verifier passes); scoring, pairing and the DPO step are the real ones."""
+    model = str(tiny_llama(tmp_path / "tiny"))
+    seeds = [
+        {"instruction": "What is 6 times 7?", "answer": "42"},
+        {"instruction": "Write add(a, b).", "entry_point": "add", "tests": [{"args": [1, 2], "expected": 3}]},
+        {"instruction": "Shout hello.", "verifier": "def evaluate(response):\n    return response.isupper()"},
+    ]
+    good = {0: "6 * 7 = 42. The answer is \\boxed{42}.", 1: "def add(a, b):\n    return a + b", 2: "HELLO"}
+    bad = {0: "The answer is \\boxed{41}.", 1: "def add(a, b):\n    return a - b", 2: "hello"}
+    prompts = tmp_path / "seeds.jsonl"
+    prompts.write_text("".join(json.dumps(s) + "\n" for s in seeds))
+    cfg = load_config(
+        "pipelines/train_online_dpo_cpu.yaml",
+        {
+            "policy": model,
+            "reference": model,
+            "prompts": [str(prompts)],
+            "output_dir": str(tmp_path / "out"),
+            "n": 2,
+            "prompts_per_step": 3,
+            "scorer": {"kind": "auto"},
+        },
+    )
+    trainer = OnlineDPO(cfg, resume=False)
+    tok = trainer.tok
+    which = {tuple(p): i for i, p in enumerate(trainer.prompt_ids(trainer.prompts))}
+
+    def ids(text: str) -> list[int]:
+        return tok(text, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+
+    # the worse completion first: picking the first would pick wrong
+    trainer.generate = lambda pids, step: [
+        [ids(bad[which[tuple(p)]]), ids(good[which[tuple(p)]])] for p in pids
+    ]
+    seen = []
+    real_step = trainer.dpo_step
+    trainer.dpo_step = lambda pairs: seen.extend(pairs) or real_step(pairs)
+    try:
+        stats = trainer.step(0)
+    finally:
+        trainer.scorers.close()
+    assert stats["scorers"] == {"math": 1, "code": 1, "autoif": 1}
+    assert stats["pairs"] == 3 and stats["ties_skipped"] == stats["unscored_skipped"] == 0
+    assert stats["reward_chosen"] == 1.0 and stats["reward_rejected"] == 0.0
+    assert stats["optimizer_step"] is True
+    for prompt, chosen, rejected in seen:
+        i = which[tuple(prompt)]
+        assert (chosen, rejected) == (ids(good[i]), ids(bad[i])), seeds[i]["instruction"]
