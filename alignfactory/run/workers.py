@@ -30,7 +30,9 @@ class StageWorker:
         t0 = time.perf_counter()
         self.index = ctx.index
         self.stage = build_stage(name, params, ctx)
-        self.load_seconds = round(time.perf_counter() - t0, 3)  # engine/model load, reported once
+        self.load_seconds = round(
+            time.perf_counter() - t0, 3
+        )  # stage build (an LLM's engine: first use), reported once
         self.where = _worker_location()
 
     def __call__(self, batch: dict) -> dict:
@@ -41,7 +43,10 @@ class StageWorker:
             item = json.loads(payload)
             if int(start) <= self.index:
                 out, stats = run_on_shard(self.stage, item["rows"])
-                stats |= {"worker": self.where, "load_seconds": self.load_seconds}
+                # an LLM stage loads its engine on first use, inside a shard's run: that time is load
+                lazy, self.stage.load_seconds = getattr(self.stage, "load_seconds", 0.0), 0.0
+                stats["seconds"] = round(max(stats["seconds"] - lazy, 0.0), 3)
+                stats |= {"worker": self.where, "load_seconds": round(self.load_seconds + lazy, 3)}
                 self.load_seconds = 0.0
                 item["outputs"][str(self.index)] = {"rows": out, "stats": stats}
                 item["rows"] = kept(out)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, Literal
@@ -18,7 +19,7 @@ from typing import ClassVar, Literal
 from pydantic import BaseModel
 
 from alignfactory import records
-from alignfactory.llm.base import Constraint, Sampling, request_seed
+from alignfactory.llm.base import Constraint, EngineError, Sampling, request_seed
 from alignfactory.llm.config import ModelConfig
 
 RUBRICS = Path(__file__).resolve().parents[2] / "rubrics"
@@ -137,12 +138,36 @@ class LLMStage(Stage):
 
     def __init__(self, params: BaseModel, ctx: StageContext, engine=None):
         super().__init__(params, ctx)
-        if engine is None:
+        self._engine = engine
+        self.load_seconds = 0.0  # engine load not yet reported (taken by the worker's shard stats)
+        self.retries = 0  # samples re-asked at twice the budget (on_truncated: retry)
+
+    @property
+    def engine(self):
+        """The engine, loaded on first use: an actor whose shards have no row for it (reject_sample
+        after a selective gate) loads no model, and a pipeline's actors load one after another as
+        rows reach them instead of all at a segment's start (on 2 cores, 5 loads at once took ~35 s
+        each; on a GPU a load is minutes)."""
+        if self._engine is None:
             from alignfactory.llm import make_engine
 
-            engine = make_engine(ctx.model, batch_size=ctx.batch_size)
-        self.engine = engine
-        self.retries = 0  # samples re-asked at twice the budget (on_truncated: retry)
+            t0 = time.perf_counter()
+            try:
+                self._engine = make_engine(self.ctx.model, batch_size=self.ctx.batch_size)
+            except EngineError:
+                raise
+            except Exception as e:  # a model that cannot load stops the run; it is not the rows' fault
+                raise EngineError(
+                    f"{self.ctx.name}: loading the model failed: {type(e).__name__}: {e}"
+                ) from e
+            self.load_seconds += time.perf_counter() - t0
+        return self._engine
+
+    @property
+    def model_id(self) -> str | None:
+        """The model that answered, for row metadata; None while no call loaded one (a row judged
+        from its input alone names no model)."""
+        return getattr(self._engine, "model_id", None)
 
     def seeds(self, rows: list[dict], what: str | None = None) -> list[int]:
         """One seed per row, keyed by (stage, row id[, what]): a stage that prompts a row several times

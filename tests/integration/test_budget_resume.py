@@ -3,6 +3,7 @@ where it stopped, ending with the same rows and the same token count as an unint
 Real local Ray, the real embedded model (8 rows, 16 tokens each, 4 shards)."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -10,13 +11,14 @@ import pytest
 
 from alignfactory.run import Runner
 from alignfactory.spec import load_spec
-from tests.integration.conftest import REPO, exported
+from tests.integration.conftest import REPO, SHORT_REPLIES, exported, ray_address
 
 pytestmark = pytest.mark.slow
 SPEC = REPO / "pipelines" / "sft_quick.yaml"
 BASE = [
     f"input.path={REPO / 'pipelines' / 'seeds' / 'sft_seed.jsonl'}",
     "sampling.max_tokens=16",
+    SHORT_REPLIES,
     "shard_size=2",
     "stages.1.resources.concurrency=1",  # one generate actor: shards finish one at a time
     "stages.2.params.min_chars=1",
@@ -51,6 +53,7 @@ def test_budget_stop_then_resume_gives_the_uninterrupted_rows(local_ray, tmp_pat
         [sys.executable, "-m", "alignfactory.run", str(SPEC), "--output", str(cut), "--limit", "8"]
         + [a for kv in [*BASE, "budget.tokens=1"] for a in ("--set", kv)],
         cwd=REPO,
+        env=os.environ | {"RAY_ADDRESS": ray_address(local_ray)},  # joins the shared Ray
         capture_output=True,
         text=True,
         timeout=600,

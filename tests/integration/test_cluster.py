@@ -4,7 +4,7 @@ import pytest
 
 from alignfactory.run import Runner
 from alignfactory.spec import load_spec
-from tests.integration.conftest import REPO, assert_each_input_once, input_lines, write_jsonl
+from tests.integration.conftest import REPO, SHORT_REPLIES, assert_each_input_once, input_lines, write_jsonl
 
 pytestmark = pytest.mark.slow
 
@@ -36,6 +36,7 @@ def test_work_lands_on_both_nodes(two_nodes, tmp_path):
         f"input.path={path}",
         "shard_size=2",
         "sampling.max_tokens=12",
+        SHORT_REPLIES,
         "stages.1.resources.concurrency=2",
         "stages.1.resources.num_cpus=2",
         "stages.2.resources.num_cpus=0.25",

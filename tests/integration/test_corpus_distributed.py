@@ -19,7 +19,7 @@ from alignfactory.run import Runner
 from alignfactory.spec import validate
 from alignfactory.stages.base import StageContext
 from alignfactory.stages.curate.dedup import Dedup
-from tests.integration.conftest import finish_run, start_run, write_jsonl
+from tests.integration.conftest import finish_run, ray_address, start_run, write_jsonl
 
 pytestmark = pytest.mark.slow
 
@@ -122,17 +122,16 @@ def test_distributed_dedup_equals_the_plain_list_call(local_ray, tmp_path):
 SLOW = "tests.integration.corpus_stages:SlowDedup"
 
 
-def run_cli(spec: Path) -> subprocess.Popen:
-    return start_run([str(spec), "-v"])  # -v: the INFO lines the resume checks read
+def run_cli(spec: Path, address: str) -> subprocess.Popen:
+    # -v: the INFO lines the resume checks read. The driver joins the shared Ray: a kill -9 ends the
+    # driver, and Ray ends its job's workers with it (no Ray start per run: ~20 s each here)
+    return start_run([str(spec), "-v"], address)
 
 
-def start_then_kill(tmp_path: Path, params: dict, wait_for: str) -> tuple[Path, Path, Path]:
-    """Run a SlowDedup spec from the CLI and SIGKILL it (and its Ray) once 2 files match wait_for in
-    the stage dir. Returns (input path, spec path, stage dir)."""
-    import ray
-
-    if ray.is_initialized():
-        ray.shutdown()
+def start_then_kill(tmp_path: Path, params: dict, wait_for: str, address: str) -> tuple[Path, Path, Path]:
+    """Run a SlowDedup spec from the CLI and SIGKILL its driver once 2 files match wait_for in the
+    stage dir; returns once the stage dir stopped changing (the job's workers ended).
+    Returns (input path, spec path, stage dir)."""
     path = write_jsonl(tmp_path / "in.jsonl", corpus())
     stage = {
         "name": SLOW,
@@ -141,7 +140,7 @@ def start_then_kill(tmp_path: Path, params: dict, wait_for: str) -> tuple[Path, 
     }
     spec = tmp_path / "spec.yaml"
     spec.write_text(yaml.safe_dump(spec_tree(path, tmp_path / "run", [stage])), "utf-8")
-    proc = run_cli(spec)
+    proc = run_cli(spec, address)
     step_dir = tmp_path / "run" / "stages" / "01-slowdedup"
     deadline = time.time() + 300
     while time.time() < deadline and len(list(step_dir.glob(wait_for))) < 2:
@@ -149,21 +148,27 @@ def start_then_kill(tmp_path: Path, params: dict, wait_for: str) -> tuple[Path, 
         time.sleep(0.1)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    time.sleep(1)
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
+    files, quiet_since = None, time.time()
+    while time.time() - quiet_since < 2:  # a worker of the dead job may finish one more file
+        now = sorted((p.name, p.stat().st_mtime_ns) for p in step_dir.iterdir())
+        if now != files:
+            files, quiet_since = now, time.time()
+        time.sleep(0.2)
     return path, spec, step_dir
 
 
-def test_kill_9_during_apply_resumes_from_the_plan(tmp_path):
-    path, spec, step_dir = start_then_kill(tmp_path, {"apply_sleep": 1.0}, "shard-*.jsonl")
+def test_kill_9_during_apply_resumes_from_the_plan(tmp_path, local_ray):
+    address = ray_address(local_ray)
+    path, spec, step_dir = start_then_kill(tmp_path, {"apply_sleep": 1.0}, "shard-*.jsonl", address)
     plan = step_dir / "_PLAN.pkl"
     assert plan.exists() and not (step_dir / "_SUCCESS").exists()
     before = {p.name: p.stat().st_mtime_ns for p in step_dir.glob("shard-*.jsonl")}
     assert 2 <= len(before) < 10
     plan_mtime = plan.stat().st_mtime_ns
 
-    log = finish_run(run_cli(spec))
+    log = finish_run(run_cli(spec, address))
     assert f"{10 - len(before)} shards to apply" in log and "summarizing" not in log
     assert plan.stat().st_mtime_ns == plan_mtime  # the plan was reused, not recomputed
     after = {p.name: p.stat().st_mtime_ns for p in step_dir.glob("shard-*.jsonl")}
@@ -175,13 +180,14 @@ def test_kill_9_during_apply_resumes_from_the_plan(tmp_path):
     assert sum(1 for r in want if r["reject"]) == 6  # 3 exact + 3 near copies, none lost or doubled
 
 
-def test_kill_9_during_summarize_resumes_from_the_summaries_written(tmp_path):
+def test_kill_9_during_summarize_resumes_from_the_summaries_written(tmp_path, local_ray):
     """Each shard's summary is a file: a kill -9 while summarizing loses only the shards in flight."""
-    path, spec, step_dir = start_then_kill(tmp_path, {"summarize_sleep": 1.0}, "_SUMMARY-*.pkl")
+    address = ray_address(local_ray)
+    path, spec, step_dir = start_then_kill(tmp_path, {"summarize_sleep": 1.0}, "_SUMMARY-*.pkl", address)
     done = sorted(p.name for p in step_dir.glob("_SUMMARY-*.pkl"))
     assert 2 <= len(done) < 10 and not (step_dir / "_PLAN.pkl").exists()
 
-    log = finish_run(run_cli(spec))
+    log = finish_run(run_cli(spec, address))
     assert f"summarizing {10 - len(done)} of 10 shards" in log  # the written summaries were reused
     assert not list(step_dir.glob("_SUMMARY-*.pkl"))  # folded into _PLAN.pkl, then removed
     rows = list(read_inputs([path]))

@@ -8,6 +8,7 @@ from alignfactory.run import Runner
 from alignfactory.spec import load_spec
 from tests.integration.conftest import (
     REPO,
+    SHORT_REPLIES,
     assert_each_input_once,
     exported,
     input_lines,
@@ -17,7 +18,7 @@ from tests.integration.conftest import (
 )
 
 SPEC = REPO / "pipelines" / "sft_quick.yaml"
-FAST = ["sampling.max_tokens=24", "shard_size=4", "stages.2.params.min_chars=1"]
+FAST = ["sampling.max_tokens=24", SHORT_REPLIES, "shard_size=4", "stages.2.params.min_chars=1"]
 
 
 @pytest.fixture(scope="module")

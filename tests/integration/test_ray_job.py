@@ -12,6 +12,7 @@ import pytest
 
 from tests.integration.conftest import (
     REPO,
+    SHORT_REPLIES,
     assert_each_input_once,
     exported,
     input_lines,
@@ -82,6 +83,8 @@ def test_ray_job_submit_runs_the_spec(ray_head, tmp_path):
         str(out),
         "--set",
         "sampling.max_tokens=16",
+        "--set",
+        SHORT_REPLIES,
         "--set",
         "stages.2.params.min_chars=1",
     ]

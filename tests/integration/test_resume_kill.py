@@ -12,6 +12,7 @@ import pytest
 
 from tests.integration.conftest import (
     REPO,
+    SHORT_REPLIES,
     assert_each_input_once,
     exported,
     finish_run,
@@ -33,6 +34,7 @@ def sets(input_path: Path) -> list[str]:
         f"input.path={input_path}",
         "shard_size=2",
         "sampling.max_tokens=24",
+        SHORT_REPLIES,
         "stages.2.params.min_chars=1",
     ):
         args += ["--set", s]

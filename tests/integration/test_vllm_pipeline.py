@@ -18,6 +18,7 @@ import yaml
 from alignfactory.llm.embedded import EMBEDDED_MODEL_ID
 from tests.integration.conftest import (
     REPO,
+    SHORT_REPLIES,
     assert_each_input_once,
     exported,
     input_lines,
@@ -62,7 +63,7 @@ def run_cli(tmp_path, *args: str) -> tuple[dict, object]:
     cmd += ["--output", str(out), "--set", f"input.path={SEEDS}", "--set", "sampling.max_tokens=16"]
     # replies end at their first punctuation (a stop string: finish reason "stop"), so filter keeps
     # them; cut at 16 tokens they would all be rejected as truncated, rightly
-    cmd += ["--set", 'sampling.stop=[".", "!", "?", ",", "\\n", "。", "！", "？", "，"]', *args]
+    cmd += ["--set", SHORT_REPLIES, *args]
     env = os.environ | {"ALIGNFACTORY_PROGRESS": "0", "HF_HUB_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": "2"}
     env.pop("RAY_ADDRESS", None)
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=540)

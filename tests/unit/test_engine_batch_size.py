@@ -40,5 +40,7 @@ def test_stage_context_batch_size_reaches_vllm(fake_vllm, tmp_path):
     from alignfactory.stages.synthesize.generate import Generate
 
     model = ModelConfig(backend="vllm", path=str(tmp_path))
-    Generate(Generate.Params(), StageContext("generate", 1, model=model, batch_size=5))
+    stage = Generate(Generate.Params(), StageContext("generate", 1, model=model, batch_size=5))
+    assert fake_vllm == []  # the engine loads on first use
+    assert stage.engine is not None
     assert fake_vllm[0]["max_num_seqs"] == 5

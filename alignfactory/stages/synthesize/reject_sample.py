@@ -177,7 +177,7 @@ class RejectSample(LLMStage):
         mode = "reference" if ref is not None else "consistency"
         cands = self.candidates(row, out)
         meta = self.meta(row)
-        meta.update(model=getattr(self.engine, "model_id", None), mode=mode, n=p.n)
+        meta.update(model=self.model_id, mode=mode, n=p.n)
         meta.update(reference=ref and ref["answer"], reference_field=ref and ref["field"])
         if ref is not None and ref["raw"] != ref["answer"]:
             meta["reference_raw"] = ref["raw"]

@@ -204,7 +204,7 @@ class AutoIF(cu.SandboxStage):
         rates = [sum(m[j] for m in judged) / len(judged) for j in range(len(responses))] if judged else []
         meta = self.meta(row)
         meta.update(
-            model=getattr(self.engine, "model_id", None),
+            model=self.model_id,
             functions=s["functions"],
             cases=[{"response": t, "label": lab} for t, lab in s["cases"]],
             cases_usable=s["cases_usable"],

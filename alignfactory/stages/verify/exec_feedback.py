@@ -193,7 +193,7 @@ class ExecFeedback(cu.SandboxStage):
         c = consensus(matrix, reference)
         meta = self.meta(row)
         meta.update(
-            model=getattr(self.engine, "model_id", None),
+            model=self.model_id,
             entry_point=plan["task"]["entry_point"],
             tests=[_test_meta(plan["task"]["entry_point"], t) for t in tests],
             test_kinds={
