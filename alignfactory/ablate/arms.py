@@ -11,7 +11,10 @@ Pairing (issue 17): every take of one run uses the same problems P = the problem
 verified sample that ended by itself, in one seeded order, capped at `rows`. Per problem of P:
     verified    one correct sample (random among them, or the shortest: `pick`) -> SFT;
                 (that sample, a random incorrect whole sample) -> one DPO pair, when one exists
-    unverified  one random whole sample, verdict unseen (it may be right: correct_rows counts how often)
+    unverified  one random whole sample, verdict unseen (it may be right: correct_rows counts how often);
+                (that sample, another random whole sample) -> one pair, for the problems where
+                verified makes one (so both takes have as many pairs, on the same problems): the pair
+                a factory without a verifier would make (its order says nothing about correctness)
     gold        the seed's reference solution ("... The answer is N.")
 Problems with no verified sample leave every arm. A cut sample (finish reason not "stop") is never
 training data, verified or not. `sft` is the run's own sft/ and preference/ output (a seeded subset).
@@ -30,6 +33,7 @@ from pathlib import Path
 from alignfactory.run import SHARD_GLOB, read_shard
 
 TAKES = ("verified", "unverified", "gold", "sft", "selected", "random")
+VERSION = 2  # of what build() makes from a run (2: unverified pairs); part of each data dir's key
 POOL_STAGE = "select"  # the stage whose choice `selected` and `random` compare
 
 
@@ -157,6 +161,9 @@ def build(
         elif take == "unverified":
             s = _rng(seed, p["id"], "u").choice(samples)
             text = s["text"]
+            if wrong:  # where verified makes a pair (P has a correct sample): 2+ whole samples
+                other = _rng(seed, p["id"], "upair").choice([o for o in samples if o is not s])["text"]
+                pref.append({"prompt": p["prompt"], "chosen": [_turn(text)], "rejected": [_turn(other)]})
         else:  # gold
             if not p.get("solution"):
                 raise ValueError(f"take gold: problem {p['id']} has no solution field")

@@ -430,10 +430,29 @@ def train_rows(problems: list[dict]) -> list[dict]:
 
 
 def eval_rows(problems: list[dict]) -> list[dict]:
-    """Rows for alignfactory eval's math scorer (question / answer), with kind for per-kind breakdowns."""
+    """Rows for alignfactory eval's math scorer (question / answer), with kind for per-kind breakdowns,
+    and a held-out pair for a reward model's accuracy (held_out_pair)."""
     return [
-        {"id": p["id"], "question": p["question"], "answer": p["answer"], "kind": p["kind"]} for p in problems
+        {"id": p["id"], "question": p["question"], "answer": p["answer"], "kind": p["kind"]}
+        | held_out_pair(p)
+        for p in problems
     ]
+
+
+def held_out_pair(p: dict) -> dict:
+    """{"chosen", "rejected"}: the worked arithmetic with its answer, and the same worked arithmetic
+    whose result is off by 1 to 3 (seeded by the problem's id). The two replies differ only in the
+    numbers, so a reward model scores the chosen side higher only if it checks the arithmetic."""
+    right = int(p["answer"])
+    delta = random.Random(f"pair:{p['id']}").choice((-3, -2, -1, 1, 2, 3))
+    wrong = right + delta if right + delta >= 0 else right - delta
+    expr = str(p["operands"][0]) + "".join(
+        f" {op} {x}" for op, x in zip(p["ops"], p["operands"][1:], strict=True)
+    )
+    return {
+        "chosen": f"{expr} = {right}. The answer is {right}.",
+        "rejected": f"{expr} = {wrong}. The answer is {wrong}.",
+    }
 
 
 def write_jsonl(rows: list[dict], path: str | Path) -> Path:

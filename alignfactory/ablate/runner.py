@@ -33,11 +33,14 @@ from alignfactory.ablate.spec import AblationSpec
 
 log = logging.getLogger("alignfactory.ablate")
 METRICS = {"math": "math_accuracy", "code": "code_pass_rate", "autoif": "constraint_pass_rate"}
-BINARY = {"math_accuracy", "constraint_pass_rate"}  # pass/fail per item: McNemar applies
+# pass/fail per item: McNemar applies. reward_accuracy: a reward model scored the chosen side of a
+# held-out pair above the rejected one (a tie is not a pass)
+BINARY = {"math_accuracy", "constraint_pass_rate", "reward_accuracy"}
 RESOURCES = re.compile(
     r"(^|\.)resources\.|^model\.threads$|^shard_size$"
 )  # run set keys that change speed only
 PASS_AT = {"math": "math", "code": "code", "autoif": "constraint"}  # pass@k metric name prefixes
+PROBLEMS_VERSION = 2
 
 
 class AblateError(RuntimeError):
@@ -71,6 +74,9 @@ def eval_prompt(item: dict, system: str | None, open_ended: bool = False) -> dic
     else:
         raise AblateError(f"eval item {item.get('id', '?')}: no question or prompt")
     extra = {k: item[k] for k in ("answer", "entry_point", "tests", "verifier") if item.get(k) is not None}
+    pair = pair_texts(item)
+    if pair:
+        extra["pair"] = pair
     bare = not (
         extra.get("answer") or (extra.get("entry_point") and extra.get("tests")) or extra.get("verifier")
     )
@@ -78,12 +84,28 @@ def eval_prompt(item: dict, system: str | None, open_ended: bool = False) -> dic
         msgs = [{"role": "system", "content": system}] + msgs  # math items: the short-answer instruction
     if "answer" in extra:
         extra["answer"] = str(extra["answer"])
-    if bare and not open_ended:
+    if bare and not open_ended and not pair:
         raise AblateError(
             f"eval item {item.get('id', '?')}: nothing to score it by (needs answer, entry_point + tests, "
-            "or verifier; or eval.reward_model / eval.judge in the spec)"
+            "verifier, or chosen + rejected; or eval.reward_model / eval.judge in the spec)"
         )
     return {"prompt": msgs} | extra
+
+
+def pair_texts(item: dict) -> tuple[str, str] | None:
+    """(chosen, rejected) replies of a held-out pair, TRL's preference shape: strings, or message
+    lists whose last assistant turn is the reply; None when the item carries no whole pair."""
+
+    def reply(side):
+        if isinstance(side, str):
+            return side
+        if isinstance(side, list):
+            turns = [m.get("content") for m in side if isinstance(m, dict) and m.get("role") == "assistant"]
+            return turns[-1] if turns and isinstance(turns[-1], str) else None
+        return None
+
+    chosen, rejected = reply(item.get("chosen")), reply(item.get("rejected"))
+    return (chosen, rejected) if chosen is not None and rejected is not None else None
 
 
 # ---- jobs (module-level functions: Ray ships them to workers) ----------------------------------------
@@ -137,6 +159,10 @@ def eval_job(job: dict) -> dict:
     out = Path(job["out"])
     if out.is_file():
         return json.loads(out.read_text())
+    if job.get("reward_model"):
+        result = reward_eval(job["model_cfg"]["path"], job["rows"])
+        io.write_json_atomic(out, result)
+        return result
     from alignfactory.llm import ModelConfig, Sampling, make_engine
     from alignfactory.train.scorers import Scorers, kind_of
 
@@ -190,6 +216,38 @@ def eval_job(job: dict) -> dict:
     }
     io.write_json_atomic(out, result)
     return result
+
+
+def reward_eval(checkpoint: str, rows: list[dict]) -> dict:
+    """A reward-model arm: its accuracy on the held-out pairs (1.0 where it scores chosen above
+    rejected, 0.0 where not, ties included; None for an item with no pair or an unreadable score).
+    Nothing is generated: the outputs column shows each pair's two scores."""
+    from alignfactory.train.scorers import Scorers
+
+    t0 = time.perf_counter()
+    at = [i for i, r in enumerate(rows) if r.get("pair")]
+    acc: list[float | None] = [None] * len(rows)
+    outputs = [""] * len(rows)
+    if at:
+        rm = Scorers("reward_model", reward_model=checkpoint)
+        try:
+            scores, _ = rm.score([rows[i] for i in at], [list(rows[i]["pair"]) for i in at])
+        finally:
+            rm.close()
+        for i, (c, r) in zip(at, scores, strict=True):
+            acc[i] = None if c is None or r is None else float(c > r)
+            outputs[i] = f"reward(chosen) {_num(c)}, reward(rejected) {_num(r)}"
+    return {
+        "items": {"reward_accuracy": acc},
+        "outputs": outputs,
+        "finish_reasons": [None] * len(rows),
+        "tokens": 0,
+        "worker_s": round(time.perf_counter() - t0, 2),
+    }
+
+
+def _num(x) -> str:
+    return "-" if x is None else f"{x:.3f}"
 
 
 def judge_scores(model: str, rows: list[dict], replies: list[str], batch_size: int) -> list[float | None]:
@@ -283,7 +341,12 @@ class Ablation:
 
         p = self.spec.problems
         seeds = [p.path, sha256_file(p.path)] if p.path else []  # (none: the keys of mathset problems stay)
-        d = self.out / "problems" / key(p.model_dump(exclude={"path"}), self.spec.system, *seeds)
+        # PROBLEMS_VERSION: what mathset writes (2: eval items carry a held-out pair)
+        d = (
+            self.out
+            / "problems"
+            / key(p.model_dump(exclude={"path"}), self.spec.system, *seeds, PROBLEMS_VERSION)
+        )
         train_file, eval_path = d / "train.jsonl", d / "eval.jsonl"
         if not train_file.is_file() and p.path:  # a seed file: a held-out split of its rows
             train, evals = armdata.split_seeds(io.read_jsonl(Path(p.path)), p.train, p.eval, p.seed)
@@ -336,7 +399,7 @@ class Ablation:
     def arm_data(self, name: str, run: dict) -> dict:
         """data/<recipe>-<key>/: the recipe's rows as TRL files, and info.json (rows, tokens, worker_s)."""
         d = self.spec.data[name]
-        k = key(run["key"], d.model_dump(), self.spec.problems.seed)
+        k = key(run["key"], d.model_dump(), self.spec.problems.seed, armdata.VERSION)
         out = self.out / "data" / f"{name}-{k}"
         info_path = out / "info.json"
         if not info_path.is_file():
@@ -416,7 +479,12 @@ class Ablation:
             for seed in self.spec.seeds:
                 model, mkey, chain = self.base_path(), key(self.spec.model.identity()), []
                 for depth, st in enumerate(self.spec.training[arm.train]):
-                    part = {"sft": "sft", "dpo": "preference", "online-dpo": "prompts"}[st.step]
+                    part = {
+                        "sft": "sft",
+                        "dpo": "preference",
+                        "reward": "preference",
+                        "online-dpo": "prompts",
+                    }[st.step]
                     f = d["dir"] / f"{part}.jsonl"
                     mkey = key(
                         mkey,
@@ -476,6 +544,8 @@ class Ablation:
                 "rows": rows,
                 "eval": ev,
                 "out": str(self.out / "evals" / f"{key(mkey, rows_key, ev)}.json"),
+                # a reward model (its recipe's last step; train_all names checkpoints <step>-<key>)
+                "reward_model": Path(target).name.startswith("reward-"),
             }
         log.info("evaluating %d model(s) on %d items", len(jobs), len(rows))
         return dict(zip(jobs, execute(eval_job, list(jobs.values()), self.workers), strict=True))
@@ -543,12 +613,17 @@ class Ablation:
         return result
 
     def data_entry(self, arm, info: dict) -> dict:
-        """The arm's data: its SFT rows, and its pairs only when its training has a DPO step."""
-        dpo = any(st.step == "dpo" for st in self.spec.training[arm.train])
-        out = {k: info[k] for k in ("recipe", "rows", "correct_rows", "worker_s", "path")}
+        """The arm's data as trained on: its SFT rows, and its pairs only when its training has a DPO
+        or reward step. A reward-only arm's rows are its pairs (correct_rows: none to count)."""
+        steps = {st.step for st in self.spec.training[arm.train]}
+        pairs = bool(steps & {"dpo", "reward"})
+        rows = bool(steps - {"reward"})
+        out = {k: info[k] for k in ("recipe", "worker_s", "path")}
         return out | {
-            "pairs": info["pairs"] if dpo else 0,
-            "tokens": info["sft_tokens"] + (info["pair_tokens"] if dpo else 0),
+            "rows": info["rows"] if rows else info["pairs"],
+            "correct_rows": info["correct_rows"] if rows else None,
+            "pairs": info["pairs"] if pairs else 0,
+            "tokens": (info["sft_tokens"] if rows else 0) + (info["pair_tokens"] if pairs else 0),
         }
 
 
@@ -601,8 +676,8 @@ def table(result: dict) -> str:
     lines = _grid(head, body)
     n = result["eval"]["n_items"]
     lines.append(
-        f"eval: {n} items, greedy; rows = SFT rows (correct = how many of them verify); tokens = "
-        "training tokens (SFT rows + DPO pairs); data_s / train_s = worker-seconds"
+        f"eval: {n} items, greedy; rows = SFT rows (correct = how many of them verify), a reward model's: "
+        "its pairs; tokens = training tokens (SFT rows + pairs); data_s / train_s = worker-seconds"
     )
     if result["comparisons"]:
         head2 = ["b - a", "metric", "diff", "95% CI", "p", "p_holm", "a_only", "b_only"]

@@ -40,6 +40,7 @@ DEFAULT_CONFIGS = {
     "sft": "pipelines/train_sft_cpu.yaml",
     "dpo": "pipelines/train_dpo_cpu.yaml",
     "online-dpo": "pipelines/train_online_dpo_cpu.yaml",
+    "reward": "pipelines/train_reward_cpu.yaml",
 }
 
 
@@ -63,7 +64,8 @@ class DataRecipe(BaseModel, extra="forbid"):
 
 
 class TrainStep(BaseModel, extra="forbid"):
-    step: Literal["sft", "dpo", "online-dpo"]
+    # reward: a reward model on the recipe's pairs, scored by its accuracy on held-out pairs (last step)
+    step: Literal["sft", "dpo", "online-dpo", "reward"]
     config: str | None = None  # default: the cpu profile of the step (DEFAULT_CONFIGS)
     max_steps: int = Field(8, ge=1)  # optimizer steps, the same for every arm that uses the recipe
     set: dict[str, Any] = {}  # config overrides (TRL field -> value; online DPO config keys)
@@ -144,6 +146,8 @@ def check(spec: AblationSpec, where: str) -> None:
         for i, s in enumerate(steps):
             if not Path(s.config_path).is_file():
                 fail(f"training.{name}.{i}.config", f"training config not found: {s.config_path}")
+            if s.step == "reward" and i != len(steps) - 1:
+                fail(f"training.{name}.{i}", "a reward step ends its recipe (a reward model is not a policy)")
     seen = set()
     for i, arm in enumerate(spec.arms):
         if arm.name in seen:
@@ -162,12 +166,12 @@ def check(spec: AblationSpec, where: str) -> None:
             )
         if arm.data is None and i > 0:
             fail(f"arms.{i}", "only arm 0 may be the untrained base model")
-        preference = arm.train is not None and any(s.step == "dpo" for s in spec.training[arm.train])
-        if preference and spec.data[arm.data].take not in ("verified", "sft"):
-            fail(
-                f"arms.{i}",
-                f"DPO needs (correct, incorrect) pairs: take {spec.data[arm.data].take!r} has none",
-            )
+        steps = {s.step for s in spec.training[arm.train]} if arm.train is not None else set()
+        take = spec.data[arm.data].take if arm.data is not None else None
+        if "dpo" in steps and take not in ("verified", "sft"):
+            fail(f"arms.{i}", f"DPO needs (correct, incorrect) pairs: take {take!r} has none")
+        if "reward" in steps and take not in ("verified", "unverified", "sft"):
+            fail(f"arms.{i}", f"a reward model needs pairs: take {take!r} has none")
     if spec.arms[0].data is not None:
         spec.arms.insert(0, Arm(name="base" if "base" not in seen else "base_model"))
     names = {a.name for a in spec.arms}

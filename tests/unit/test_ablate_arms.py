@@ -110,6 +110,35 @@ def test_verified_pairs_come_from_the_same_sampling():
     assert dict(zip(short["problems"], texts(short), strict=True))["p2"] == "The answer is 3."
 
 
+def test_unverified_pairs_are_two_whole_samples_of_the_problems_verified_pairs():
+    v, u = (arms.build(take, PROBLEMS, seed=0) for take in ("verified", "unverified"))
+    by_prompt = {p["prompt"][0]["content"]: p for p in u["preference"]}
+    assert sorted(by_prompt) == sorted(p["prompt"][0]["content"] for p in v["preference"])  # same problems
+    samples = {f"What is {p['id'][1:]} + 1?": p["samples"] for p in PROBLEMS}
+    for prompt, pair in by_prompt.items():
+        whole = {s["text"] for s in samples[prompt] if s["finish_reason"] == "stop"}
+        chosen, rejected = pair["chosen"][0]["content"], pair["rejected"][0]["content"]
+        assert chosen != rejected and {chosen, rejected} <= whole  # never a cut sample
+    sft = dict(zip(u["problems"], texts(u), strict=True))
+    assert by_prompt["What is 0 + 1?"]["chosen"][0]["content"] == sft["p0"]  # chosen = its SFT row
+
+
+def test_eval_items_carry_held_out_pairs_in_either_shape():
+    msgs = {
+        "prompt": "2 + 2?",
+        "chosen": [{"role": "user", "content": "2 + 2?"}, {"role": "assistant", "content": "4"}],
+    }
+    row = runner.eval_prompt(msgs | {"rejected": [{"role": "assistant", "content": "5"}]}, SYSTEM)
+    assert row["pair"] == ("4", "5")  # a pair alone is something to score: no error
+    assert runner.eval_prompt({"question": "2 + 2?", "answer": 4, "chosen": "4", "rejected": "5"}, None)[
+        "pair"
+    ] == ("4", "5")
+    assert (
+        runner.pair_texts({"chosen": "4"}) is None
+        and runner.pair_texts({"chosen": 4, "rejected": "5"}) is None
+    )
+
+
 def test_rows_cap_and_seed_pick_the_same_problems_for_every_take():
     for seed in range(5):
         picks = {
@@ -170,13 +199,14 @@ def test_problem_samples_reads_the_stage_shards(tmp_path):
 @pytest.fixture
 def ablation(tmp_path, monkeypatch):
     """An Ablation on the shipped spec at tiny size; pipeline, training and the engine are scripted."""
-    calls = {"train": [], "eval": []}
+    calls = {"train": [], "eval": [], "trained_on": {}}
 
     def pipeline(self, name, train_file):
         return fake_run(train_file, self.out / "runs" / name)
 
     def train_job(job):
         out = Path(job["out"])
+        calls["trained_on"][job["out"]] = Path(job["data"]).parent.name.split("-")[0]  # data recipe
         if (out / "_DONE").is_file():
             return json.loads((out / "_DONE").read_text())
         calls["train"].append(job)
@@ -198,9 +228,23 @@ def ablation(tmp_path, monkeypatch):
 
         return ScriptedEngine(rule=rule)
 
+    def reward_model(self, rows, completions):
+        """A reward model trained on verified pairs checks the worked arithmetic ("a + b = c."); one
+        trained on unverified pairs scores every reply alike (a tie: not a pass)."""
+        checks = calls["trained_on"][self.rm_path] == "verified"
+
+        def score(text):
+            m = re.match(r"(\d+(?: [+-] \d+)+) = (\d+)\.", text)
+            nums, ops = [int(x) for x in re.findall(r"\d+", m[1])], re.findall(r"[+-]", m[1])
+            value = nums[0] + sum(x if op == "+" else -x for op, x in zip(ops, nums[1:], strict=True))
+            return float(value == int(m[2])) if checks else 0.5
+
+        return [[score(c) for c in cs] for cs in completions]
+
     monkeypatch.setattr(runner.Ablation, "pipeline", pipeline)
     monkeypatch.setattr(runner, "train_job", train_job)
     monkeypatch.setattr("alignfactory.llm.make_engine", make_engine)
+    monkeypatch.setattr("alignfactory.train.scorers.Scorers._reward_model", reward_model)
     spec = load("pipelines/ablate_math.yaml", ["problems.train=6", "problems.eval=12", "eval.pass_at_k=2"])
 
     def make(**kw):
@@ -217,10 +261,11 @@ def test_ablation_json_shape_pairing_and_intervals(ablation):
     assert set(saved) == {"name", "spec_path", "eval", "leak_check", "arms", "comparisons", "table"}
     ev = saved["eval"]
     assert ev["n_items"] == 12 and len(ev["sha256"]) == 64
-    assert ev["metrics"] == ["math_accuracy", "math_pass@2"]
+    assert ev["metrics"] == ["math_accuracy", "math_pass@2", "reward_accuracy"]
     assert saved["leak_check"]["ok"] is True and saved["leak_check"]["leaks"] == []
-    assert [a["name"] for a in saved["arms"]] == ["base", "unverified", "verified", "verified_dpo"]
-    base, unv, ver, dpo = saved["arms"]
+    names = ["base", "unverified", "verified", "verified_dpo", "rm_unverified", "rm_verified"]
+    assert [a["name"] for a in saved["arms"]] == names
+    base, unv, ver, dpo, rm_unv, rm_ver = saved["arms"]
     assert base["data"] is None and base["train"] is None
     # compared SFT arms: same rows, same optimizer steps; DPO adds its pairs on top of the same SFT
     assert unv["data"]["rows"] == ver["data"]["rows"] == 6 and unv["train"]["steps"] == ver["train"]["steps"]
@@ -237,9 +282,26 @@ def test_ablation_json_shape_pairing_and_intervals(ablation):
     )
     for arm in saved["arms"]:
         assert set(arm) == {"name", "data", "train", "seeds", "metrics", "items", "outputs"}
-        assert len(arm["outputs"]) == 12 and len(arm["items"]["math_accuracy"]) == 12
-        for m in arm["metrics"].values():
-            assert m["lo"] <= m["mean"] <= m["hi"] and m["n"] == 12 and set(m["per_seed"]) == {"0"}
+        rm = arm["name"].startswith("rm_")  # a reward model scores pairs; the others generate
+        assert (
+            len(arm["outputs"]) == 12
+            and len(arm["items"]["reward_accuracy" if rm else "math_accuracy"]) == 12
+        )
+        for name, m in arm["metrics"].items():
+            if rm == (name == "reward_accuracy"):
+                assert m["lo"] <= m["mean"] <= m["hi"] and m["n"] == 12 and set(m["per_seed"]) == {"0"}
+            else:  # not this arm's kind of metric: no score, not a zero
+                assert m["mean"] is None and m["n"] == 0
+    # reward models: the same pairs, as many as verified's DPO; trained on pairs only (no SFT rows)
+    assert (
+        rm_unv["data"]["pairs"] == rm_ver["data"]["pairs"] == rm_ver["data"]["rows"] == dpo["data"]["pairs"]
+    )
+    assert (
+        rm_ver["data"]["correct_rows"] is None and rm_unv["train"]["steps"] == rm_ver["train"]["steps"] == 8
+    )
+    assert rm_ver["metrics"]["reward_accuracy"]["mean"] == 1.0  # it checks the arithmetic
+    assert rm_unv["metrics"]["reward_accuracy"]["mean"] == 0.0  # ties are not passes
+    assert all(o.startswith("reward(chosen) ") for o in rm_ver["outputs"])
     assert base["metrics"]["math_accuracy"]["mean"] == 0.0
     # items in the eval file's order: a trained arm's output answers the item at the same index
     evals = io.read_jsonl(Path(ev["path"]))
@@ -249,13 +311,15 @@ def test_ablation_json_shape_pairing_and_intervals(ablation):
             f"{evals[i]['answer']}."
         )
     comps = {(c["a"], c["b"], c["metric"]): c for c in saved["comparisons"]}
+    rmc = comps[("rm_unverified", "rm_verified", "reward_accuracy")]
+    assert rmc["diff"] == 1.0 and rmc["b_only"] == 12 and rmc["a_only"] == 0 and rmc["p"] < 0.001  # McNemar
     c = comps[("unverified", "verified", "math_accuracy")]
     assert c["lo"] <= c["diff"] <= c["hi"] and c["p_holm"] >= c["p"] and "a_only" in c
     assert comps[("base", "verified", "math_accuracy")]["b_only"] == round(
         12 * ver["metrics"]["math_accuracy"]["mean"]
     )
     # two SFT steps (verified's is shared with verified_dpo) + one DPO step; 4 models evaluated
-    assert sorted(j["step"] for j in calls["train"]) == ["dpo", "sft", "sft"]
+    assert sorted(j["step"] for j in calls["train"]) == ["dpo", "reward", "reward", "sft", "sft"]
     assert len(calls["eval"]) == 4
 
 
@@ -292,7 +356,13 @@ def test_a_leak_fails_the_run_naming_the_item_and_arm(ablation, tmp_path):
     assert "leaky-1" in str(e.value) and "arm unverified" in str(e.value) and "clean-1" not in str(e.value)
     assert calls["train"] == []  # it fails before any training
     leaks = json.loads((Path(abl.out) / "leak_check.json").read_text())
-    assert {lk["arm"] for lk in leaks} == {"unverified", "verified", "verified_dpo"}
+    assert {lk["arm"] for lk in leaks} == {
+        "unverified",
+        "verified",
+        "verified_dpo",
+        "rm_unverified",
+        "rm_verified",
+    }
 
 
 def test_eval_file_items_need_something_to_score_them_by(ablation, tmp_path):

@@ -4,6 +4,7 @@ the stored operands), gold solutions the math verifier reads, leak-free splits, 
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 
 import pytest
@@ -120,3 +121,22 @@ def test_write_jsonl_round_trip(tmp_path):
     rows = [{"id": "x", "question": "What is 1 + 2?", "answer": "3"}]
     path = mathset.write_jsonl(rows, tmp_path / "a" / "b.jsonl")
     assert [json.loads(line) for line in path.read_text().splitlines()] == rows
+
+
+def test_eval_items_carry_a_held_out_pair_that_differs_only_in_the_result():
+    """chosen: the worked arithmetic, right; rejected: the same, off by 1-3 (never negative)."""
+    _, evals = mathset.split_problems(0, 200, 0)
+    rows = mathset.eval_rows(evals)
+    offsets = set()
+    for p, r in zip(evals, rows, strict=True):
+        expr, right = r["chosen"].split(" = ")[0], int(p["answer"])
+        assert r["chosen"] == f"{expr} = {right}. The answer is {right}."
+        assert r["rejected"].startswith(f"{expr} = ")
+        wrong = int(r["rejected"].split(" = ")[1].split(".")[0])
+        assert r["rejected"] == f"{expr} = {wrong}. The answer is {wrong}." and wrong >= 0
+        offsets.add(wrong - right)
+        # the expression is the problem's: evaluated, it gives the answer
+        nums, ops = [int(x) for x in re.findall(r"\d+", expr)], re.findall(r" ([+-]) ", expr)
+        assert nums[0] + sum(x if o == "+" else -x for o, x in zip(ops, nums[1:], strict=True)) == right
+    assert offsets <= {-3, -2, -1, 1, 2, 3} and len(offsets) >= 4
+    assert mathset.eval_rows(evals) == rows  # seeded by id: the same pairs every time

@@ -48,7 +48,8 @@ def test_shipped_spec_loads_with_base_first_and_paired_arms():
     assert spec.arms[0].data is None and spec.arms[0].train is None  # arm 0 = the base model
     names = {a.name for a in spec.arms}
     assert {"base", "unverified", "verified", "verified_dpo"} <= names
-    assert ("unverified", "verified") in spec.compare
+    assert ("unverified", "verified") in spec.compare and ("rm_unverified", "rm_verified") in spec.compare
+    assert spec.arm("rm_verified").train == spec.arm("rm_unverified").train  # the same reward recipe
     # compared SFT arms share one training recipe: the same optimizer steps
     assert spec.arm("verified").train == spec.arm("unverified").train
     assert spec.problems.eval >= 200 and spec.eval.max_new_tokens <= 64
@@ -101,6 +102,21 @@ def test_dpo_needs_a_recipe_with_pairs(tmp_path):
     t = tree()
     t["arms"][2]["train"] = "dpo"  # unverified samples have no (correct, incorrect) pairs
     assert "arms.2: DPO needs (correct, incorrect) pairs" in error(tmp_path, t)
+
+
+def test_a_reward_step_ends_its_recipe_and_needs_pairs(tmp_path):
+    t = tree()
+    t["training"]["rm"] = [{"step": "reward"}]
+    t["arms"] += [{"name": "rm_u", "data": "u", "train": "rm"}, {"name": "rm_v", "data": "v", "train": "rm"}]
+    spec = load(write(tmp_path, t))  # unverified data has pairs too (no verdict in their order)
+    assert spec.training["rm"][0].config_path == "pipelines/train_reward_cpu.yaml"
+    t["training"]["rm"] = [{"step": "reward"}, {"step": "sft"}]
+    assert "training.rm.0: a reward step ends its recipe" in error(tmp_path, t)
+    t = tree()
+    t["data"]["g"] = {"run": "s", "take": "gold"}
+    t["training"]["rm"] = [{"step": "reward"}]
+    t["arms"].append({"name": "rm_g", "data": "g", "train": "rm"})
+    assert "arms.3: a reward model needs pairs: take 'gold' has none" in error(tmp_path, t)
 
 
 def test_bad_values_and_duplicates(tmp_path):
