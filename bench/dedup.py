@@ -16,6 +16,14 @@ dedup's memory. All ratios are measured in this one run.
    copy whose true Jaccard with its original (exact, on the same shingle sets) is >= the threshold
    must end in the original's cluster (same kept row). Goal >= 0.95.
 3. Semantic: --semantic-docs short texts through Runner (read -> dedup semantic), peak RSS.
+4. datatrove (issue 18): the same --scale-docs corpus through datatrove's MinHash pipeline as its
+   docs run it (JsonlReader -> signatures; buckets; clusters; JsonlReader -> filter -> JsonlWriter) on
+   its LocalPipelineExecutor, 2 workers, as many input tasks as [2] has shards, the same LSH shape
+   (32 bands x 4 hashes, word 3-grams, 32-bit hashes), end to end (the corpus split into its task
+   files beforehand, untimed). Recall of the planted copies as in [2] (a copy in its original's
+   cluster), also per language: datatrove tokenizes words (spaCy's English tokenizer here), our stage
+   uses character 3-grams for CJK text. Goal: ours at least as fast at equal or better recall.
+   Needs `pip install -e '.[bench]'` (datatrove, spaCy, orjson).
 """
 
 from __future__ import annotations
@@ -354,6 +362,130 @@ def scale(args, tmp: Path) -> None:
     copies = {i for _, i in planted}
     extra = len(rejected - copies)
     print(f"    rejected rows that are not planted copies: {extra}")
+    if args.only in (None, "datatrove"):
+        datatrove(args, path, planted, truth, found, secs, len(rejected), extra)
+
+
+def xxh32_text(data):
+    """datatrove 0.10.1 hashes shingle strings, and xxhash 4.x takes bytes only: encode them (UTF-8,
+    what older xxhash did). A module-level function, so its task processes unpickle it."""
+    import xxhash
+
+    return xxhash.xxh32_intdigest(data.encode() if isinstance(data, str) else data)
+
+
+def datatrove(args, path: Path, planted, truth, ours_found, ours_secs, ours_rejected, ours_extra) -> None:
+    """[4]: datatrove's MinHash pipeline on [2]'s corpus; recall and time next to [2]'s."""
+    import gzip
+    import importlib.metadata
+    import importlib.util
+    import shutil
+
+    if importlib.util.find_spec("datatrove") is None:
+        print("\n[4] datatrove: not installed (pip install -e '.[bench]'); skipped")
+        return
+    from datatrove.executor import LocalPipelineExecutor
+    from datatrove.pipeline.dedup import (
+        MinhashDedupBuckets,
+        MinhashDedupCluster,
+        MinhashDedupFilter,
+        MinhashDedupSignature,
+    )
+    from datatrove.pipeline.dedup.minhash import MinhashConfig
+    from datatrove.pipeline.readers import JsonlReader
+    from datatrove.pipeline.writers import JsonlWriter
+    from datatrove.utils.hashing import HashConfig
+
+    tasks = -(-args.scale_docs // args.scale_shard)  # = [2]'s shards
+    d = path.parent / "datatrove"
+    shutil.rmtree(d, ignore_errors=True)
+    (d / "in").mkdir(parents=True)
+    with open(path, encoding="utf-8") as f:  # one file per task, ids = 0-based input lines (untimed)
+        lines = f.readlines()
+    per = -(-len(lines) // tasks)
+    for t in range(tasks):
+        with open(d / "in" / f"part-{t:05d}.jsonl", "w", encoding="utf-8") as out:
+            for i in range(t * per, min(len(lines), (t + 1) * per)):
+                text = json.loads(lines[i])["instruction"]
+                out.write(json.dumps({"text": text, "id": str(i)}, ensure_ascii=False) + "\n")
+    zh = {i for i, x in enumerate(lines) if " " not in json.loads(x)["instruction"]}
+    del lines
+    cfg = MinhashConfig(n_grams=3, num_buckets=32, hashes_per_bucket=4, hash_config=HashConfig(precision=32))
+
+    def run(pipeline, n_tasks, workers=2):
+        logs = str(d / f"logs-{len(phases)}")  # datatrove's per-task logs and completion markers
+        LocalPipelineExecutor(pipeline=pipeline, tasks=n_tasks, workers=workers, logging_dir=logs).run()
+
+    sig = MinhashDedupSignature(output_folder=str(d / "sigs"), config=cfg, language="eng")
+    sig._hash_func = xxh32_text
+    from loguru import logger
+
+    logger.remove()  # datatrove's per-task progress and stats dumps
+    phases = {}
+    t0 = time.perf_counter()
+    with PeakRSS() as mem:
+        run([JsonlReader(str(d / "in")), sig], tasks)
+        phases["signatures"] = time.perf_counter() - t0
+        run([MinhashDedupBuckets(str(d / "sigs"), str(d / "buckets"), config=cfg)], cfg.num_buckets)
+        phases["buckets"] = time.perf_counter() - t0 - sum(phases.values())
+        run(
+            [MinhashDedupCluster(str(d / "buckets"), str(d / "remove"), config=cfg, save_cluster_id=True)],
+            1,
+            1,
+        )
+        phases["clusters"] = time.perf_counter() - t0 - sum(phases.values())
+        run(
+            [
+                JsonlReader(str(d / "in")),
+                MinhashDedupFilter(
+                    str(d / "remove"), exclusion_writer=JsonlWriter(str(d / "removed")), load_cluster_ids=True
+                ),
+                JsonlWriter(str(d / "kept")),
+            ],
+            tasks,
+        )
+        phases["filter + write"] = time.perf_counter() - t0 - sum(phases.values())
+    secs = time.perf_counter() - t0
+    cluster, removed = {}, set()
+    for part in ("kept", "removed"):
+        for f in sorted((d / part).glob("*.jsonl.gz")):
+            with gzip.open(f, "rt", encoding="utf-8") as fh:
+                for x in fh:
+                    doc = json.loads(x)
+                    i = int(doc["id"])
+                    cluster[i] = (doc.get("metadata") or {}).get("minhash_cluster_id")
+                    if part == "removed":
+                        removed.add(i)
+    found = [cluster.get(i) is not None and cluster.get(i) == cluster.get(j) for j, i in planted]
+    copies = {i for _, i in planted}
+    print(
+        f"\n[4] datatrove {importlib.metadata.version('datatrove')} MinHash on [2]'s {args.scale_docs} docs: "
+        f"{tasks} tasks, 2 workers, 32 buckets x 4 hashes, word 3-grams"
+    )
+    print(f"    {secs:.0f} s end to end (" + ", ".join(f"{k} {v:.0f} s" for k, v in phases.items()) + ")")
+    worst = mem.report(top=3)
+    print(f"    max peak RSS of any process: {worst:.2f} GiB")
+
+    def recall(hits, langs=None):
+        sel = [
+            h
+            for h, t, (_, i) in zip(hits, truth, planted, strict=True)
+            if t >= args.truth and (langs is None or (i in zh) == (langs == "zh"))
+        ]
+        return f"{sum(sel) / max(len(sel), 1):.4f} ({sum(sel)}/{len(sel)})"
+
+    print(
+        f"    {'':12s} {'seconds':>8s}  {'speed vs datatrove':>18s}  recall (all / en / zh)  rejected (not planted)"
+    )
+    for name, hits, t, rej, extra in (
+        ("alignfactory", ours_found, ours_secs, ours_rejected, ours_extra),
+        ("datatrove", found, secs, len(removed), len(removed - copies)),
+    ):
+        print(
+            f"    {name:12s} {t:8.0f}  {secs / t:17.2f}x  {recall(hits)} / {recall(hits, 'en')} / "
+            f"{recall(hits, 'zh')}  {rej} ({extra})"
+        )
+    print(f"    recall: planted copies with true Jaccard >= {args.truth} found in their original's cluster")
 
 
 def semantic(args, tmp: Path) -> None:
@@ -404,7 +536,7 @@ def main() -> None:
     )
     ap.add_argument("--semantic-docs", type=int, default=100_000, help="[3] semantic docs")
     ap.add_argument("--semantic-shard", type=int, default=5_000)
-    ap.add_argument("--only", choices=["throughput", "scale", "semantic"], default=None)
+    ap.add_argument("--only", choices=["throughput", "scale", "semantic", "datatrove"], default=None)
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("ALIGNFACTORY_PROGRESS", "0")
@@ -414,8 +546,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="dedup-bench-") as d:
         tmp = Path(d)
         for part in (throughput, scale, semantic):
-            if args.only in (None, part.__name__):
-                part(args, tmp)
+            if args.only in (None, part.__name__) or (args.only == "datatrove" and part is scale):
+                part(args, tmp)  # datatrove runs inside scale, on its corpus, next to its numbers
 
 
 if __name__ == "__main__":
