@@ -9,10 +9,15 @@ each side (a VM's neighbours only ever slow a round down; the median ignores the
 Prints, e.g.:
 
     trivial: sandbox=XXX/s baseline=YY/s ratio=Z.Zx  (rounds: sandbox A..B/s, baseline C..D/s)
+      bare fork+exit=FFFF/s: sandbox = 0.NN of it (aim >= 1/3 = NNN/s); N.NNx the 451/s of before ...
     10-case solution: sandbox=XXX/s baseline=YY/s ratio=Z.Zx  (...)
+    where an execution's time goes (profile mode, us, median of N executions): ...
 
 The baseline runs the same interpreter the sandbox uses, with no isolation at all. A second
 baseline, `python -I -S` (no site import), bounds any design that execs a fresh interpreter per task.
+The bare fork+exit loop runs in that interpreter too (`-I -S`, as small as the zygote that forks tasks):
+the floor of any fork-per-execution design. The breakdown comes from a separate Sandbox in profile mode
+(monitor, zygote and task stamp the end of each phase; see forkserver.STAMPS), after the timed rounds.
 """
 
 from __future__ import annotations
@@ -39,6 +44,35 @@ def solve(nums, k):
     return sums[k - 1] if k <= len(sums) else -1
 """
 CASES = [([i, i + 3, 2 * i, 7, 1, 9], 1 + i % 3) for i in range(10)]
+BEFORE_CHANNEL = 451  # trivial executions/s per worker before the authenticated results channel (issue 18)
+FORK_LOOP = """
+import os, sys, time
+n, t0, secs = 0, time.perf_counter(), float(sys.argv[1])
+while time.perf_counter() - t0 < secs:
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    os.waitpid(pid, 0)
+    n += 1
+print(n, time.perf_counter() - t0)
+"""
+# (label, from stamp, to stamp) along one execution's critical path; "next." is the next execution's
+# stamp (the response is written after this one's stamps are sent). See forkserver.STAMPS.
+PHASES = (
+    ("monitor: request -> task pipe (json, marshal, key)", "got", "handed"),
+    ("wake the task forked ahead", "handed", "woke"),
+    ("task isolation (setpgid, fds, rlimits)", "woke", "isolated"),
+    ("arm the guard (key -> keyed BLAKE2b)", "isolated", "armed"),
+    ("code + cases, result frames MAC'd", "armed", "ran"),
+    ("flush, end frame", "ran", "exiting"),
+    ("task exit, zygote reaps it", "exiting", "reaped"),
+    ("zygote -> monitor wakeup", "reaped", "noticed"),
+    ("sweep the pid namespace", "noticed", "swept"),
+    ("read outputs, wipe workdirs", "swept", "collected"),
+    ("verify result MACs", "collected", "verified"),
+    ("encode + write the response", "verified", "next.answered_prev"),
+    ("wait for the next request (harness)", "next.answered_prev", "next.got"),
+)
 
 
 def expected(nums, k):
@@ -88,10 +122,58 @@ def timed_baseline(argv: list[str], seconds: float, want: str) -> tuple[int, flo
     return n, time.perf_counter() - t0
 
 
+def timed_fork(python: str, seconds: float) -> tuple[int, float]:
+    out = subprocess.run([python, "-I", "-S", "-c", FORK_LOOP, str(seconds)], capture_output=True, check=True)
+    n, t = out.stdout.split()
+    return int(n), float(t)
+
+
+def breakdown(job: Job, executions: int) -> None:
+    """Where an execution's time goes: a fresh Sandbox in profile mode runs `job` `executions` times;
+    prints the median of each phase (us) along the critical path, and time off it."""
+    with Sandbox(Limits(wall_s=5), workers=1, profile=True) as sb:
+        sb.run([job] * 50)  # warm
+        cpu0 = time.process_time()
+        for _ in range(executions // 50):
+            sb.run([job] * 50)
+        harness_us = (time.process_time() - cpu0) / (executions // 50 * 50) * 1e6
+        runs = sb.profiles[50:]
+    pairs = list(zip(runs, runs[1:], strict=False))  # (this execution, the next)
+
+    def at(cur: dict, nxt: dict, stamp: str) -> int:
+        return nxt[stamp[5:]] if stamp.startswith("next.") else cur[stamp]
+
+    def us(a: str, b: str) -> float:
+        return statistics.median((at(c, n, b) - at(c, n, a)) / 1e3 for c, n in pairs)
+
+    def delta(k: str) -> float:
+        return statistics.median((n[k] - c[k]) / 1e3 for c, n in pairs)
+
+    parts = {label: us(a, b) for label, a, b in PHASES}
+    cycle = us("got", "next.got")
+    print(f"  where an execution's time goes (profile mode, us, median of {len(pairs)} executions):")
+    for label, v in parts.items():
+        print(f"    {label:52s} {v:7.0f}")
+    print(f"    {'sum of the medians':52s} {sum(parts.values()):7.0f}  (cycle median {cycle:.0f} us)")
+    guard = statistics.median(r["guard_ns"] / 1e3 for r in runs)
+    calls = statistics.median(r["guard_calls"] for r in runs)
+    fork = statistics.median(r["fork_ns"] / 1e3 for r in runs)
+    print(f"    of which in the audit hook: {guard:.0f} us over {calls:.0f} calls (arm + MACs + events)")
+    print(f"    off the path: fork of the next task {fork:.0f} us (zygote, while this one runs)")
+    task = statistics.median(r["task_cpu_ns"] / 1e3 for r in runs)
+    faults = statistics.median(r["task_minflt"] for r in runs)
+    print(f"    page faults per task: {faults:.0f} (copy-on-write of the zygote's pages, mostly)")
+    print(
+        f"    CPU per execution: task {task:.0f} us, zygote {delta('zygote_cpu_ns'):.0f} us,"
+        f" monitor {delta('monitor_cpu_ns'):.0f} us, harness {harness_us:.0f} us"
+    )
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--seconds", type=float, default=1.5, help="per side per round")
+    ap.add_argument("--profile", type=int, default=1000, help="executions in each breakdown (0: none)")
     args = ap.parse_args()
 
     with Sandbox(Limits(wall_s=5), workers=1) as sb, tempfile.TemporaryDirectory() as d:
@@ -120,6 +202,7 @@ def main() -> int:
         }
         print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}; python {python}")
         bound: list[float] = []
+        forks: list[float] = []
         for name, (job, argv, want) in workloads.items():
             sb.run([job] * 20)  # warm
             s: list[float] = []
@@ -133,6 +216,8 @@ def main() -> int:
                 if name == "trivial":
                     n, t = timed_baseline([python, "-I", "-S", str(trivial_file)], args.seconds / 2, want)
                     bound.append(n / t)
+                    n, t = timed_fork(python, args.seconds / 2)
+                    forks.append(n / t)
             rate_s, rate_b = statistics.median(s), statistics.median(b)
             print(
                 f"{name}: sandbox={rate_s:.0f}/s baseline={rate_b:.0f}/s ratio={rate_s / rate_b:.1f}x"
@@ -144,6 +229,14 @@ def main() -> int:
                     f"  (exec-per-task bound: `python -I -S` alone starts {statistics.median(bound):.0f}/s;"
                     f" targets >=300/s and >=4x: {'met' if met else 'NOT met'})"
                 )
+                fork = statistics.median(forks)
+                print(
+                    f"  bare fork+exit={fork:.0f}/s (rounds {min(forks):.0f}..{max(forks):.0f}/s): sandbox ="
+                    f" {rate_s / fork:.2f} of it (aim >= 1/3 = {fork / 3:.0f}/s: {'met' if rate_s >= fork / 3 else 'NOT met'});"
+                    f" {rate_s / BEFORE_CHANNEL:.2f}x the {BEFORE_CHANNEL}/s of before the results channel"
+                )
+            if args.profile:
+                breakdown(job, args.profile)
         print(f"load average after: {os.getloadavg()[0]:.1f}")
     return 0
 

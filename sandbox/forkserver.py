@@ -217,6 +217,42 @@ def _record(rec):
     return {"end": True, "cases": what, "exit": rec[2], "denied": rec[3]}  # ("end", n, exit, denied)
 
 
+# ---- profile mode (the bench only; off by default): when each phase of an execution ended ----
+
+# Monitor, zygote and task write CLOCK_MONOTONIC ns (one clock for all: bwrap makes no time namespace)
+# into one shared page, mapped before the zygote forks; the monitor copies it into its response. Nothing
+# decides a verdict from it, and a task could write there too: numbers for the bench, nothing more.
+STAMPS = (
+    "got", "handed", "woke", "isolated", "armed", "ran", "exiting", "reaped", "noticed", "swept",
+    "collected", "verified", "answered_prev", "fork_ns", "guard_ns", "guard_calls", "zygote_cpu_ns",
+    "monitor_cpu_ns", "task_minflt",
+)  # fmt: skip
+_SLOT = {name: 16 * i for i, name in enumerate(STAMPS)}  # byte offset of each (int64 value, int64 faults)
+
+
+def make_stamp(page):
+    """stamp(name[, value]): record now (ns), or a value, in the slot `name`, with the page faults of the
+    calling process so far (a copy-on-write fault costs microseconds on a VM). No-op without a page."""
+    if page is None:
+        return lambda name, value=None: None
+    pack_into, now, slot = struct.Struct("<qq").pack_into, time.monotonic_ns, _SLOT
+    usage, me = resource.getrusage, resource.RUSAGE_SELF
+
+    def stamp(name, value=None):
+        pack_into(page, slot[name], now() if value is None else value, usage(me).ru_minflt)
+
+    return stamp
+
+
+def read_stamps(page):
+    """{name: value, name + "_flt": page faults of the process that stamped it}"""
+    values = struct.unpack_from(f"<{2 * len(STAMPS)}q", page)
+    return {
+        **dict(zip(STAMPS, values[::2], strict=True)),
+        **{n + "_flt": f for n, f in zip(STAMPS, values[1::2], strict=True)},
+    }
+
+
 # ---- the monitor: talks to the harness and watches each task; never forks one itself ----
 
 # zygote -> monitor: (b"P", pid of the task forked ahead or -errno, 0, 0) and, once a task is reaped,
@@ -249,11 +285,17 @@ class Monitor:
             fcntl.fcntl(fd, fcntl.F_SETFL, os.O_APPEND)  # shared with every task: offsets do not matter
         req_r, self.req_w = os.pipe()  # monitor -> the waiting task: its request
         self.ctl_r, ctl_w = os.pipe()  # zygote -> monitor: MSG
+        self.page = None
+        if init.get("profile"):
+            import mmap  # only here: the zygote and every task share this page (MAP_SHARED)
+
+            self.page = mmap.mmap(-1, mmap.PAGESIZE)
+        self.stamp = make_stamp(self.page)
         self.zygote = os.fork()
         if self.zygote == 0:
             for fd in (rfd, wfd, self.req_w, self.ctl_r):
                 os.close(fd)
-            Zygote(init, libc, self.outs, req_r, ctl_w).serve()  # never returns
+            Zygote(init, libc, self.outs, req_r, ctl_w, self.stamp).serve()  # never returns
         for fd in (req_r, ctl_w):
             os.close(fd)
         signal.signal(signal.SIGIO, signal.SIG_IGN)  # F_SETOWN is denied to tasks, and moot
@@ -266,7 +308,13 @@ class Monitor:
             body = read_frame_bytes(self.rfd)
             if body is None:
                 return
-            write_frame(self.wfd, self.execute(body))
+            self.stamp("got")
+            resp = self.execute(body)
+            if self.page is not None:
+                self.stamp("monitor_cpu_ns", time.process_time_ns())
+                resp["profile"] = read_stamps(self.page)
+            write_frame(self.wfd, resp)
+            self.stamp("answered_prev")  # goes out with the next response
 
     def execute(self, body):
         req = json.loads(body)
@@ -278,6 +326,7 @@ class Monitor:
             raise OSError(-pid, "the zygote could not fork a task")
         t0 = time.monotonic()
         _write_all(self.req_w, struct.pack(">I", KEY_BYTES + len(msg)) + key + msg)
+        self.stamp("handed")
         caps = (lim["output_bytes"], lim["output_bytes"], lim["result_bytes"] + len(SETUP_OK))
         over, timed_out, done = None, False, None
         deadline = t0 + lim["wall_s"]
@@ -297,14 +346,18 @@ class Monitor:
         while done is None:
             done = self._message(time.monotonic() + KILL_GRACE_S)
         wall = time.monotonic() - t0
+        self.stamp("noticed")
         escaped = self.sweep(pid)  # nothing of the task is left to write: read its files
+        self.stamp("swept")
         over = over or self._over(caps)
         out, err, res = (os.pread(fd, cap, 0) for fd, cap in zip(self.outs, caps, strict=True))
         for fd in self.outs:
             os.ftruncate(fd, 0)
         wiped = self.wipe()
+        self.stamp("collected")
         status, cpu_s, maxrss = done
         results, channel = read_results(res[len(SETUP_OK) :], key)
+        self.stamp("verified")
         if channel and channel.startswith(INCOMPLETE) and (timed_out or over):
             channel = None  # the monitor stopped the task, perhaps mid-frame: the frames before count
         return {
@@ -396,7 +449,8 @@ class Zygote:
     the running task cannot touch it. The zygote writes few pages between forks (few copy-on-write
     faults) and never kills (the monitor does), so the filter can apply to it too."""
 
-    def __init__(self, init, libc, task_writers, req_r, ctl_w):
+    def __init__(self, init, libc, task_writers, req_r, ctl_w, stamp):
+        self.stamp = stamp
         go_r, go_w = os.pipe()  # task -> zygote: "I have read my request": only then fork the next
         high = [fcntl.fcntl(fd, fcntl.F_DUPFD, 10) for fd in (*task_writers, req_r, ctl_w, go_r, go_w, 2)]
         for fd in (*task_writers, req_r, ctl_w, go_r, go_w):
@@ -418,7 +472,7 @@ class Zygote:
         bpf = bytes.fromhex(init["bpf"]) if init.get("bpf") else b""
         if bpf:
             install_seccomp(libc, bpf)
-        install_guard()
+        install_guard(stamp if init.get("profile") else None)
         _warm_up()
 
     def serve(self):
@@ -426,8 +480,13 @@ class Zygote:
             current = self._fork()
             os.write(self.ctl_w, MSG.pack(b"P", current, 0.0, 0))
             while current > 0 and os.read(self.go_r, 1) == b"g":  # the current task has its request
+                t0 = time.monotonic_ns()
                 nxt = self._fork()
+                self.stamp("fork_ns", time.monotonic_ns() - t0)
                 _, status, ru = os.wait4(current, 0)
+                self.stamp("reaped")
+                self.stamp("zygote_cpu_ns", time.process_time_ns())
+                self.stamp("task_minflt", ru.ru_minflt)  # page faults: mostly copy-on-write
                 done = MSG.pack(b"D", status, ru.ru_utime + ru.ru_stime, ru.ru_maxrss)
                 os.write(self.ctl_w, MSG.pack(b"P", nxt, 0.0, 0) + done)  # one write: one wakeup
                 current = nxt
@@ -444,8 +503,9 @@ class Zygote:
             pid = -e.errno
         if pid == 0:
             body = _read_request(self.req_r)
+            self.stamp("woke")
             os.write(self.go_w, b"g" if body is not None else b"q")  # q: the monitor is gone
-            task_main(body)  # never returns
+            task_main(body, self.stamp)  # never returns
         return pid
 
 
@@ -536,7 +596,7 @@ def _remove(path):
 # ---- the task: forked from the zygote; isolates itself, then runs the code; never returns ----
 
 
-def task_main(body):
+def task_main(body, stamp):
     if body is None:  # the monitor is gone
         os._exit(0)
     code = CHILD_SETUP_FAILED
@@ -560,14 +620,16 @@ def task_main(body):
         resource.setrlimit(resource.RLIMIT_NOFILE, (lim["nofile"], lim["nofile"]))
         resource.setrlimit(resource.RLIMIT_NPROC, (lim["nproc"], lim["nproc"]))
         os.write(RESULT_FD, SETUP_OK)
+        stamp("isolated")
     except BaseException:
         os.write(2, ("sandbox: task setup failed: " + traceback.format_exc()).encode())
         os._exit(code)
     try:
-        code = run_task(req, body)
+        code = run_task(req, body, stamp)
     except BaseException:
         code = 1
     finally:
+        stamp("exiting")
         os._exit(code)
 
 
@@ -591,7 +653,7 @@ DENIED_GETATTR = frozenset({"tb_frame", "gi_frame", "cr_frame", "ag_frame", "f_b
 FRAMES_WRITE_THROUGH = sys.version_info >= (3, 13)
 
 
-def install_guard():
+def install_guard(stamp=None):
     """Install, once in the zygote, the audit hook that owns the results channel of every task.
 
     A task's code runs in the runner's process, so anything the runner can write on RESULT_FD the
@@ -609,7 +671,9 @@ def install_guard():
       no code of the task runs inside the guard);
     - it numbers case records and writes the end marker itself, with the count of denied operations.
     The harness then requires: authentic frames, cases once each and in order, the end marker, an exit
-    status equal to the one it states, and nothing denied; anything else is SUSPICIOUS, never PASS."""
+    status equal to the one it states, and nothing denied; anything else is SUSPICIOUS, never PASS.
+    With `stamp` (profile mode) the guard is wrapped in a timer: one frame deeper, hence `depth`."""
+    depth = 1 if stamp is None else 2  # frames from the guard up to whoever called sys.audit
     state = {
         "mac": None,
         "frame": None,
@@ -647,12 +711,12 @@ def install_guard():
             if event == "sandbox.arm":  # (key view, result byte budget): once, before task code runs
                 state["mac"] = blake2b(key=args[0], digest_size=MAC_BYTES)
                 state["busy"] = True
-                state["frame"], state["budget"], state["probe"] = getframe(1), args[1], args[2]
+                state["frame"], state["budget"], state["probe"] = getframe(depth), args[1], args[2]
                 state["busy"] = False
             return
         if event.startswith("sandbox."):
             state["busy"] = True  # our own getframe is not the task's (3.13+ denies the task's)
-            caller = getframe(1)
+            caller = getframe(depth)
             state["busy"] = False
             if caller is not state["frame"] or event == "sandbox.arm":
                 refuse(f"{event} from outside the runner")
@@ -677,7 +741,27 @@ def install_guard():
         ):
             refuse(event)
 
-    sys.addaudithook(guard)
+    sys.addaudithook(guard if stamp is None else _timed(guard, stamp))
+
+
+def _timed(guard, stamp):
+    """The guard, adding its time (ns) and calls to the task's profile slots."""
+    now, total = time.monotonic_ns, [0, 0, False]  # ns, calls, armed
+
+    def timed_guard(event, args):
+        if event == "sandbox.arm":  # a task's count starts here, not with what the zygote counted
+            total[:] = [0, 0, True]
+        t0 = now()
+        try:
+            guard(event, args)
+        finally:
+            total[0] += now() - t0
+            total[1] += 1
+            if total[2]:  # armed: the task forked ahead, unarmed, shares the page
+                stamp("guard_ns", total[0])
+                stamp("guard_calls", total[1])
+
+    return timed_guard
 
 
 # ---- the task's code and cases. References are taken before task code can patch them. ----
@@ -686,6 +770,7 @@ def install_guard():
 def run_task(
     req,
     body,
+    stamp=make_stamp(None),
     _audit=sys.audit,
     _exec=exec,
     _compile=compile,
@@ -709,6 +794,7 @@ def run_task(
     _audit("sandbox.arm", key, req["limits"]["result_bytes"] - 64, bool(req.get("probe")))
     body[:KEY_BYTES] = bytes(KEY_BYTES)  # the guard has the key; no copy stays in the task
     del key, req
+    stamp("armed")
 
     exit_code, run_cases = 0, mode != "stdio"
     module = types.ModuleType("__main__" if mode == "stdio" else "__solution__")
@@ -741,6 +827,7 @@ def run_task(
         except BaseException as e:
             rec = ("case", i, "exc", _type(e).__name__, _str(e)[:MAX_MSG], _time() - t0)
         _audit("sandbox.emit", rec)
+    stamp("ran")
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(BaseException):
             stream.flush()

@@ -48,9 +48,16 @@ class Worker:
     """One worker slot: a uid lease and (lazily) a running fork-server."""
 
     def __init__(
-        self, limits: Limits, found: dict | None, iso: isolation.Isolation, launcher: ThreadPoolExecutor
+        self,
+        limits: Limits,
+        found: dict | None,
+        iso: isolation.Isolation,
+        launcher: ThreadPoolExecutor,
+        profile: bool = False,
     ):
         self.limits, self.found, self.iso = limits, found, iso
+        # profile mode: each response's phase stamps (forkserver.STAMPS, ns), for the bench
+        self.profiles: list[dict] | None = [] if profile else None
         self.launcher = launcher  # the thread every fork-server is started from: see start()
         self.lease = isolation.UidLease(iso) if found is not None and os.geteuid() == 0 else None
         self.proc: subprocess.Popen | None = None
@@ -80,6 +87,7 @@ class Worker:
             argv = [sys.executable, "-I", "-S", "-B", forkserver.__file__]
             init = {"workdirs": [self._unsafe_dir], "sandboxed": False, "bpf": _bpf_or_empty().hex()}
             pass_fds = ()
+        init["profile"] = self.profiles is not None
         try:
             # bwrap --die-with-parent is PR_SET_PDEATHSIG, which fires when the *thread* that forked
             # bwrap exits: start it from the Sandbox's long-lived launcher thread, never from a caller's
@@ -130,6 +138,8 @@ class Worker:
         if not resp.get("setup_ok"):
             self.close()
             raise InfraError("task isolation could not be applied: " + resp.get("stderr", "")[-500:])
+        if self.profiles is not None:
+            self.profiles.append({**resp.pop("profile"), "task_cpu_ns": int(resp["cpu_s"] * 1e9)})
         return resp
 
     def _send(self, obj: dict) -> None:
@@ -241,10 +251,12 @@ class Sandbox:
         retries: int = 2,
         recycle_every: int = 2000,
         isolation_config: isolation.Isolation | None = None,
+        profile: bool = False,
     ):
         """Fails closed: raises SandboxUnavailable (with the fix) unless isolation works here, or
         allow_unsafe=True. `retries`: extra attempts after SANDBOX_ERROR. `recycle_every`: executions
-        per fork-server before a fresh one (also after any anomaly the fork-server reports)."""
+        per fork-server before a fresh one (also after any anomaly the fork-server reports). `profile`:
+        the fork-servers time each phase of every execution (see forkserver.STAMPS; for the bench)."""
         self.limits = limits or Limits()
         self.retries, self.recycle_every = retries, recycle_every
         self.iso = isolation_config or isolation.Isolation()
@@ -256,7 +268,9 @@ class Sandbox:
             self.found = None
         self.isolated = self.found is not None
         self._launcher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sandbox-launcher")
-        self._workers = [Worker(self.limits, self.found, self.iso, self._launcher) for _ in range(workers)]
+        self._workers = [
+            Worker(self.limits, self.found, self.iso, self._launcher, profile) for _ in range(workers)
+        ]
         self._idle: queue.Queue[Worker] = queue.Queue()
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sandbox")
         self._lock = threading.Lock()
@@ -317,6 +331,11 @@ class Sandbox:
             w = self._idle.get()
             w.close()
             self._idle.put(w)
+
+    @property
+    def profiles(self) -> list[dict]:
+        """Profile mode: every execution's phase stamps so far, worker by worker, in order."""
+        return [p for w in self._workers for p in w.profiles or ()]
 
     @property
     def uids(self) -> list[int | None]:

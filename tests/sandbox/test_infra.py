@@ -176,3 +176,25 @@ def test_ray_actor_class_runs_batches_without_ray():
         assert out["id"] == [1, 2] and [v["status"] for v in out["verdict"]] == ["PASS", "FAIL"]
     finally:
         actor.close()
+
+
+def test_profile_mode_stamps_every_phase_and_keeps_the_guard():
+    """Profile mode (the bench's breakdown) wraps the guard in a timer: results still authenticate, and a
+    frame the program writes itself is still refused."""
+    from sandbox.forkserver import STAMPS
+
+    forged = (
+        "import os, struct\nos.write(3, struct.pack('>I', 20) + bytes(20))\ndef f(x):\n    return 2 * x\n"
+    )
+    call = dict(kind="call", entry_point="f", tests=[Case(args=[1], expected=2)])
+    with Sandbox(Limits(wall_s=5), workers=1, profile=True) as sb:
+        honest, forgery = sb.run(
+            [Job(code="def f(x):\n    return 2 * x\n", **call), Job(code=forged, **call)]
+        )
+        stamps = sb.profiles
+    assert honest.status is Status.PASS, honest.detail
+    assert forgery.status is Status.SUSPICIOUS, forgery.detail
+    path = ("got", "handed", "woke", "isolated", "armed", "ran", "exiting", "reaped", "noticed", "verified")
+    assert len(stamps) == 2 and set(STAMPS) <= set(stamps[0])
+    assert [stamps[0][k] for k in path] == sorted(stamps[0][k] for k in path)
+    assert stamps[0]["guard_calls"] > 0 and stamps[0]["task_minflt"] > 0
