@@ -59,8 +59,8 @@ print(n, time.perf_counter() - t0)
 # (label, from stamp, to stamp) along one execution's critical path; "next." is the next execution's
 # stamp (the response is written after this one's stamps are sent). See forkserver.STAMPS.
 PHASES = (
-    ("monitor: request -> task pipe (json, marshal, key)", "got", "handed"),
-    ("wake the task forked ahead", "handed", "woke"),
+    ("monitor: parse request, make key", "got", "handed"),
+    ("hand it to the task forked ahead (write, wakeup)", "handed", "woke"),
     ("task isolation (setpgid, fds, rlimits)", "woke", "isolated"),
     ("arm the guard (key -> keyed BLAKE2b)", "isolated", "armed"),
     ("code + cases, result frames MAC'd", "armed", "ran"),

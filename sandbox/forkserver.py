@@ -325,8 +325,8 @@ class Monitor:
         if pid < 0:
             raise OSError(-pid, "the zygote could not fork a task")
         t0 = time.monotonic()
+        self.stamp("handed")  # before the write: the task may wake and stamp before we run again
         _write_all(self.req_w, struct.pack(">I", KEY_BYTES + len(msg)) + key + msg)
-        self.stamp("handed")
         caps = (lim["output_bytes"], lim["output_bytes"], lim["result_bytes"] + len(SETUP_OK))
         over, timed_out, done = None, False, None
         deadline = t0 + lim["wall_s"]
