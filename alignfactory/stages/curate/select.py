@@ -28,8 +28,10 @@ not a rating counts 0 for its criterion, below every readable rating (0.1..1.0),
 good score; meta.select.unrated names the rating and why, meta.select.raw keeps the text, and
 plan["unrated"] counts them per rating.
 
-summarize(rows, shard) -> per-row (id, tags, LLM scores) and an (n, dim) float16 embedding array when
-richness is on; combine() runs the sampler over those; apply() marks rows by (shard, position).
+summarize(rows, shard) -> row ids (bytes), tags as a shard vocabulary + CSR arrays, LLM scores, and an
+(n, dim) float16 embedding array when richness is on; combine() runs the sampler (select_sampler: a
+lazy priority queue, near-linear in rows, the same picks as the dense greedy) over those and returns
+per-shard arrays (rank, phase, scores); apply() marks rows by (shard, position).
 """
 
 from __future__ import annotations
@@ -45,12 +47,12 @@ from pydantic import BaseModel, Field
 from alignfactory.llm.base import Constraint, request_seed
 from alignfactory.stages.base import RUBRICS, CorpusStage, LLMParams, render
 from alignfactory.stages.curate.dedup import user_turns
+from alignfactory.stages.curate.select_sampler import PHASES, Sampler
 
 OUT_OF = re.compile(r"(?<![\d.])(10|[1-9])\s*(?:/|out of)\s*10(?!\d|\.\d)", re.IGNORECASE)
 INTEGER = re.compile(r"(?<![\d.])\d+(?:\.\d+)?(?!\d|\.\d)")  # "7." is 7, "1.5" is not an integer
 RATINGS = tuple(str(i) for i in range(1, 11))
 RATING = Constraint.choice(RATINGS)  # the shape every LLM rating asks for
-CRITERIA = ("diversity", "richness", "complexity", "completeness")
 JUDGED = ("difficulty", "completeness")  # LLM scores
 
 
@@ -138,7 +140,9 @@ class Select(CorpusStage):
     def summarize(self, rows: list[dict], shard: int) -> dict:
         p = self.params
         texts = [self.text(r) for r in rows]
-        out = {"shard": shard, "ids": [r["id"] for r in rows], "tags": [self.row_tags(r) for r in rows]}
+        # ids as UTF-8 bytes (16 B a row, not a str object); tags as a local vocabulary + CSR arrays
+        out = {"shard": shard, "ids": np.array([r["id"].encode() for r in rows], dtype="S")}
+        out |= tag_csr([self.row_tags(r) for r in rows])
         # (n, dim) float16: half the bytes of a summary; cosines stay within ~1e-3
         out["emb"] = self.embedder.encode(texts).astype(np.float16) if p.weights.richness > 0 else None
         for what, on, template in (
@@ -195,10 +199,9 @@ class Select(CorpusStage):
     # -- in one place -------------------------------------------------------------------------------
 
     def combine(self, summaries: list) -> dict:
-        keys = [f"{s['shard']}:{i}" for s in summaries for i in range(len(s["ids"]))]
-        ids = [x for s in summaries for x in s["ids"]]
-        tags = [set(t) for s in summaries for t in s["tags"]]
-        n = len(keys)
+        sizes = [len(s["ids"]) for s in summaries]
+        n = sum(sizes)
+        indptr, indices, vocab = merge_csr(summaries)
         budget = min(n, self.params.budget or math.ceil(self.params.fraction * n))
         w = self.params.weights
         emb = (
@@ -209,37 +212,28 @@ class Select(CorpusStage):
             what: self.gather(summaries, what)
             for what in JUDGED + tuple(j + x for j in JUDGED for x in extra)
         }
-        sampler = Sampler(tags, emb, w, llm["difficulty"], llm["completeness"])
-        chosen: list[tuple[int, str, dict]] = []  # (row index, phase, scores when picked)
+        sampler = Sampler(indptr, indices, len(vocab), emb, w, llm["difficulty"], llm["completeness"])
         if self.params.complexity_first:
-            for i in sorted(range(n), key=lambda i: (-len(tags[i]), i)):
-                if len(chosen) >= budget:
-                    break
-                if tags[i] - sampler.covered:
-                    chosen.append((i, "coverage", sampler.scores(i)))
-                    sampler.take(i)
-        while len(chosen) < budget:
-            i = sampler.best()
-            chosen.append((i, "score", sampler.scores(i)))
-            sampler.take(i)
-        picked = {keys[i]: {"rank": k, "phase": ph, "scores": sc} for k, (i, ph, sc) in enumerate(chosen)}
-        final = sampler.all_scores()  # against the final chosen set, one pass
-        final = {keys[i]: final[i] for i in range(n) if keys[i] not in picked}
+            sampler.cover(budget)
+        sampler.fill(budget)
+        sampler.finish()  # unpicked rows against the final chosen set, one pass
         rated = [what for what in JUDGED if llm[what] is not None]
-        ratings = {  # per row and rating: its raw text, parse path and, when it is no rating, why
-            keys[i]: {
-                what: {"raw": llm[f"{what}_raw"][i], "parse": llm[f"{what}_parse"][i]}
-                | ({"unrated": llm[f"{what}_unrated"][i]} if llm[f"{what}_unrated"][i] else {})
-                for what in rated
+        starts = np.concatenate([[0], np.cumsum(sizes)]).tolist()
+        shards = {}
+        for s, a, b in zip(summaries, starts[:-1], starts[1:], strict=True):
+            shards[s["shard"]] = {
+                "ids": s["ids"],
+                "rank": sampler.rank[a:b],  # -1: not picked
+                "phase": sampler.phase[a:b],
+                "vals": sampler.vals[a:b],  # criteria (names) + score, unrounded
+                "ratings": {
+                    what: {x: llm[what + x][a:b] for x in extra} for what in rated
+                },  # per row: raw text, parse path, why no rating (None when it is one)
             }
-            for i in range(n)
-        }
         unrated = {what: sum(1 for x in llm[f"{what}_unrated"] if x) for what in rated}
         return {
-            "ids": dict(zip(keys, ids, strict=True)),
-            "picked": picked,
-            "unpicked": final,
-            "ratings": ratings,
+            "shards": shards,
+            "names": sampler.names,
             "unrated": unrated,  # rows whose rating is no rating, per rating
             "budget": budget,
             "rows": n,
@@ -254,22 +248,28 @@ class Select(CorpusStage):
     # -- per shard ----------------------------------------------------------------------------------
 
     def apply(self, rows: list[dict], plan: dict, shard: int) -> list[dict]:
+        part = plan["shards"].get(shard) or {"ids": np.array([], dtype="S")}
+        names = plan["names"]
         for pos, row in enumerate(rows):
-            key = f"{shard}:{pos}"
-            if plan["ids"].get(key) != row["id"]:
-                raise ValueError(f"select: row {key} is {row['id']}, the plan has {plan['ids'].get(key)}")
+            have = part["ids"][pos].decode() if pos < len(part["ids"]) else None
+            if have != row["id"]:
+                raise ValueError(f"select: row {shard}:{pos} is {row['id']}, the plan has {have}")
             meta = self.meta(row)
-            ratings = plan["ratings"].get(key) or {}
+            ratings = part["ratings"]
             if ratings:
-                meta["raw"] = {what: r["raw"] for what, r in ratings.items()}
-                meta["parse"] = {what: r["parse"] for what, r in ratings.items()}
-                unrated = {what: r["unrated"] for what, r in ratings.items() if "unrated" in r}
+                meta["raw"] = {what: r["_raw"][pos] for what, r in ratings.items()}
+                meta["parse"] = {what: r["_parse"][pos] for what, r in ratings.items()}
+                unrated = {what: r["_unrated"][pos] for what, r in ratings.items() if r["_unrated"][pos]}
                 if unrated:
                     meta["unrated"] = unrated
-            if key in plan["picked"]:
-                meta.update(plan["picked"][key])
+            vals = part["vals"][pos]
+            if part["rank"][pos] >= 0:  # picked: its scores when picked, rounded as scalars
+                scores = {k: round(float(v), 4) for k, v in zip([*names, "score"], vals, strict=True)}
+                meta.update(
+                    {"rank": int(part["rank"][pos]), "phase": PHASES[part["phase"][pos]], "scores": scores}
+                )
                 continue
-            scores = plan["unpicked"][key]
+            scores = dict(zip([*names, "score"], np.round(vals, 4).tolist(), strict=True))
             meta["scores"] = scores
             detail = ", ".join(f"{k} {v:.2f}" for k, v in scores.items())
             self.reject(row, f"not_selected: budget {plan['budget']} of {plan['rows']} rows; {detail}")
@@ -292,67 +292,26 @@ class Select(CorpusStage):
         return self._embedder
 
 
-class Sampler:
-    """Greedy state: covered tags, each row's uncovered-tag count, its max similarity to the chosen."""
+def tag_csr(tag_lists: list[list[str]]) -> dict:
+    """Rows' tags as {"vocab": [tag, first-seen order], "indptr": (n+1,) int64, "indices": int32}."""
+    vocab: dict[str, int] = {}
+    flat = [vocab.setdefault(t, len(vocab)) for tags in tag_lists for t in tags]
+    lens = np.fromiter((len(t) for t in tag_lists), dtype=np.int64, count=len(tag_lists))
+    return {
+        "vocab": list(vocab),
+        "indptr": np.concatenate([[0], np.cumsum(lens)]).astype(np.int64),
+        "indices": np.array(flat, dtype=np.int32),
+    }
 
-    def __init__(self, tags: list[set], emb, weights, difficulty, completeness):
-        n = len(tags)
-        self.tags, self.emb, self.w = tags, emb, weights
-        self.covered: set = set()
-        self.free = np.ones(n, dtype=bool)  # not chosen yet
-        self.new = np.array([len(t) for t in tags], dtype=np.float64)  # uncovered tags per row
-        self.size = np.maximum(self.new, 1)
-        self.by_tag: dict[str, list[int]] = {}
-        for i, ts in enumerate(tags):
-            for t in ts:
-                self.by_tag.setdefault(t, []).append(i)
-        self.sim = np.full(n, -1.0)  # max cosine to the chosen rows (-1: none chosen)
-        most = max((len(t) for t in tags), default=0) or 1
-        cx = np.array([len(t) for t in tags], dtype=np.float64) / most
-        # no rating (unreadable, cut) counts 0: below every readable rating (0.1..1.0), never neutral
-        if difficulty is not None:
-            cx = (cx + np.array([0.0 if d is None else d for d in difficulty])) / 2
-        self.complexity = cx
-        self.completeness = (
-            None if completeness is None else np.array([0.0 if c is None else c for c in completeness])
-        )
 
-    def criteria(self) -> dict[str, np.ndarray]:
-        out = {
-            "diversity": np.where([bool(t) for t in self.tags], self.new / self.size, 0.0),
-            "complexity": self.complexity,
-        }
-        if self.emb is not None:
-            out["richness"] = np.where(self.sim < -0.5, 1.0, np.clip(1.0 - self.sim, 0.0, 1.0))
-        if self.completeness is not None:
-            out["completeness"] = self.completeness
-        return {k: out[k] for k in CRITERIA if k in out and getattr(self.w, k) > 0}
-
-    def total(self, crit: dict[str, np.ndarray]) -> np.ndarray:
-        weight = sum(getattr(self.w, k) for k in crit)
-        return sum(getattr(self.w, k) * v for k, v in crit.items()) / weight
-
-    def scores(self, i: int) -> dict[str, float]:
-        crit = self.criteria()
-        return {k: round(float(v[i]), 4) for k, v in crit.items()} | {
-            "score": round(float(self.total(crit)[i]), 4)
-        }
-
-    def all_scores(self) -> list[dict[str, float]]:
-        crit = self.criteria()
-        crit["score"] = self.total(crit)
-        rounded = {k: np.round(v.astype(np.float64), 4).tolist() for k, v in crit.items()}
-        return [{k: v[i] for k, v in rounded.items()} for i in range(len(self.tags))]
-
-    def best(self) -> int:
-        total = np.where(self.free, self.total(self.criteria()), -np.inf)
-        return int(np.argmax(total))  # ties: the first in input order
-
-    def take(self, i: int) -> None:
-        self.free[i] = False
-        for t in self.tags[i] - self.covered:
-            self.covered.add(t)
-            for j in self.by_tag[t]:
-                self.new[j] -= 1
-        if self.emb is not None:
-            self.sim = np.maximum(self.sim, self.emb @ self.emb[i])
+def merge_csr(summaries: list) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Shards' CSR tags -> one CSR over a global vocabulary (shard order)."""
+    vocab: dict[str, int] = {}
+    ptrs, idx, offset = [np.zeros(1, dtype=np.int64)], [], 0
+    for s in summaries:
+        glob = np.array([vocab.setdefault(t, len(vocab)) for t in s["vocab"]], dtype=np.int32)
+        idx.append(glob[s["indices"]] if len(s["indices"]) else s["indices"])
+        ptrs.append(s["indptr"][1:] + offset)
+        offset += int(s["indptr"][-1])
+    indices = np.concatenate(idx) if idx else np.zeros(0, dtype=np.int32)
+    return np.concatenate(ptrs), indices.astype(np.int32), vocab

@@ -8,14 +8,15 @@ over every tag of the run, each step switchable with its threshold in params, ru
                            penalty for spelling variants)
   3. semantic aggregation  the surviving vocabulary embedded (all-MiniLM-L6-v2), agglomerative
                            clustering (average linkage) at cosine similarity >= `semantic_threshold`
-  4. association           FP-growth (mlxtend) over per-row tag sets; a pair whose rule confidence is
-     aggregation           >= `association_confidence` (both ways by default) on >= `association_min_rows`
-                           rows merges
+  4. association           FP-growth's 1-to-1 rules (max_len 2) from the tag and pair row counts; a
+     aggregation           pair whose rule confidence is >= `association_confidence` (both ways by
+                           default) on >= `association_min_rows` rows merges
 Every merge maps a group to its most frequent member (ties: shorter, then alphabetical).
 
-summarize(rows, shard) -> {"rows": [tag tuple per row]}: raw tags only (small); combine() builds
-the mapping raw -> canonical (None = dropped) and, when ctx.run_dir is set, writes
-<run_dir>/tags/vocabulary.jsonl ({"tag", "count", "members"}) and tags/mapping.jsonl
+summarize(rows, shard) -> the shard's distinct raw-tag sets and how many rows carry each (tag_sets.py:
+CSR arrays over a shard vocabulary, never one tuple per row); combine() works on the vocabulary and
+those sets (counts by bincount, pairs by offset within a set) and builds the mapping raw ->
+canonical (None = dropped) and, when ctx.run_dir is set, writes <run_dir>/tags/vocabulary.jsonl ({"tag", "count", "members"}) and tags/mapping.jsonl
 ({"raw", "canonical", "step", "steps", "count"}); apply() puts meta.tag_normalize.tags
 (canonical tags, first-seen order) on each row. A row whose tags all vanish is kept with tags [],
 unless reject_untagged is true (then rejected as "no_tags_after_normalization").
@@ -24,6 +25,7 @@ unless reject_untagged is true (then rejected as "no_tags_after_normalization").
 from __future__ import annotations
 
 import json
+import math
 import re
 import unicodedata
 from collections import Counter
@@ -32,6 +34,7 @@ from pydantic import BaseModel, Field
 
 from alignfactory import io
 from alignfactory.stages.base import CorpusStage
+from alignfactory.stages.curate.tag_sets import TagSets, tag_sets
 
 SPECIAL = re.compile(r"[^\w\s]|_")  # punctuation and symbols; CJK characters are \w and stay
 LATIN_WORD = re.compile(r"[a-z]+")
@@ -101,13 +104,13 @@ class TagNormalize(CorpusStage):
         return tuple(out)
 
     def summarize(self, rows: list[dict], shard: int) -> dict:
-        return {"rows": [self.row_tags(r) for r in rows]}
+        return tag_sets([self.row_tags(r) for r in rows])
 
     # -- in one place -------------------------------------------------------------------------------
 
     def combine(self, summaries: list) -> dict:
-        row_sets = [tags for s in summaries for tags in s["rows"]]
-        raw_counts = Counter(t for tags in row_sets for t in tags)
+        sets = TagSets.merge(summaries)
+        raw_counts = sets.raw_counts()
         mapping = {t: t for t in raw_counts}  # raw -> current canonical (None = dropped)
         steps: dict[str, list[str]] = {t: [] for t in raw_counts}
 
@@ -120,25 +123,20 @@ class TagNormalize(CorpusStage):
         p = self.params
         if p.rule:
             remap("rule", self.rule_groups(raw_counts))
-        counts = self.counts(row_sets, mapping)
+        counts = sets.counts(mapping)
         if p.frequency and p.alpha > 1:
             remap("frequency", {t: None for t, c in counts.items() if c < p.alpha})
-            counts = self.counts(row_sets, mapping)
+            counts = sets.counts(mapping)
         if p.semantic and len(counts) > 1:
             remap("semantic", self.semantic_groups(counts))
-            counts = self.counts(row_sets, mapping)
+            counts = sets.counts(mapping)
         if p.association and len(counts) > 1:
-            remap("association", self.association_groups(row_sets, mapping, counts))
-            counts = self.counts(row_sets, mapping)
+            remap("association", self.association_groups(sets, mapping, counts))
+            counts = sets.counts(mapping)
         plan = {"mapping": mapping, "steps": steps, "counts": dict(counts), "raw_counts": dict(raw_counts)}
         if self.ctx.run_dir is not None:
             self.write_audit(plan)
         return plan
-
-    @staticmethod
-    def counts(row_sets: list[tuple], mapping: dict) -> Counter:
-        """Rows carrying each current canonical tag (a tag counts once per row)."""
-        return Counter(c for tags in row_sets for c in {mapping[t] for t in tags} if c is not None)
 
     def rule_groups(self, raw_counts: Counter) -> dict:
         """raw -> its group's canonical cleaned form; the group key is the cleaned, stemmed form."""
@@ -174,42 +172,24 @@ class TagNormalize(CorpusStage):
             groups.setdefault(int(label), []).append(tag)
         return {t: pick(members, counts) for members in groups.values() for t in members}
 
-    def association_groups(self, row_sets: list[tuple], mapping: dict, counts: Counter) -> dict:
-        """FP-growth over rows' current tag sets -> 1-to-1 rules above the confidence -> merged groups."""
-        import numpy as np
-        import pandas as pd
-        from mlxtend.frequent_patterns import association_rules, fpgrowth
-
+    def association_groups(self, sets: TagSets, mapping: dict, counts: Counter) -> dict:
+        """1-to-1 association rules over the rows' current tag sets -> merged groups. The supports
+        and confidences are FP-growth's (mlxtend, max_len 2) from tag and pair row counts:
+        support = rows / N (N: rows with a tag), conf(a -> b) = support(ab) N / (support(a) N), the
+        very float operations of mlxtend 0.25's association_rules (a 0.9 on the line stays 0.9)."""
         p = self.params
-        sets = [sorted({mapping[t] for t in tags} - {None}) for tags in row_sets]
-        sets = [s for s in sets if s]
         vocab = sorted(counts)
-        index = {t: i for i, t in enumerate(vocab)}
-        matrix = np.zeros((len(sets), len(vocab)), dtype=bool)  # rows x tags
-        for r, tags in enumerate(sets):
-            matrix[r, [index[t] for t in tags]] = True
-        onehot = pd.DataFrame(matrix, columns=vocab)
-        itemsets = fpgrowth(
-            onehot, min_support=p.association_min_rows / len(sets), use_colnames=True, max_len=2
-        )
-        pairs = itemsets[itemsets["itemsets"].map(len) == 2]
+        n_rows, single, (a, b, both) = sets.pair_counts(mapping, vocab)
+        min_support = p.association_min_rows / n_rows
+        minsup = math.ceil(min_support * n_rows)  # FP-growth's conditional trees cut at this count
         uf = UnionFind(vocab)
-        if not pairs.empty:
-            rules = association_rules(
-                itemsets, num_itemsets=len(sets), metric="confidence", min_threshold=0.0
-            )
-            conf = {
-                (next(iter(a)), next(iter(c))): float(v)
-                for a, c, v in zip(
-                    rules["antecedents"], rules["consequents"], rules["confidence"], strict=True
-                )
-                if len(a) == 1 and len(c) == 1
-            }
-            for (a, b), v in conf.items():
-                back = conf.get((b, a), 0.0)
-                ok = min(v, back) if p.association_both_ways else max(v, back)
-                if a < b and ok >= p.association_confidence:
-                    uf.union(a, b)
+        frequent = (both / n_rows >= min_support) & (both >= minsup)
+        for x, y, ab in zip(a[frequent].tolist(), b[frequent].tolist(), both[frequent].tolist(), strict=True):
+            s_ab, s_x, s_y = ab / n_rows, single[x] / n_rows, single[y] / n_rows
+            there, back = (s_ab * n_rows) / (s_x * n_rows), (s_ab * n_rows) / (s_y * n_rows)
+            ok = min(there, back) if p.association_both_ways else max(there, back)
+            if ok >= p.association_confidence:
+                uf.union(vocab[x], vocab[y])
         return {t: pick(members, counts) for members in uf.groups() for t in members}
 
     @property
