@@ -53,7 +53,9 @@ def parser() -> argparse.ArgumentParser:
     )
     a.add_argument("spec", help="pipelines/ablate_<name>.yaml")
     a.add_argument(
-        "--eval", dest="eval_file", help="JSONL eval items (question/answer, prompt+tests, prompt+verifier)"
+        "--eval",
+        dest="eval_file",
+        help="JSONL eval items (question/answer, prompt+tests, prompt+verifier, prompt+chosen+rejected)",
     )
     a.add_argument(
         "--output", help="ablation directory (default runs/<name>); re-running re-uses what finished"

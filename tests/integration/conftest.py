@@ -16,8 +16,10 @@ PY = sys.executable
 SHORT_REPLIES = 'sampling.stop=[".", "!", "?", ",", "\\n", "。", "！", "？", "，"]'
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def _session_ray():
+    """Ends the shared Ray after the last integration test (the unit tests that follow check that
+    what they run starts no Ray)."""
     yield
     import ray
 
@@ -27,7 +29,7 @@ def _session_ray():
 
 @pytest.fixture(scope="module")
 def local_ray(_session_ray):
-    """Ray in this process (2 logical CPUs, as on the CI machine), shared by the session's modules: a
+    """Ray in this process (2 logical CPUs, as on the CI machine), shared by the integration modules: a
     fresh Ray costs 18-24 s on 2 cores, and ~10 modules use one. Restarted when a module left work
     holding CPUs, or when one that needs a Ray of its own (release_ray(): test_cluster,
     test_engine_threads, test_ray_job) shut it down. CLI drivers join it with its address."""
