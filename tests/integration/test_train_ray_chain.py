@@ -1,8 +1,9 @@
 """The training chain through the Ray Train launcher, as a user runs it: SFT -> DPO (from SFT) -> reward
 model (from SFT) -> online DPO (from DPO, N=4, reward-model scorer), each one
 `alignfactory train <step> --workers 2` on 2 CPU workers (DDP over gloo), one Ray session for all four.
-The online DPO run is also the kill test: once Ray has registered its first checkpoint, rank 1 is
-SIGKILLed; the group restarts and both new workers resume from that checkpoint.
+SFT (TRL's Trainer) and online DPO (our loop) are also the kill tests: once Ray has registered a
+step's first checkpoint, its rank 1 is SIGKILLed; the group restarts and both new workers resume
+from that checkpoint. (A worker group costs 30-50 s to start here, so the kills ride on the chain.)
 
 Tiny random llama (tests of the training code, not of the weights) and the factory-format run dir of
 test_train_chain. Every worker writes what it did to <storage>/<step>/workers/ (ray_launcher's
@@ -27,6 +28,7 @@ from tests.integration.test_train_chain import distance, make_run_dir, weights
 pytestmark = pytest.mark.slow
 
 ONLINE_STEPS = 8
+SFT_STEPS = 8  # a checkpoint every 2: killed after the first, resumed from it
 
 # One Ray session (2 logical CPUs, started here, never a cluster someone else runs), the CLI's own
 # main() for each step, in order; each step's result line and time go to RESULTS.
@@ -73,10 +75,12 @@ def chain(tmp_path_factory):
     root, store = tmp / "out", tmp / "store"
     trl = ["--max_length", "128", "--max_steps", "3", "--save_strategy", "no"]
     trl += ["--per_device_train_batch_size", "2"]
+    sft_kill = ["--max_steps", str(SFT_STEPS), "--save_strategy", "steps", "--save_steps", "2"]
     steps = [
         ["train", step, "--config", f"pipelines/train_{step}_cpu.yaml", "--workers", "2"]
         + ["--storage-path", str(store), "--name", step, "--data", str(run)]
         + ["--model_name_or_path", src, "--output_dir", str(root / step), *trl]
+        + (sft_kill if step == "sft" else [])  # later flags win
         for step, src in (("sft", base), ("dpo", str(root / "sft")), ("reward", str(root / "sft")))
     ]
     steps.append(
@@ -90,20 +94,21 @@ def chain(tmp_path_factory):
     )
     env = os.environ | {"PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "ALIGNFACTORY_TRAIN_RECORD_ROWS": "1"}
     env.pop("RAY_ADDRESS", None)
-    online = store / "online"
-    pid_file, killed, at_kill = online / "workers/rank-1.pid", None, []
+    to_kill = ["sft", "online"]  # in the order they run
+    killed, at_kill = {}, {}
     t0 = time.perf_counter()
     with open(tmp / "driver.log", "w") as log:  # a file: nobody reads a pipe while we poll
         p = subprocess.Popen(
             [PY, "-c", DRIVER, json.dumps(steps)], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT
         )
-        deadline = time.time() + 600
-        while time.time() < deadline and p.poll() is None:
-            at_kill = registered_steps(online)
-            if at_kill and pid_file.exists():  # Ray holds a checkpoint to restart from
-                killed = int(pid_file.read_text())
-                os.kill(killed, signal.SIGKILL)  # rank 1 dies mid-run
-                break
+        deadline = time.time() + 900
+        while time.time() < deadline and p.poll() is None and to_kill:
+            step = to_kill[0]
+            registered, pid_file = registered_steps(store / step), store / step / "workers/rank-1.pid"
+            if registered and pid_file.exists():  # Ray holds a checkpoint to restart from
+                at_kill[step], killed[step] = registered, int(pid_file.read_text())
+                os.kill(killed[step], signal.SIGKILL)  # rank 1 dies mid-run
+                to_kill.pop(0)
             time.sleep(0.1)
         p.wait(timeout=max(1, deadline - time.time()))
     out = (tmp / "driver.log").read_text()
@@ -165,34 +170,48 @@ def test_losses_are_finite_and_online_dpo_logs_pairs_and_margins(chain):
 
 
 def test_the_two_workers_trained_on_different_rows_into_one_model(chain):
-    for step in ("sft", "dpo", "reward"):
-        b0, b1 = workers(chain, step, "batches.jsonl")
-        assert [b["step"] for b in b0] == [b["step"] for b in b1] == [1, 2, 3], step
-        assert all(b["rows"] for b in b0 + b1), step  # every step saw training rows on both ranks
+    for step, n in (("sft", SFT_STEPS), ("dpo", 3), ("reward", 3)):
+        # a step redone after the restart is logged again: the newest record of each step counts
+        b0, b1 = ({b["step"]: b["rows"] for b in rank} for rank in workers(chain, step, "batches.jsonl"))
+        assert sorted(b0) == sorted(b1) == list(range(1, n + 1)), step
+        assert all(b0.values()) and all(b1.values()), step  # every step saw rows on both ranks
         # each step, rank 1 trained on its own shard of the data, none of rank 0's rows (the fixture
         # makes every training row distinct, so a row hashing alike on both ranks is a shared row)
-        for x, y in zip(b0, b1, strict=True):
-            shared = set(x["rows"]) & set(y["rows"])
-            assert not shared, (step, x["step"], sorted(shared), x["rows"], y["rows"])
+        for k in b0:
+            shared = set(b0[k]) & set(b1[k])
+            assert not shared, (step, k, sorted(shared), b0[k], b1[k])
     online = [read_jsonl(chain["root"] / f"online/{f}") for f in ("log.jsonl", "log.rank1.jsonl")]
     for r0, r1 in zip(*online, strict=True):
         assert r0["step"] == r1["step"] and not set(r0["prompt_index"]) & set(r1["prompt_index"])
     for step in ("sft", "dpo", "reward", "online"):  # gradients averaged: one model on every rank
         f0, f1 = workers(chain, step, "final.json")
         assert f0 == f1, (step, f0, f1)
-        assert f0["step"] == (ONLINE_STEPS if step == "online" else 3)
+        assert f0["step"] == {"online": ONLINE_STEPS, "sft": SFT_STEPS}.get(step, 3)
+
+
+def test_a_killed_sft_worker_resumes_from_rays_checkpoint(chain):
+    """TRL's Trainer under Ray Train: the restarted group resumes from the checkpoint Ray registered."""
+    sft = chain["store"] / "sft"
+    assert "sft" in chain["killed"], chain["log"][-3000:]
+    assert int((sft / "workers/rank-1.pid").read_text()) != chain["killed"]["sft"]  # the group restarted
+    resumed = workers(chain, "sft", "resumed")
+    assert len({r["step"] for r in resumed}) == 1, resumed  # both new workers from one checkpoint
+    assert all(min(chain["at_kill"]["sft"]) <= r["step"] < SFT_STEPS for r in resumed), resumed
+    final = Path(chain["res"]["sft"]["checkpoint"]) / "checkpoint/trainer_state.json"
+    assert json.loads(final.read_text())["global_step"] == SFT_STEPS
+    assert (chain["root"] / "sft/model.safetensors").is_file()
 
 
 def test_a_killed_online_dpo_worker_resumes_from_its_checkpoint(chain):
     online = chain["store"] / "online"
-    assert chain["killed"] is not None, chain["log"][-3000:]
-    assert int((online / "workers/rank-1.pid").read_text()) != chain["killed"]  # the group restarted
+    assert "online" in chain["killed"], chain["log"][-3000:]
+    assert int((online / "workers/rank-1.pid").read_text()) != chain["killed"]["online"]  # restarted
     resumed = workers(chain, "online", "resumed")
     steps = {r["step"] for r in resumed}
     assert len(steps) == 1, resumed  # both new workers from the same checkpoint
     (step,) = steps
     # the newest checkpoint Ray had registered when rank 1 died (or one it registered in between)
-    assert 2 <= max(chain["at_kill"]) <= step < ONLINE_STEPS, (resumed, chain["at_kill"])
+    assert 2 <= max(chain["at_kill"]["online"]) <= step < ONLINE_STEPS, (resumed, chain["at_kill"])
     assert all(Path(r["path"]).parent.parent == online for r in resumed)  # Ray's copy, not output_dir
     final = Path(chain["res"]["online-dpo"]["checkpoint"]) / "checkpoint/state.json"
     assert json.loads(final.read_text())["step"] == ONLINE_STEPS
