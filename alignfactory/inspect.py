@@ -36,6 +36,20 @@ REPORT_LINK = "Report: [report.html](report.html) (plots of tags, lengths, rejec
 DUPLICATE = re.compile(r"duplicate of ([0-9a-f]{16})")  # dedup's reject reason names the kept row
 
 
+REPO = Path(__file__).resolve().parents[1]  # the checkout holding pipelines/ and runs/ (editable install)
+
+
+def find_run(run_dir: str | Path) -> Path:
+    """A run directory as the notebooks take it: absolute; else relative to the current directory
+    when it is there (papermill from the repo root); else relative to the repo (Jupyter opened in
+    notebooks/, papermill started anywhere else). Unresolved, the name as given (manifest() then says
+    it is not a run directory)."""
+    run = Path(run_dir).expanduser()
+    if run.is_absolute() or run.exists():
+        return run
+    return REPO / run if (REPO / run).exists() else run
+
+
 def manifest(run_dir: str | Path) -> dict:
     path = Path(run_dir) / "manifest.json"
     if not path.exists():
