@@ -9,6 +9,7 @@ memory advice) is appended to <run dir>/run.log. `alignfactory run -v` prints al
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 from pathlib import Path
 
 LOG_NAME = "run.log"
@@ -73,3 +74,18 @@ def route_worker_output(verbose: bool) -> bool:
 
     dispatcher.add_handler("alignfactory_run_log", to_log)
     return True
+
+
+@contextmanager
+def no_progress_bars():
+    """transformers' "Loading weights" bar off for a load (a model or embedder loads in well under a
+    second here; the bar is noise on a console, or in every Ray worker's output), then as it was."""
+    from transformers.utils import logging as hf_logging
+
+    was_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_on:
+            hf_logging.enable_progress_bar()

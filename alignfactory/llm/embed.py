@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from alignfactory.console import no_progress_bars
+
 
 class Embedder:
     def __init__(self, path: str | Path | None = None, batch_size: int = 64, device: str | None = None):
@@ -18,7 +20,8 @@ class Embedder:
 
         self.path = str(path) if path is not None else str(embedder_path())
         self.batch_size = batch_size
-        self.model = _quiet_load(SentenceTransformer, self.path, device or "cpu")
+        with no_progress_bars():  # tag_normalize and report embed in the driver: no bar on its console
+            self.model = SentenceTransformer(self.path, device=device or "cpu")
         get_dim = (
             getattr(self.model, "get_embedding_dimension", None)
             or self.model.get_sentence_embedding_dimension
@@ -36,17 +39,3 @@ class Embedder:
             show_progress_bar=False,
         )
         return np.asarray(vecs, dtype=np.float32)
-
-
-def _quiet_load(cls, path: str, device: str):
-    """Load without transformers' "Loading weights" bar: a 0.03 s load that would otherwise print
-    a bar on the driver's console (tag_normalize and report embed in the driver)."""
-    from transformers.utils import logging as hf_logging
-
-    was_on = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        return cls(path, device=device)
-    finally:
-        if was_on:
-            hf_logging.enable_progress_bar()

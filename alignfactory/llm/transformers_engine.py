@@ -39,6 +39,8 @@ import os
 import time
 from pathlib import Path
 
+from alignfactory.console import no_progress_bars
+
 from .base import Completion, Sampling, seeds_for
 from .config import ModelConfig
 from .embedded import EMBEDDED_MODEL_ID, embedded_model_dir, gguf_to_hf_dir
@@ -138,7 +140,8 @@ class TransformersEngine:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         if not getattr(self.tokenizer, "chat_template", None):
             raise ValueError(f"{load_from}: the tokenizer has no chat template; use an instruct/chat model")
-        self.model = AutoModelForCausalLM.from_pretrained(load_from, dtype=dtype).to(self.device).eval()
+        with no_progress_bars():  # the bar repeated in every worker's output (ablate's console too)
+            self.model = AutoModelForCausalLM.from_pretrained(load_from, dtype=dtype).to(self.device).eval()
         gen_eos = self.model.generation_config.eos_token_id
         eos = set(gen_eos if isinstance(gen_eos, list) else [gen_eos] if gen_eos is not None else [])
         if self.tokenizer.eos_token_id is not None:

@@ -83,4 +83,17 @@ def test_the_embedder_loads_without_a_progress_bar_and_leaves_the_setting_alone(
     Embedder()
     _, err = capfd.readouterr()
     assert "Loading weights" not in err
-    assert hf_logging.is_progress_bar_enabled()  # the LLM engines' bars still go to run.log
+    assert hf_logging.is_progress_bar_enabled()  # as it was
+
+
+def test_the_transformers_engine_loads_without_a_progress_bar(capfd):
+    """Every LLM actor's load printed the bar into its worker output: a console that shows worker
+    output (alignfactory ablate's sampling run, -v) got one per actor."""
+    from transformers.utils import logging as hf_logging
+
+    from alignfactory.llm import make_engine
+    from alignfactory.llm.config import ModelConfig
+
+    make_engine(ModelConfig(backend="transformers"), batch_size=1)
+    out, err = capfd.readouterr()
+    assert "Loading weights" not in out + err and hf_logging.is_progress_bar_enabled()
