@@ -395,6 +395,7 @@ def datatrove(args, path: Path, planted, truth, ours_found, ours_secs, ours_reje
     from datatrove.pipeline.readers import JsonlReader
     from datatrove.pipeline.writers import JsonlWriter
     from datatrove.utils.hashing import HashConfig
+    from datatrove.utils.text import TextNormConfig
 
     tasks = -(-args.scale_docs // args.scale_shard)  # = [2]'s shards
     d = path.parent / "datatrove"
@@ -410,7 +411,15 @@ def datatrove(args, path: Path, planted, truth, ours_found, ours_secs, ours_reje
                 out.write(json.dumps({"text": text, "id": str(i)}, ensure_ascii=False) + "\n")
     zh = {i for i, x in enumerate(lines) if " " not in json.loads(x)["instruction"]}
     del lines
-    cfg = MinhashConfig(n_grams=3, num_buckets=32, hashes_per_bucket=4, hash_config=HashConfig(precision=32))
+    # norm_numbers off: its default maps every digit to 0, which would merge this corpus's words
+    # ("ba2747" -> "ba0"); our stage keeps digits too
+    cfg = MinhashConfig(
+        n_grams=3,
+        num_buckets=32,
+        hashes_per_bucket=4,
+        hash_config=HashConfig(precision=32),
+        norm_config=TextNormConfig(norm_numbers=False),
+    )
 
     def run(pipeline, n_tasks, workers=2):
         logs = str(d / f"logs-{len(phases)}")  # datatrove's per-task logs and completion markers
