@@ -281,10 +281,12 @@ def _read_hf_dir(path: Path) -> Iterator[dict]:
 # ---- writing -----------------------------------------------------------------------------------
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write to a temp file in the same dir, fsync, rename: readers see all of it or none."""
+def write_atomic(path: Path, data: bytes, tag: int | str | None = None) -> None:
+    """Write to a temp file in the same dir, fsync, rename: readers see all of it or none.
+    tag names the temp file (default: this pid); Ray workers pass the driver's pid, which names the
+    run session, so one session's writer of a file is known from outside (the kill tests pin it)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid() if tag is None else tag}")
     with open(tmp, "wb") as f:
         f.write(data)
         f.flush()

@@ -18,9 +18,10 @@ pipeline that knows Ray; its modules, in the order a run uses them:
     runs/<name>/stages/<i>-<stage>/_SUCCESS         all shards of the stage written, with totals
 
 Consecutive row stages form one segment: one Ray Data pipeline from_items(shards) -> map_batches
-per stage (LLM stages in actor pools, CPU stages as tasks). A shard travels as one item carrying
-its rows and every stage's output; the driver writes each finished shard's outputs atomically, so
-a kill -9 loses only the shards in flight and a re-run sends only the shards not yet written.
+per stage (LLM stages in actor pools, CPU stages as tasks). A shard travels as one item: the stage
+it starts at reads its rows from the shard file, each stage's worker writes its output shard itself
+(atomically) and passes its kept rows on; the driver gets stats, never rows, and keeps the ledger.
+A kill -9 loses only the shards in flight; a re-run sends only the shards not yet written.
 Corpus stages (map -> combine -> apply, or all rows in one task) are described in corpus_stages.py.
 `python -m alignfactory.run spec.yaml` is what `ray job submit` runs.
 """
@@ -37,9 +38,9 @@ from alignfactory.run.workers import (
     StageWorker,
     corpus_stage,
     load_plan,
-    run_corpus,
     run_corpus_task,
     run_task_stage,
+    run_whole,
     summary_path,
 )
 from alignfactory.spec import SpecError
@@ -64,10 +65,10 @@ __all__ = [
     "plan",
     "prepare",
     "read_shard",
-    "run_corpus",
     "run_corpus_task",
     "run_on_shard",
     "run_task_stage",
+    "run_whole",
     "segments",
     "summary_path",
     "write_shard",

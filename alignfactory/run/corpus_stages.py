@@ -4,14 +4,16 @@ A distributed corpus stage (CorpusStage, e.g. dedup) runs map -> combine -> appl
 input shard on Ray Data (tasks, or actors for stages that embed) into <stage dir>/_SUMMARY-<i>.pkl,
 the small summaries meet in the driver for combine, whose plan is kept in <stage dir>/_PLAN.pkl,
 then apply per shard on Ray makes output shard i for input shard i (parsing only the rows the plan
-touches, where the stage says which: CorpusStage.touched); the driver never holds the rows. Other
-corpus stages get all rows in one Ray task (or the driver, for export) and their output is
-re-sharded.
+touches, where the stage says which: CorpusStage.touched), written by the worker; the driver never
+holds the rows. Other corpus stages get all rows in one Ray task (or the driver, for export), which
+reads the input shards and writes its output re-sharded.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import pickle
 import time
 from dataclasses import replace
@@ -20,12 +22,13 @@ from pathlib import Path
 from alignfactory import io
 from alignfactory.cost import BudgetGuard
 from alignfactory.progress import Progress
+from alignfactory.run import workers
 from alignfactory.run.execute import build_stage
 from alignfactory.run.ledger import succeed, totals
 from alignfactory.run.planning import Step
 from alignfactory.run.ray_plumbing import corpus_dataset, ensure_ray
-from alignfactory.run.shards import SHARD_GLOB, counts, kept, read_shard, write_shard
-from alignfactory.run.workers import run_corpus, summary_path
+from alignfactory.run.shards import SHARD_GLOB, read_header
+from alignfactory.run.workers import summary_path
 
 log = logging.getLogger("alignfactory")
 
@@ -37,39 +40,28 @@ def is_distributed(step: Step) -> bool:
 def run_whole(
     step: Step, source: Path, root: Path, shard_size: int, progress: Progress, guard: BudgetGuard
 ) -> None:
-    """All rows at once, in one Ray task (the driver, for in_driver stages such as export); the
-    output re-sharded. source: the previous step's dir; root: the run dir (the stage's ctx.run_dir)."""
+    """All rows at once, in one Ray task (the driver, for in_driver stages such as export) that reads
+    the input shards and writes the output re-sharded (workers.run_whole). source: the previous
+    step's dir; root: the run dir (the stage's ctx.run_dir)."""
     for stale in step.dir.glob(SHARD_GLOB):
         stale.unlink()
-    rows = [r for p in sorted(source.glob(SHARD_GLOB)) for r in kept(read_shard(p)[0])]
-    params = step.params.model_dump(mode="json")
-    ctx = replace(step.ctx, run_dir=root)
-    log.info("%s: %d rows (corpus stage)", step.name, len(rows))
-    progress.start(step.name, len(rows), 1, llm=step.cls.uses_llm)
+    sources = sorted(source.glob(SHARD_GLOB))
+    n = sum(read_header(p)["rows_out"] for p in sources)
+    args = (step.name, step.params.model_dump(mode="json"), replace(step.ctx, run_dir=root))
+    args += ([str(p) for p in sources], str(step.dir), shard_size, os.getpid())
+    log.info("%s: %d rows (corpus stage)", step.name, n)
+    progress.start(step.name, n, 1, llm=step.cls.uses_llm)
     if step.cls.in_driver:
-        out, stats = run_corpus(step.name, params, ctx, rows)
+        stats = workers.run_whole(*args)
     else:
         import ray
 
         ensure_ray()
         res = step.spec.resources
-        task = ray.remote(num_cpus=res.num_cpus, num_gpus=res.num_gpus, memory=step.memory.bytes)(run_corpus)
-        out, stats = ray.get(task.remote(step.name, params, ctx, rows))
-    # Kept rows re-sharded in full shards; the rejected ones ride in shard 0 (for rejected/ and counts).
-    good, dropped, size = kept(out), [r for r in out if r.get("reject")], shard_size
-    for j in range(0, max(len(good), 1), size):
-        part = good[j : j + size] + (dropped if j == 0 else [])
-        shard_stats = {
-            **counts(part, 0),
-            "tokens_in": 0,
-            "tokens_out": 0,
-            "seconds": 0.0,
-        }
-        if j == 0:  # whole-stage counters live on the first shard so totals() adds up
-            shard_stats |= {k: stats[k] for k in ("rows_in", "tokens_in", "tokens_out", "seconds")}
-        write_shard(step.dir / f"shard-{j // size:05d}.jsonl", part, shard_stats)
+        task = ray.remote(num_cpus=res.num_cpus, num_gpus=res.num_gpus, memory=step.memory.bytes)
+        stats = ray.get(task(workers.run_whole).remote(*args))
     guard.add(step.index, stats)
-    progress.update(step.name, len(rows), stats.get("tokens_out", 0))
+    progress.update(step.name, n, stats.get("tokens_out", 0))
     progress.finish(step.name)
     succeed(step, totals(step))
 
@@ -79,7 +71,7 @@ def run_distributed(step: Step, source: Path, root: Path, progress: Progress) ->
     per shard (Ray) -> output shard i for input shard i. A re-run after a kill reuses the plan
     and the output shards already written."""
     inputs = sorted(source.glob(SHARD_GLOB))
-    items = [{"shard": i, "path": str(p)} for i, p in enumerate(inputs)]
+    items = [{"shard": i, "path": str(p), "out": str(step.dir / p.name)} for i, p in enumerate(inputs)]
     params = step.params.model_dump(mode="json")
     ctx = replace(step.ctx, run_dir=root)
     plan_path = step.dir / "_PLAN.pkl"
@@ -88,7 +80,7 @@ def run_distributed(step: Step, source: Path, root: Path, progress: Progress) ->
         todo = [it for it in items if not summary_path(plan_path, it["shard"]).exists()]
         log.info("%s: summarizing %d of %d shards", step.name, len(todo), len(items))
         if todo:
-            for _ in corpus_dataset(step, todo, ctx, "summarize", str(plan_path)).iter_rows():
+            for _ in corpus_dataset(step, todo, ctx, "summarize", str(plan_path), os.getpid()).iter_rows():
                 pass  # each worker writes its shard's summary file
         summaries = [pickle.loads(summary_path(plan_path, it["shard"]).read_bytes()) for it in items]
         t0 = time.perf_counter()
@@ -109,11 +101,9 @@ def run_distributed(step: Step, source: Path, root: Path, progress: Progress) ->
     todo = [it for it in items if not (step.dir / inputs[it["shard"]].name).exists()]
     if todo:
         log.info("%s: %d shards to apply", step.name, len(todo))
-        ds = corpus_dataset(step, todo, ctx, "apply", str(plan_path))
+        ds = corpus_dataset(step, todo, ctx, "apply", str(plan_path), os.getpid())
         progress.start(step.name, None, len(todo), llm=step.cls.uses_llm)
-        for out in ds.iter_rows():
-            result = pickle.loads(out["payload"])
-            io.write_atomic(step.dir / inputs[int(out["shard"])].name, result["shard_bytes"])
-            progress.update(step.name, result["stats"]["rows_in"])
+        for out in ds.iter_rows():  # each worker wrote its output shard; the driver gets its stats
+            progress.update(step.name, json.loads(out["payload"])["rows_in"])
         progress.finish(step.name)
     succeed(step, totals(step))

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from alignfactory import __version__, cost, io
 from alignfactory.run.planning import Step
-from alignfactory.run.shards import SHARD_GLOB, read_shard
+from alignfactory.run.shards import SHARD_GLOB, read_header, read_shard
 from alignfactory.spec import PipelineSpec
 
 log = logging.getLogger("alignfactory")
@@ -34,8 +34,7 @@ def totals(step: Step) -> dict:
     }
     nodes = set()  # Ray node ids that ran shards of this stage
     for path in step.dir.glob(SHARD_GLOB):
-        with open(path, encoding="utf-8") as f:
-            stats = json.loads(f.readline())["_shard"]
+        stats = read_header(path)
         for k in sums:
             sums[k] += stats.get(k, 1 if k == "shards" else 0)
         if stats.get("worker", {}).get("node"):

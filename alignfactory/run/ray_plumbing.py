@@ -39,16 +39,18 @@ def actor_pool(size: int):
     return ray.data.ActorPoolStrategy(size=size, max_tasks_in_flight_per_actor=1)
 
 
-def row_dataset(items: list[dict], seg: list[Step]):
+def row_dataset(items: list[dict], seg: list[Step], tag: int):
     """One segment of row stages: from_items(shards) -> map_batches per stage (LLM stages in actor
-    pools, CPU stages as tasks), one shard per batch."""
+    pools, CPU stages as tasks), one shard per batch; each stage's workers write its shards (tag: the
+    driver's pid, naming their temp files)."""
     import ray
 
     ensure_ray()
     ds = ray.data.from_items(items, override_num_blocks=len(items))
     for step in seg:
         res = step.spec.resources
-        args = (step.name, step.params.model_dump(mode="json"), step.ctx)
+        out = {"dir": str(step.dir), "tag": tag, "last": step is seg[-1]}
+        args = (step.name, step.params.model_dump(mode="json"), step.ctx, out)
         remote = {"num_cpus": res.num_cpus, "num_gpus": res.num_gpus, "memory": step.memory.bytes}
         if step.cls.uses_llm:  # engines load once per actor
             fn, how = (
@@ -67,13 +69,14 @@ def row_dataset(items: list[dict], seg: list[Step]):
     return ds
 
 
-def corpus_dataset(step: Step, items: list[dict], ctx: StageContext, phase: str, plan_path=None):
-    """One phase ("summarize" or "apply") of a distributed corpus stage over input shard paths."""
+def corpus_dataset(step: Step, items: list[dict], ctx: StageContext, phase: str, plan_path: str, tag: int):
+    """One phase ("summarize" or "apply") of a distributed corpus stage over input shard paths; the
+    workers write the phase's files (temp files named by tag, the driver's pid)."""
     import ray
 
     ensure_ray()
     res = step.spec.resources
-    args = (step.name, step.params.model_dump(mode="json"), ctx, phase, plan_path)
+    args = (step.name, step.params.model_dump(mode="json"), ctx, phase, plan_path, tag)
     remote = {
         "num_cpus": res.num_cpus,
         "memory": step.memory.bytes if phase == "summarize" else TASK_BASE,

@@ -1,19 +1,21 @@
 """The driver's side of a segment of consecutive row stages: one Ray Data pipeline from_items(shards)
--> map_batches per stage (ray_plumbing.row_dataset). A shard travels as one item carrying its rows
-and every stage's output; the driver writes each finished shard's outputs atomically, so a kill -9
-loses only the shards in flight and a re-run sends only the shards not yet written."""
+-> map_batches per stage (ray_plumbing.row_dataset). An item names a shard and where its rows are;
+the stage it starts at reads them there, and each stage's worker writes its output shard itself,
+atomically, so a kill -9 loses only the shards in flight and a re-run sends only the shards not yet
+written. The driver keeps the ledger: it reads shard headers and gets each shard's stats, never rows."""
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 
 from alignfactory.cost import BudgetGuard
 from alignfactory.progress import Progress
 from alignfactory.run.ledger import succeed, totals
 from alignfactory.run.planning import Step
 from alignfactory.run.ray_plumbing import row_dataset
-from alignfactory.run.shards import SHARD_GLOB, counts, kept, read_shard, write_shard
+from alignfactory.run.shards import SHARD_GLOB, counts, read_header, write_shard
 
 log = logging.getLogger("alignfactory")
 
@@ -28,20 +30,15 @@ def run_segment(steps: list[Step], seg: list[Step], progress: Progress, guard: B
             start += 1
         if start > last:
             continue
-        rows = kept(read_shard(steps[start - 1].dir / path.name)[0])
-        if not rows:  # nothing left to process: the driver writes the empty outputs itself
+        given = steps[start - 1].dir / path.name
+        n = read_header(given)["rows_out"]
+        if not n:  # nothing left to process: the driver writes the empty outputs itself
             for step in seg[start - first :]:
                 write_shard(step.dir / path.name, [], counts([], 0))
             continue
-        payload = {"rows": rows, "outputs": {}}
-        sizes.append(len(rows))
-        items.append(
-            {
-                "shard": path.name,
-                "start": start,
-                "payload": json.dumps(payload, ensure_ascii=False).encode(),
-            }
-        )
+        sizes.append(n)
+        item = {"source": str(given), "outputs": {}}
+        items.append({"shard": path.name, "start": start, "payload": json.dumps(item).encode()})
     names = ", ".join(s.name for s in seg)
     if items:
         log.info("%s: %d shards to run", names, len(items))
@@ -50,12 +47,11 @@ def run_segment(steps: list[Step], seg: list[Step], progress: Progress, guard: B
             known = all(start == step.index for start, _ in mine)
             total = sum(n for _, n in mine) if known else None
             progress.start(step.name, total, len(mine), llm=step.cls.uses_llm)
-        ds = row_dataset(items, seg)
+        ds = row_dataset(items, seg, tag=os.getpid())
         for done, out in enumerate(ds.iter_rows(), 1):
-            item = json.loads(out["payload"])
-            for index, result in sorted(item["outputs"].items(), key=lambda kv: int(kv[0])):
-                step, stats = steps[int(index)], result["stats"]
-                write_shard(step.dir / out["shard"], result["rows"], stats)
+            item = json.loads(out["payload"])  # the shard's stats per stage; its workers wrote the shards
+            for index, stats in sorted(item["outputs"].items(), key=lambda kv: int(kv[0])):
+                step = steps[int(index)]
                 guard.add(step.index, stats)
                 progress.update(step.name, stats["rows_in"], stats.get("tokens_out", 0))
             log.info("%s: shard %s written (%d/%d)", names, out["shard"], done, len(items))

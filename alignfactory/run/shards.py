@@ -7,6 +7,7 @@ A stage's shard i is written whole and atomically, so it either exists, finished
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from alignfactory import io
@@ -14,8 +15,14 @@ from alignfactory import io
 SHARD_GLOB = "shard-*.jsonl"
 
 
-def write_shard(path: Path, rows: list[dict], stats: dict) -> None:
-    io.write_atomic(path, io.jsonl_bytes([{"_shard": stats}] + rows))
+def write_shard(path: Path, rows: list[dict], stats: dict, tag: int | str | None = None) -> None:
+    io.write_atomic(path, io.jsonl_bytes([{"_shard": stats}] + rows), tag)
+
+
+def read_header(path: Path) -> dict:
+    """A shard's counts and timings (its first line), without reading its rows."""
+    with open(path, encoding="utf-8") as f:
+        return json.loads(f.readline())["_shard"]
 
 
 def read_shard(path: Path) -> tuple[list[dict], dict]:

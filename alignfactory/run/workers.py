@@ -2,7 +2,7 @@
 Ray pickles them by module path, so each stays at the top level of this module.
 
 Row stages: StageWorker (an actor for LLM stages: the engine loads once) or run_task_stage (a task),
-one item = one shard carrying its rows and every stage's output. Corpus stages: run_corpus (all rows
+one item = one shard carrying its rows and every stage's output. Corpus stages: run_whole (all rows
 in one task), and CorpusWorker / run_corpus_task for a distributed corpus stage (map -> combine ->
 apply), one item = one input shard read from its file here (the driver sends paths, not rows).
 """
@@ -17,18 +17,22 @@ from pathlib import Path
 
 from alignfactory import io
 from alignfactory.run.execute import account, build_stage, run_on_shard
-from alignfactory.run.shards import counts, kept, read_shard
+from alignfactory.run.shards import counts, kept, read_shard, write_shard
 from alignfactory.stages.base import StageContext
 
 # ---- row stages -----------------------------------------------------------------------------------
 
 
 class StageWorker:
-    """map_batches callable: one item = one shard; stages before the shard's start pass it through."""
+    """map_batches callable: one item = one shard; stages before the shard's start pass it through.
+    The stage where the shard starts reads its rows from item["source"]; each stage writes its own
+    output shard to out["dir"] (atomically, temp named by out["tag"], the driver's pid) and sends
+    on only its kept rows to the next stage and its stats to the driver: rows never reach the driver.
+    out: {"dir": the stage dir, "tag": the driver's pid, "last": the segment's last stage}."""
 
-    def __init__(self, name: str, params: dict, ctx: StageContext):
+    def __init__(self, name: str, params: dict, ctx: StageContext, out: dict):
         t0 = time.perf_counter()
-        self.index = ctx.index
+        self.index, self.out = ctx.index, out
         self.stage = build_stage(name, params, ctx)
         self.load_seconds = round(
             time.perf_counter() - t0, 3
@@ -39,17 +43,19 @@ class StageWorker:
         import numpy as np
 
         payloads = []
-        for start, payload in zip(batch["start"], batch["payload"], strict=True):
+        for shard, start, payload in zip(batch["shard"], batch["start"], batch["payload"], strict=True):
             item = json.loads(payload)
             if int(start) <= self.index:
-                out, stats = run_on_shard(self.stage, item["rows"])
+                rows = kept(read_shard(Path(item["source"]))[0]) if int(start) == self.index else item["rows"]
+                out, stats = run_on_shard(self.stage, rows)
                 # an LLM stage loads its engine on first use, inside a shard's run: that time is load
                 lazy, self.stage.load_seconds = getattr(self.stage, "load_seconds", 0.0), 0.0
                 stats["seconds"] = round(max(stats["seconds"] - lazy, 0.0), 3)
                 stats |= {"worker": self.where, "load_seconds": round(self.load_seconds + lazy, 3)}
                 self.load_seconds = 0.0
-                item["outputs"][str(self.index)] = {"rows": out, "stats": stats}
-                item["rows"] = kept(out)
+                write_shard(Path(self.out["dir"]) / str(shard), out, stats, self.out["tag"])
+                item["outputs"][str(self.index)] = stats
+                item["rows"] = [] if self.out["last"] else kept(out)
             payloads.append(json.dumps(item, ensure_ascii=False).encode())
         return {"shard": batch["shard"], "start": batch["start"], "payload": np.array(payloads, dtype=object)}
 
@@ -64,15 +70,30 @@ def _worker_location() -> dict:
     return {"node": node, "pid": os.getpid()}
 
 
-def run_task_stage(batch: dict, name: str, params: dict, ctx: StageContext) -> dict:
-    return StageWorker(name, params, ctx)(batch)
+def run_task_stage(batch: dict, name: str, params: dict, ctx: StageContext, out: dict) -> dict:
+    return StageWorker(name, params, ctx, out)(batch)
 
 
 # ---- corpus stages --------------------------------------------------------------------------------
 
 
-def run_corpus(name: str, params: dict, ctx: StageContext, rows: list[dict]) -> tuple[list[dict], dict]:
-    return run_on_shard(build_stage(name, params, ctx), rows)
+def run_whole(
+    name: str, params: dict, ctx: StageContext, sources: list[str], out_dir: str, shard_size: int, tag=None
+) -> dict:
+    """A corpus stage on all rows at once (a Ray task, or the driver for in_driver stages): reads the
+    kept rows of the input shards at sources, writes its output re-sharded into out_dir (full shards
+    of kept rows; the rejected ones ride in shard 0, for rejected/ and the counts) and returns the
+    stage's stats."""
+    rows = [r for p in sources for r in kept(read_shard(Path(p))[0])]
+    out, stats = run_on_shard(build_stage(name, params, ctx), rows)
+    good, dropped = kept(out), [r for r in out if r.get("reject")]
+    for j in range(0, max(len(good), 1), shard_size):
+        part = good[j : j + shard_size] + (dropped if j == 0 else [])
+        header = {**counts(part, 0), "tokens_in": 0, "tokens_out": 0, "seconds": 0.0}
+        if j == 0:  # whole-stage counters live on the first shard so totals() adds up
+            header |= {k: stats[k] for k in ("rows_in", "tokens_in", "tokens_out", "seconds")}
+        write_shard(Path(out_dir) / f"shard-{j // shard_size:05d}.jsonl", part, header, tag)
+    return stats
 
 
 # A distributed corpus stage is built once per Ray worker process (tasks reuse their processes), so
@@ -101,19 +122,22 @@ def load_plan(path: Path) -> dict:
 
 class CorpusWorker:
     """map_batches callable for a distributed corpus stage; one item = one input shard, read from
-    its file here (the driver sends paths, not rows). phase "summarize" returns the pickled summary;
-    phase "apply" returns the shard's output rows and stats for the driver to write."""
+    its file here (the driver sends paths, not rows). phase "summarize" writes the shard's summary
+    file; phase "apply" writes the shard's output file (item "out") and returns its stats. Temp files
+    are named by tag (the driver's pid)."""
 
-    def __init__(self, name: str, params: dict, ctx: StageContext, phase: str, plan_path: str | None = None):
+    def __init__(
+        self, name: str, params: dict, ctx: StageContext, phase: str, plan_path: str, tag: int | None = None
+    ):
         self.stage = corpus_stage(name, params, ctx)
-        self.phase, self.plan_path = phase, plan_path
+        self.phase, self.plan_path, self.tag = phase, plan_path, tag
         self.where = _worker_location()
 
     def __call__(self, batch: dict) -> dict:
         import numpy as np
 
         out = []
-        for shard, path in zip(batch["shard"], batch["path"], strict=True):
+        for shard, path, target in zip(batch["shard"], batch["path"], batch["out"], strict=True):
             shard = int(shard)
             t0 = time.perf_counter()
             if self.phase == "summarize":  # -> <stage dir>/_SUMMARY-<shard>.pkl; the driver reads the files
@@ -121,7 +145,8 @@ class CorpusWorker:
                 lines = np.array([i for i, r in enumerate(rows) if not r.get("reject")], dtype=np.int32)
                 summary = self.stage.summarize([rows[i] for i in lines], shard)
                 record = {"summary": summary, "seconds": time.perf_counter() - t0, "kept_lines": lines}
-                io.write_atomic(summary_path(Path(self.plan_path), shard), pickle.dumps(record, protocol=5))
+                data = pickle.dumps(record, protocol=5)
+                io.write_atomic(summary_path(Path(self.plan_path), shard), data, self.tag)
                 out.append(b"")
                 continue
             meta = load_plan(Path(self.plan_path))
@@ -138,12 +163,13 @@ class CorpusWorker:
             seconds = time.perf_counter() - t0 + meta["summarize_seconds"][shard]
             seconds += meta["combine_seconds"] if shard == 0 else 0.0
             stats |= {"tokens_in": 0, "tokens_out": 0, "seconds": round(seconds, 3), "worker": self.where}
-            # the output shard's exact bytes (rows already bytes stay so): the driver writes them as they are
+            # the output shard's bytes (rows already bytes stay as they are), written here
             data = b"".join(
                 r if isinstance(r, bytes) else io.jsonl_bytes([r]) for r in [{"_shard": stats}, *body]
             )
-            out.append(pickle.dumps({"shard_bytes": data, "stats": stats}))
-        return {"shard": batch["shard"], "path": batch["path"], "payload": np.array(out, dtype=object)}
+            io.write_atomic(Path(target), data, self.tag)
+            out.append(json.dumps(stats).encode())
+        return {"shard": batch["shard"], "payload": np.array(out, dtype=object)}
 
     def apply_sparse(self, path: Path, kept_lines, touched: list[int], plan, shard: int):
         """apply on the touched rows only (CorpusStage.touched): the shard's kept rows in order, each
@@ -163,5 +189,5 @@ def summary_path(plan_path: Path, shard: int) -> Path:
     return plan_path.with_name(f"_SUMMARY-{shard:05d}.pkl")
 
 
-def run_corpus_task(batch: dict, name: str, params: dict, ctx: StageContext, phase: str, plan_path=None):
-    return CorpusWorker(name, params, ctx, phase, plan_path)(batch)
+def run_corpus_task(batch: dict, name: str, params: dict, ctx: StageContext, phase: str, plan_path, tag=None):
+    return CorpusWorker(name, params, ctx, phase, plan_path, tag)(batch)

@@ -47,7 +47,7 @@ def run_worker(tmp_path: Path, paths: list[Path], params: dict) -> list[bytes]:
     plan_path = tmp_path / f"run{len(list(tmp_path.glob('run*')))}" / "_PLAN.pkl"
     summarize = run.CorpusWorker("dedup", params, ctx, "summarize", str(plan_path))
     for i, p in enumerate(paths):
-        summarize({"shard": [i], "path": [str(p)]})
+        summarize({"shard": [i], "path": [str(p)], "out": [""]})
     got = [pickle.loads(run.summary_path(plan_path, i).read_bytes()) for i in range(len(paths))]
     plan = run.build_stage("dedup", params, ctx).combine([g["summary"] for g in got])
     record = {
@@ -58,10 +58,10 @@ def run_worker(tmp_path: Path, paths: list[Path], params: dict) -> list[bytes]:
     }
     io.write_atomic(plan_path, pickle.dumps(record))
     apply = run.CorpusWorker("dedup", params, ctx, "apply", str(plan_path))
-    return [
-        pickle.loads(apply({"shard": [i], "path": [str(p)]})["payload"][0])["shard_bytes"]
-        for i, p in enumerate(paths)
-    ]
+    outs = [plan_path.parent / "out" / p.name for p in paths]
+    for i, (p, out) in enumerate(zip(paths, outs, strict=True)):  # the worker writes each output shard
+        apply({"shard": [i], "path": [str(p)], "out": [str(out)]})
+    return [out.read_bytes() for out in outs]
 
 
 def body(data: bytes) -> list[bytes]:

@@ -46,7 +46,7 @@ def test_a_model_that_cannot_load_stops_the_run_not_the_rows():
         apply_stage(stage, [{"id": "a" * 16, "prompt": "hi", "lineage": {"parents": []}}])
 
 
-def test_the_worker_reports_a_first_use_load_as_load_seconds(monkeypatch):
+def test_the_worker_reports_a_first_use_load_as_load_seconds(monkeypatch, tmp_path):
     import json
     import time
 
@@ -58,15 +58,15 @@ def test_the_worker_reports_a_first_use_load_as_load_seconds(monkeypatch):
 
     monkeypatch.setattr("alignfactory.llm.make_engine", slow_engine)
     monkeypatch.setattr("alignfactory.run.execute.registry.resolve", lambda name: Echo)
-    worker = StageWorker("echo", {}, ctx(BAD))
+    worker = StageWorker("echo", {}, ctx(BAD), {"dir": str(tmp_path), "tag": None, "last": False})
     rows = [{"id": "a" * 16, "prompt": "hi", "lineage": {"parents": []}, "reject": None}]
     item = {"rows": rows, "outputs": {}}
     batch = {
-        "shard": np.array([0]),
+        "shard": np.array(["shard-00000.jsonl"]),
         "start": np.array([0]),
         "payload": np.array([json.dumps(item)], dtype=object),
     }
-    stats = json.loads(worker(batch)["payload"][0])["outputs"]["1"]["stats"]
+    stats = json.loads(worker(batch)["payload"][0])["outputs"]["1"]
     assert stats["load_seconds"] >= 0.3 and stats["seconds"] < 0.3
-    again = json.loads(worker(batch)["payload"][0])["outputs"]["1"]["stats"]
+    again = json.loads(worker(batch)["payload"][0])["outputs"]["1"]
     assert again["load_seconds"] < 0.3  # reported once

@@ -201,24 +201,35 @@ def test_run_on_shard_reports_only_this_shards_tokens():
     assert (stage.tokens_in, stage.tokens_out) == (3, 6)  # the stage keeps the running total
 
 
-def test_stage_worker_runs_shards_from_their_start_and_passes_others_through():
+def test_stage_worker_reads_its_start_writes_its_shard_and_passes_others_through(tmp_path):
+    """The stage a shard starts at reads it from its file; the worker writes its output shard itself
+    (temp named by the driver's pid) and sends on kept rows and stats, never rows to the driver."""
     ctx = StageContext("filter", 2)
-    worker = run.StageWorker("filter", {"min_chars": 5}, ctx)
+    source = tmp_path / "01-x" / "shard-00000.jsonl"
+    given = [row("q1", "long enough"), row("q2", "tiny"), records.reject(row("q0"), "read", "bad_row")]
+    run.write_shard(source, given, run.counts(given, 3))
+    out_dir = tmp_path / "02-filter"
+    worker = run.StageWorker("filter", {"min_chars": 5}, ctx, {"dir": str(out_dir), "tag": 7, "last": False})
     assert isinstance(worker.stage, Filter)
-    item = {"rows": [row("q1", "long enough"), row("q2", "tiny")], "outputs": {}}
-    later = {"rows": [row("q3", "tiny")], "outputs": {}}
+    item = {"source": str(source), "outputs": {}}
+    later = {"source": "unused", "rows": [row("q3", "tiny")], "outputs": {}}
     batch = {
         "shard": np.array(["shard-00000.jsonl", "shard-00001.jsonl"]),
-        "start": np.array([1, 3]),  # the second shard already has stage 2's output
+        "start": np.array([2, 3]),  # the second shard already has stage 2's output
         "payload": np.array([json.dumps(item).encode(), json.dumps(later).encode()], dtype=object),
     }
     res = worker(batch)
     first, second = (json.loads(p) for p in res["payload"])
-    assert reasons(first["outputs"]["2"]["rows"]) == [None, "too_short: 4 < 5 chars"]
-    assert first["outputs"]["2"]["stats"]["rows_out"] == 1
+    written, header = run.read_shard(out_dir / "shard-00000.jsonl")
+    assert reasons(written) == [None, "too_short: 4 < 5 chars"]  # the earlier reject is not re-sent
+    assert header["rows_out"] == 1 and first["outputs"]["2"] == header
     assert [records.response(r) for r in first["rows"]] == ["long enough"]  # only kept rows go on
-    assert second == later
+    assert second == later and not (out_dir / "shard-00001.jsonl").exists()
     assert list(res["shard"]) == ["shard-00000.jsonl", "shard-00001.jsonl"]
+    assert not list(out_dir.glob(".*tmp*"))  # the temp file was renamed into place
+    last = run.StageWorker("filter", {"min_chars": 5}, ctx, {"dir": str(out_dir), "tag": 7, "last": True})
+    (done,) = (json.loads(p) for p in last({k: v[:1] for k, v in batch.items()})["payload"])
+    assert done["rows"] == [] and done["outputs"]["2"]["rows_out"] == 1  # the driver gets no rows
 
 
 # ---- plan / prepare / segments ------------------------------------------------------------------
@@ -496,7 +507,12 @@ def test_corpus_worker_summarize_then_apply_on_shard_files(tmp_path):
             rows.append(records.reject(row("rejected earlier"), "read", "bad_row"))  # not sent to the stage
         run.write_shard(path, rows, {"rows_in": len(rows)})
         shards.append(path)
-    batch = {"shard": np.array([0, 1]), "path": np.array([str(p) for p in shards], dtype=object)}
+    outs = [str(tmp_path / "out" / p.name) for p in shards]
+    batch = {
+        "shard": np.array([0, 1]),
+        "path": np.array([str(p) for p in shards], dtype=object),
+        "out": np.array(outs, dtype=object),
+    }
     ctx = StageContext("dedup", 1, run_dir=tmp_path)
     plan_path = tmp_path / "_PLAN.pkl"
     run.run_corpus_task(batch, "dedup", {}, ctx, "summarize", str(plan_path))  # -> _SUMMARY-<i>.pkl
@@ -509,9 +525,10 @@ def test_corpus_worker_summarize_then_apply_on_shard_files(tmp_path):
     plan_path.write_bytes(pickle.dumps(record | {"kept_lines": [g["kept_lines"] for g in got]}))
     res = run.run_corpus_task(batch, "dedup", {}, ctx, "apply", str(plan_path))
     out = []
-    for p in res["payload"]:
-        lines = pickle.loads(p)["shard_bytes"].decode().splitlines()  # the output shard file's bytes
-        out.append({"stats": json.loads(lines[0])["_shard"], "rows": [json.loads(x) for x in lines[1:]]})
+    for path, payload in zip(outs, res["payload"], strict=True):  # the worker wrote each output shard
+        rows, header = run.read_shard(Path(path))
+        assert json.loads(payload) == header  # and sent the driver its stats only
+        out.append({"stats": header, "rows": rows})
     first = records.message_id([{"role": "user", "content": texts[0]}])
     assert [reasons(o["rows"]) for o in out] == [
         [None, f"duplicate of {first}"],
