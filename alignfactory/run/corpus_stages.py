@@ -5,8 +5,8 @@ input shard on Ray Data (tasks, or actors for stages that embed) into <stage dir
 the small summaries meet in the driver for combine, whose plan is kept in <stage dir>/_PLAN.pkl,
 then apply per shard on Ray makes output shard i for input shard i (parsing only the rows the plan
 touches, where the stage says which: CorpusStage.touched), written by the worker; the driver never
-holds the rows. Other corpus stages get all rows in one Ray task (or the driver, for export), which
-reads the input shards and writes its output re-sharded.
+holds the rows. Other corpus stages (pairs, export) get all rows in one Ray task, which reads the
+input shards and writes its output re-sharded.
 """
 
 from __future__ import annotations
@@ -34,14 +34,14 @@ log = logging.getLogger("alignfactory")
 
 
 def is_distributed(step: Step) -> bool:
-    return getattr(step.cls, "distributed", False) and not step.cls.in_driver
+    return getattr(step.cls, "distributed", False)
 
 
 def run_whole(
     step: Step, source: Path, root: Path, shard_size: int, progress: Progress, guard: BudgetGuard
 ) -> None:
-    """All rows at once, in one Ray task (the driver, for in_driver stages such as export) that reads
-    the input shards and writes the output re-sharded (workers.run_whole). source: the previous
+    """All rows at once, in one Ray task that reads the input shards and writes the output re-sharded
+    (workers.run_whole); export writes the run's datasets from there too. source: the previous
     step's dir; root: the run dir (the stage's ctx.run_dir)."""
     for stale in step.dir.glob(SHARD_GLOB):
         stale.unlink()
@@ -51,15 +51,12 @@ def run_whole(
     args += ([str(p) for p in sources], str(step.dir), shard_size, os.getpid())
     log.info("%s: %d rows (corpus stage)", step.name, n)
     progress.start(step.name, n, 1, llm=step.cls.uses_llm)
-    if step.cls.in_driver:
-        stats = workers.run_whole(*args)
-    else:
-        import ray
+    import ray
 
-        ensure_ray()
-        res = step.spec.resources
-        task = ray.remote(num_cpus=res.num_cpus, num_gpus=res.num_gpus, memory=step.memory.bytes)
-        stats = ray.get(task(workers.run_whole).remote(*args))
+    ensure_ray()
+    res = step.spec.resources
+    task = ray.remote(num_cpus=res.num_cpus, num_gpus=res.num_gpus, memory=step.memory.bytes)
+    stats = ray.get(task(workers.run_whole).remote(*args))
     guard.add(step.index, stats)
     progress.update(step.name, n, stats.get("tokens_out", 0))
     progress.finish(step.name)

@@ -80,7 +80,7 @@ def run_task_stage(batch: dict, name: str, params: dict, ctx: StageContext, out:
 def run_whole(
     name: str, params: dict, ctx: StageContext, sources: list[str], out_dir: str, shard_size: int, tag=None
 ) -> dict:
-    """A corpus stage on all rows at once (a Ray task, or the driver for in_driver stages): reads the
+    """A corpus stage on all rows at once (a Ray task): reads the
     kept rows of the input shards at sources, writes its output re-sharded into out_dir (full shards
     of kept rows; the rejected ones ride in shard 0, for rejected/ and the counts) and returns the
     stage's stats."""

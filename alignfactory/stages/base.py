@@ -39,7 +39,6 @@ class StageContext:
 class Stage:
     kind: ClassVar[str] = "row"  # "row" | "corpus"
     uses_llm: ClassVar[bool] = False
-    in_driver: ClassVar[bool] = False  # corpus stages that write into the run dir run in the driver
     requires: ClassVar[dict[str, str]] = {}  # what a row must carry, for error messages
     adds: ClassVar[tuple[str, ...]] = ()
 

@@ -1,4 +1,4 @@
-"""export (corpus stage, runs in the driver): the final rows, in the formats the spec asks for, under the run dir.
+"""export (corpus stage, one Ray task): the final rows, in the formats the spec asks for, under the run dir.
 
     sft/         {"messages": [{"role", "content"}, ...]}                           TRL conversational LM
     preference/  {"prompt": [...], "chosen": [{"role": "assistant", ...}], "rejected": [...]}  TRL preference
@@ -175,7 +175,6 @@ def pair_incomplete(pair: dict) -> str | None:
 
 class Export(Stage):
     kind = "corpus"
-    in_driver = True
 
     class Params(BaseModel, extra="forbid"):
         formats: list[Literal["sft", "preference", "qwen", "sharegpt", "firefly"]] = Field(
