@@ -141,7 +141,8 @@ _WRITER = """
 import sys
 from alignfactory import storage
 path = storage.location(sys.argv[1])
-data = b"x" * (24 << 20)
+data = b"x" * (48 << 20)
+assert path.exists()  # the client and its connection are set up: the upload starts right after "go"
 print("go", flush=True)
 storage.write_atomic(path, data)
 print("done", flush=True)
@@ -150,7 +151,8 @@ print("done", flush=True)
 
 @pytest.mark.parametrize("root", ["s3", "gs"], indirect=True)
 def test_writer_killed_mid_upload_leaves_old_object(root, request):
-    """kill -9 of a process uploading 24 MiB: the object is still the old one, never a part of the new."""
+    """kill -9 of a process uploading 48 MiB: the object is still the old one, never a part of the new.
+    (A whole upload takes ~1 s to moto here and ~5 s to the emulator; the kill comes 0.2 s in.)"""
     shard = root / "shard-0.jsonl"
     storage.write_atomic(shard, b"old\n")
     proc = subprocess.Popen(
@@ -160,7 +162,7 @@ def test_writer_killed_mid_upload_leaves_old_object(root, request):
         stdout=subprocess.PIPE,
     )
     assert proc.stdout.readline() == b"go\n"
-    time.sleep(0.15)  # the upload is under way: 24 MiB to a one-request-at-a-time server takes longer
+    time.sleep(0.2)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL  # killed before it finished
@@ -214,11 +216,11 @@ def test_second_run_is_refused_with_the_holder_named(root, quick_settle):
 
 @pytest.mark.parametrize("root", LEASE_STORES, indirect=True)
 def test_refresh_keeps_the_lease_alive(root, quick_settle):
-    with storage.acquire_lease(root, ttl_s=0.9) as lease:
+    with storage.acquire_lease(root, ttl_s=1.2) as lease:
         first = lease.record["refreshed"]
-        time.sleep(1.6)  # past the ttl: the heartbeat (every 0.3 s) kept it fresh
+        time.sleep(1.5)  # past the ttl: the heartbeat (every 0.4 s) kept it fresh
         with pytest.raises(storage.LeaseHeld):
-            storage.acquire_lease(root, ttl_s=0.9)
+            storage.acquire_lease(root, ttl_s=1.2)
         on_store = json.loads((root / storage.LEASE_NAME).read_bytes())
         assert on_store["token"] == lease.record["token"] and on_store["refreshed"] > first + 0.5
         lease.check()
@@ -264,11 +266,13 @@ def test_concurrent_takers_exactly_one_wins(root, quick_settle):
             t.join()
         return results
 
-    results = race(0.6)  # no lease yet: four creators
+    results = race(30)  # no lease yet: four creators
     won = [r for r in results if isinstance(r, storage.Lease)]
     assert len(won) == 1, results
-    _stop_heartbeat(won[0])  # its holder alive but silent: stale once the 0.6 s are over
-    time.sleep(0.8)
+    # its holder alive but silent since a minute: the lease on the store expired 30 s ago
+    _stop_heartbeat(won[0])
+    won[0].record["refreshed"] -= 60
+    won[0]._version = won[0]._store.replace(won[0]._key, won[0]._encode(), won[0]._version)
     results = race(30)  # four takers of a stale lease
     winners = [r for r in results if isinstance(r, storage.Lease)]
     assert len(winners) == 1, results
