@@ -20,7 +20,8 @@ code a user's bucket sees.
   existing object succeeds), which real GCS honours; _serve_gcs adds that check to its upload and
   delete handlers (412 when the object's generation differs, 0 meaning absent) so the tests see the
   preconditions a real bucket applies. Its HTTP server handles one request at a time, so the check
-  and the write are atomic.
+  and the write are atomic. `serve("gcs-plain", tmp)` runs it as released (no preconditions), for
+  the fallback of stores that ignore them.
 """
 
 from __future__ import annotations
@@ -107,7 +108,8 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 @contextlib.contextmanager
-def _serve(kind: str, tmp: Path):
+def serve(kind: str, tmp: Path):
+    """A server of `kind` (s3, gcs, gcs-plain) for the duration of the block; its env set here."""
     bucket = f"af-test-{uuid.uuid4().hex[:8]}"
     proc, endpoint = _start(kind, bucket, tmp / f"{kind}-server.log")
     try:
@@ -139,14 +141,14 @@ def _serve(kind: str, tmp: Path):
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory):
     """moto's S3 server in its own process; env: AWS_ENDPOINT_URL and test keys."""
-    with _serve("s3", tmp_path_factory.mktemp("s3")) as store:
+    with serve("s3", tmp_path_factory.mktemp("s3")) as store:
         yield store
 
 
 @pytest.fixture(scope="session")
 def gcs_server(tmp_path_factory):
     """gcp-storage-emulator (with GCS preconditions) in its own process; env: STORAGE_EMULATOR_HOST."""
-    with _serve("gcs", tmp_path_factory.mktemp("gcs")) as store:
+    with serve("gcs", tmp_path_factory.mktemp("gcs")) as store:
         yield store
 
 
@@ -162,7 +164,7 @@ def _serve_s3(port: int) -> None:
     run_simple("127.0.0.1", port, app, threaded=False, request_handler=MotoRequestHandler)
 
 
-def _serve_gcs(port: int, bucket: str) -> None:
+def _serve_gcs(port: int, bucket: str, preconditions: bool = True) -> None:
     from http import HTTPStatus
 
     from gcp_storage_emulator import server
@@ -195,6 +197,9 @@ def _serve_gcs(port: int, bucket: str) -> None:
 
         return checked
 
+    if not preconditions:  # the emulator as released
+        server.create_server("127.0.0.1", port, in_memory=True, default_bucket=bucket).run()
+        return
     patched = {
         objects.insert: with_precondition(objects.insert, upload_name),
         objects.delete: with_precondition(objects.delete, lambda r: r.params["object_id"]),
@@ -212,5 +217,5 @@ if __name__ == "__main__":
     kind, port = sys.argv[1], int(sys.argv[2])
     if kind == "s3":
         _serve_s3(port)
-    else:
-        _serve_gcs(port, sys.argv[3])
+    else:  # gcs, or gcs-plain: the emulator without the precondition checks
+        _serve_gcs(port, sys.argv[3], preconditions=kind == "gcs")

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from alignfactory import storage
-from tests.object_store import REPO, gcs_server, s3_server  # noqa: F401  (fixtures)
+from tests.object_store import REPO, gcs_server, s3_server, serve  # noqa: F401  (fixtures)
 
 STORES = ["local", "s3", "gs"]
 
@@ -316,3 +316,33 @@ def test_ttl_from_the_environment(tmp_path, monkeypatch):
     with storage.acquire_lease(tmp_path / "run") as lease:
         assert lease.ttl_s == 7.5
         assert json.loads((tmp_path / "run" / storage.LEASE_NAME).read_text())["ttl_s"] == 7.5
+
+
+_PROBE = """
+import sys
+from alignfactory import storage
+lease = storage.acquire_lease(sys.argv[1], ttl_s=30)
+print(type(lease._store).__name__)
+try:
+    storage.acquire_lease(sys.argv[1], ttl_s=30)
+    print("not refused")
+except storage.LeaseHeld:
+    print("refused")
+lease.release()
+"""
+
+
+def test_store_that_ignores_preconditions_falls_back_to_read_back(tmp_path):
+    """gcp-storage-emulator as released ignores ifGenerationMatch: the probe notices, says so, and
+    leases use write-then-read-back instead of trusting a create-if-absent that is not."""
+    with serve("gcs-plain", tmp_path) as plain:
+        out = subprocess.run(
+            [sys.executable, "-c", _PROBE, plain.url("run")],
+            env={"PATH": os.environ["PATH"], "PYTHONPATH": str(REPO), **plain.env},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["_GenericStore", "refused"]
+    assert "the store ignores conditional writes" in out.stderr
