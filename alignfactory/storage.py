@@ -163,23 +163,24 @@ def write_atomic(path, data: bytes, tag: str | int | None = None) -> None:
     Ray workers pass the driver's pid so that a resumed driver can recognise its temp files.
 
     Object stores (s3, gs, az, memory): ONE whole-object upload of the complete bytes, no temp key and
-    no commit marker. None is needed because the stores make an upload visible only when it completes:
-    S3 "never adds partial objects; if you receive a success response, Amazon S3 added the entire
-    object" (PutObject API reference), and a multipart upload's object "is not visible until you
-    complete" it (s3fs's pipe_file switches to multipart above 2 x 50 MiB and aborts it on error,
-    s3fs/core.py _pipe_file); GCS uploads are atomic: "an object is not visible until it is completely
-    uploaded", simple and resumable alike (gcsfs uses a simple upload below 50 MiB, a resumable one
-    above, and deletes the session on error, gcsfs/core.py _pipe_file). So a failed or killed upload
-    leaves the old object or none. This is why the bytes go through fs.pipe_file and never through a
-    buffered fs.open("wb"): on an exception inside `with fs.open(...)` fsspec still closes the file,
-    which uploads whatever was written so far as a complete (truncated) object.
+    no commit marker. None is needed because these stores make an upload visible only when it has
+    completed, whole: S3's PutObject reference says S3 never adds a partial object (a success answer
+    means the entire object was added), and a multipart upload's object appears only at
+    CompleteMultipartUpload (s3fs's pipe_file switches to multipart at 2 x 50 MiB and aborts it on
+    error: s3fs/core.py _pipe_file); GCS lists uploads among its atomic single-object operations
+    (Cloud Storage "Consistency" page, "Atomic operations"), and a resumable upload is finalized only
+    when its last byte arrives (gcsfs uses it from 50 MiB and deletes the session on error:
+    gcsfs/core.py _pipe_file). A failed or killed upload therefore leaves the old object or none.
+    Hence fs.pipe_file (or one upload call) and never a buffered fs.open("wb"): on an exception inside
+    `with fs.open(...)` fsspec still closes the file, which uploads what was written so far as a
+    complete, truncated object.
 
-    The server must also refuse a body cut short (a writer killed mid-request). S3 and GCS do; for
-    proof beyond the HTTP framing the upload carries the data's checksum, which the store verifies
-    before it creates the object: botocore adds a CRC32 to every PutObject (flexible checksums,
-    default since botocore 1.36) and GCS uploads here name the md5Hash in the object resource.
-    gcp-storage-emulator stores a truncated multipart body as the object (measured: 3.9 MB of a
-    killed 24 MiB upload) unless the md5Hash is named, which it checks.
+    The server must also refuse a body cut short (a writer killed mid-request). For that to rest on
+    more than HTTP framing, each upload carries a checksum that the store verifies before it creates
+    the object: botocore adds a CRC32 to every PutObject (flexible checksums, default
+    request_checksum_calculation=when_supported since botocore 1.36) and GCS uploads here name the
+    md5Hash in the object resource. gcp-storage-emulator stored 3.9 MB of a 24 MiB upload killed
+    midway as the object when no md5Hash was named (measured); naming it, it refuses the body.
 
     Other fsspec filesystems (sftp, hdfs, webdav, ...): a temp name beside `path`, then fs.mv.
     """
