@@ -488,8 +488,10 @@ def _store(root):
     store = {"s3fs": _S3Store, "gcsfs": _GCSStore}.get(kind)
     if store is None:
         return _GenericStore()
-    key = (kind, root.protocol, getattr(fs, "endpoint_url", None), os.environ.get("STORAGE_EMULATOR_HOST"))
-    key += (root.path.split("/", 1)[0],)
+    endpoint = getattr(fs, "endpoint_url", None) or os.environ.get("AWS_ENDPOINT_URL")
+    if kind == "gcsfs":
+        endpoint = getattr(fs, "_location", None)
+    key = (kind, getattr(fs, "_fs_token", None), endpoint, root.path.split("/", 1)[0])
     if key not in _CONDITIONAL:
         _CONDITIONAL[key] = store(fs).probe(root)
         if not _CONDITIONAL[key]:
