@@ -1,10 +1,8 @@
 """S3- and GCS-compatible test servers over HTTP, as session-scoped pytest fixtures.
 
-    from tests.object_store import gcs_server, s3_server  # noqa: F401  (fixtures)
-
-    def test_x(s3_server):
+    def test_x(s3_server):                     # the fixtures are registered in tests/conftest.py
         url = s3_server.url("runs/x")          # s3://<bucket>/<unique prefix>/runs/x
-        subprocess.run(..., env=s3_server.env)  # what a Ray worker or a CLI child needs, nothing else
+        subprocess.run(..., env=s3_server.child_env())  # .env: all a Ray worker or CLI child needs
 
 Each server is a separate process (python -m tests.object_store s3|gcs PORT [BUCKET]) on a free
 loopback port, so other processes reach it over HTTP exactly as they would reach a bucket: the

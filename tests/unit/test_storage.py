@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from alignfactory import storage
-from tests.object_store import REPO, gcs_server, s3_server, serve  # noqa: F401  (fixtures)
+from tests.object_store import REPO, serve  # the fixtures s3_server, gcs_server: tests/conftest.py
 
 STORES = ["local", "s3", "gs"]
 
