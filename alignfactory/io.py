@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import glob
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -281,22 +280,13 @@ def _read_hf_dir(path: Path) -> Iterator[dict]:
 # ---- writing -----------------------------------------------------------------------------------
 
 
-def write_atomic(path: Path, data: bytes, tag: int | str | None = None) -> None:
-    """Write to a temp file in the same dir, fsync, rename: readers see all of it or none.
-    tag names the temp file (default: this pid); Ray workers pass the driver's pid, which names the
-    run session, so one session's writer of a file is known from outside (the kill tests pin it)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid() if tag is None else tag}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+def write_atomic(path, data: bytes, tag: int | str | None = None) -> None:
+    """Readers see all of data or the old/no file (storage.write_atomic: a local temp file renamed
+    into place, or one whole-object upload). tag names the local temp file (default: this pid); Ray
+    workers pass the driver's pid, which names the run session, so the kill tests can pin it."""
+    from alignfactory import storage
+
+    storage.write_atomic(path, data, tag)
 
 
 def jsonl_bytes(rows: list[dict]) -> bytes:
@@ -307,8 +297,11 @@ def write_jsonl_atomic(path: Path, rows: list[dict]) -> None:
     write_atomic(path, jsonl_bytes(rows))
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    with open(path, encoding="utf-8") as f:
+def read_jsonl(path) -> list[dict]:
+    """A JSONL file (local path or storage URL) as a list of objects."""
+    from alignfactory.storage import location
+
+    with location(path).open(encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]
 
 

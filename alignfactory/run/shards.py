@@ -21,7 +21,7 @@ def write_shard(path: Path, rows: list[dict], stats: dict, tag: int | str | None
 
 def read_header(path: Path) -> dict:
     """A shard's counts and timings (its first line), without reading its rows."""
-    with open(path, encoding="utf-8") as f:
+    with path.open(encoding="utf-8") as f:
         return json.loads(f.readline())["_shard"]
 
 
