@@ -597,6 +597,13 @@ class _S3Store:
         return sync(self.fs.loop, get, bucket, k)
 
     def delete(self, key, version: str) -> None:
+        # If-Match on DeleteObject: moto honours it; a store that ignores it would delete a successor's
+        # lease, so compare first as well (that leaves only the milliseconds between the two requests)
+        current = self.read(key)
+        if current is None:
+            raise FileNotFoundError(str(key))
+        if current[1] != version:
+            raise _Conflict(str(key))
         bucket, k, _ = self.fs.split_path(key.path)
         try:
             self.fs.call_s3("delete_object", Bucket=bucket, Key=k, IfMatch=version)
@@ -605,10 +612,7 @@ class _S3Store:
                 raise _Conflict(str(key)) from e
             if _s3_code(e) != "NotImplemented":
                 raise
-            current = self.read(key)  # a store without conditional deletes: compare, then delete
-            if current is None or current[1] != version:
-                raise _Conflict(str(key)) from e
-            self.fs.call_s3("delete_object", Bucket=bucket, Key=k)
+            self.fs.call_s3("delete_object", Bucket=bucket, Key=k)  # refuses the header: compared above
         self.fs.invalidate_cache(key.path)
 
     def probe(self, root) -> bool:
