@@ -5,7 +5,7 @@ import json
 import pytest
 
 from alignfactory.run import Runner
-from alignfactory.spec import load_spec
+from alignfactory.spec import load_spec, validate
 from tests.integration.conftest import (
     REPO,
     SHORT_REPLIES,
@@ -16,6 +16,7 @@ from tests.integration.conftest import (
     rejected_rows,
     write_jsonl,
 )
+from tests.unit.test_run_helpers import ZH, export_only
 
 SPEC = REPO / "pipelines" / "sft_quick.yaml"
 FAST = ["sampling.max_tokens=24", SHORT_REPLIES, "shard_size=4", "stages.2.params.min_chars=1"]
@@ -121,3 +122,39 @@ def test_killed_engine_actor_is_restarted_and_batch_retried(local_ray, tmp_path,
     stages = {s["index"]: s for s in manifest["stages"]}
     assert stages[2]["rows_in"] == stages[2]["rows_out"] == 6  # every row generated despite the crash
     assert len(exported(out)) + len(rejected_rows(out)) == 11
+
+
+# ---- export alone: a whole-corpus stage in one Ray task that reads and writes the shards itself ----
+
+
+def test_runner_export_only_accounts_for_every_line_and_resumes(local_ray, tmp_path):
+    root = tmp_path / "run"
+    runner = Runner(validate(export_only(tmp_path)), output=str(root))
+    manifest = runner.run()
+    read_stats, export_stats = manifest["stages"][0], manifest["stages"][1]
+    assert (read_stats["rows_in"], read_stats["rows_out"], read_stats["rejected"], read_stats["shards"]) == (
+        5,
+        4,
+        1,
+        3,
+    )
+    assert (export_stats["rows_in"], export_stats["rows_out"], export_stats["rejected"]) == (4, 3, 1)
+    sft = [json.loads(x) for x in (root / "sft" / "train.jsonl").read_text("utf-8").splitlines()]
+    assert [m["messages"][0]["content"] for m in sft] == ["q1", ZH, "q5"]
+    rej_read = [json.loads(x) for x in (root / "rejected" / "00-read.jsonl").read_text("utf-8").splitlines()]
+    rej_export = [
+        json.loads(x) for x in (root / "rejected" / "01-export.jsonl").read_text("utf-8").splitlines()
+    ]
+    assert [r["reject"]["reason"].split(":")[0] for r in rej_read] == ["bad_json"]
+    assert [r["reject"]["reason"] for r in rej_export] == ["no_response"]
+    assert len(sft) + len(rej_read) + len(rej_export) == 5  # every line accounted for
+    on_disk = json.loads((root / "manifest.json").read_text("utf-8"))
+    assert on_disk["stages"][1]["fingerprint"] == runner.steps[1].fingerprint
+
+    shard = root / "stages" / "00-read" / "shard-00000.jsonl"
+    exported = root / "sft" / "train.jsonl"
+    before = (shard.stat().st_mtime_ns, exported.stat().st_mtime_ns)
+    again = Runner(validate(export_only(tmp_path)), output=str(root)).run()
+    assert (shard.stat().st_mtime_ns, exported.stat().st_mtime_ns) == before  # reused, not redone
+    assert [s["rows_out"] for s in again["stages"]] == [4, 3]
+    assert [s["fingerprint"] for s in again["stages"]] == [s["fingerprint"] for s in manifest["stages"]]

@@ -6,7 +6,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -408,7 +407,7 @@ def test_segments_group_row_stages_and_isolate_corpus_stages(seeds, tmp_path):
     assert [[s.index for s in seg] for seg in segs] == [[1, 2], [3], [4], [5], [6]]
 
 
-# ---- a driver-only run (export is a corpus stage run in the driver: no Ray needed) ---------------
+# ---- an export-only spec (its run on Ray: tests/integration/test_pipeline.py) -------------------
 
 
 def export_only(tmp_path: Path, limit=None) -> dict:
@@ -435,40 +434,6 @@ def export_only(tmp_path: Path, limit=None) -> dict:
         "stages": [{"name": "export"}],
     }
     return tree
-
-
-def test_runner_export_only_accounts_for_every_line_and_resumes(tmp_path):
-    root = tmp_path / "run"
-    runner = run.Runner(validate(export_only(tmp_path)), output=str(root))
-    manifest = runner.run()
-    assert "ray" not in sys.modules or not sys.modules["ray"].is_initialized()  # export runs in the driver
-    read_stats, export_stats = manifest["stages"][0], manifest["stages"][1]
-    assert (read_stats["rows_in"], read_stats["rows_out"], read_stats["rejected"], read_stats["shards"]) == (
-        5,
-        4,
-        1,
-        3,
-    )
-    assert (export_stats["rows_in"], export_stats["rows_out"], export_stats["rejected"]) == (4, 3, 1)
-    sft = [json.loads(x) for x in (root / "sft" / "train.jsonl").read_text("utf-8").splitlines()]
-    assert [m["messages"][0]["content"] for m in sft] == ["q1", ZH, "q5"]
-    rej_read = [json.loads(x) for x in (root / "rejected" / "00-read.jsonl").read_text("utf-8").splitlines()]
-    rej_export = [
-        json.loads(x) for x in (root / "rejected" / "01-export.jsonl").read_text("utf-8").splitlines()
-    ]
-    assert [r["reject"]["reason"].split(":")[0] for r in rej_read] == ["bad_json"]
-    assert [r["reject"]["reason"] for r in rej_export] == ["no_response"]
-    assert len(sft) + len(rej_read) + len(rej_export) == 5  # every line accounted for
-    on_disk = json.loads((root / "manifest.json").read_text("utf-8"))
-    assert on_disk["stages"][1]["fingerprint"] == runner.steps[1].fingerprint
-
-    shard = root / "stages" / "00-read" / "shard-00000.jsonl"
-    exported = root / "sft" / "train.jsonl"
-    before = (shard.stat().st_mtime_ns, exported.stat().st_mtime_ns)
-    again = run.Runner(validate(export_only(tmp_path)), output=str(root)).run()
-    assert (shard.stat().st_mtime_ns, exported.stat().st_mtime_ns) == before  # reused, not redone
-    assert [s["rows_out"] for s in again["stages"]] == [4, 3]
-    assert [s["fingerprint"] for s in again["stages"]] == [s["fingerprint"] for s in manifest["stages"]]
 
 
 def test_runner_read_respects_limit(tmp_path):
