@@ -113,6 +113,17 @@ def is_local(p) -> bool:
     return "://" not in text or text.split("://", 1)[0].lower() in ("file", "local")
 
 
+def remove_tree(p) -> None:
+    """Delete a directory (a local tree, or every object under a URL prefix); absent is fine."""
+    p = location(p)
+    if isinstance(p, Path):
+        import shutil
+
+        shutil.rmtree(p, ignore_errors=True)
+    elif p.exists():
+        p.fs.rm(p.path, recursive=True)
+
+
 def _check_protocol(protocol: str, url: str) -> None:
     cloud = "pip install 'alignfactory[cloud]'"
     try:

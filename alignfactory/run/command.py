@@ -1,7 +1,7 @@
 """`alignfactory run SPEC [options]`, and `python -m alignfactory.run SPEC [options]` (what `ray job
 submit` runs): the arguments, the console (a progress line per stage and warnings; the rest goes to
-<run>/run.log), the run, the cost table, the exit code (0 done, 2 a bad spec or input, 3 stopped by
-the budget). cli.py mounts add_arguments and run as its `run` subcommand; this package never
+<run>/run.log), the run, the cost table, the exit code (0 done, 2 a bad spec, input or run-dir URL,
+3 stopped by the budget, 4 the run dir is being written by another run). cli.py mounts add_arguments and run as its `run` subcommand; this package never
 imports cli."""
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from alignfactory.io import InputError
 from alignfactory.progress import Progress, Silent
 from alignfactory.run.runner import Runner
 from alignfactory.spec import SpecError, load_spec
+from alignfactory.storage import LeaseHeld, StorageError
 
 
 def add_arguments(r: argparse.ArgumentParser) -> None:
@@ -79,9 +80,12 @@ def run(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
         manifest = runner.run()
-    except (SpecError, InputError) as e:
+    except (SpecError, InputError, StorageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except LeaseHeld as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 4
     print(table(manifest["cost"]))  # per stage rows, tokens, seconds, GPU-s, money; per SFT row / pair
     if manifest.get("stopped"):
         print(f"stopped: {manifest['stopped']}", file=sys.stderr)

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import functools
 import logging
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from pydantic import BaseModel
 
-from alignfactory import io, registry
+from alignfactory import io, registry, storage
 from alignfactory.memory import TASK_BASE, Need, stage_memory
 from alignfactory.spec import PipelineSpec, StageSpec
 from alignfactory.stages.base import StageContext, fingerprint
@@ -103,7 +102,7 @@ def prepare(steps: list[Step]) -> None:
         marker = step.dir / "_FINGERPRINT"
         if step.dir.exists() and (not marker.exists() or marker.read_text().strip() != step.fingerprint):
             log.info("%s: inputs or settings changed; discarding %s", step.name, step.dir)
-            shutil.rmtree(step.dir)
+            storage.remove_tree(step.dir)
         step.dir.mkdir(parents=True, exist_ok=True)
         if not marker.exists():
             io.write_atomic(marker, step.fingerprint.encode())

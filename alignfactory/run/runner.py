@@ -8,7 +8,7 @@ import logging
 import time
 from pathlib import Path
 
-from alignfactory import cost, io
+from alignfactory import cost, io, storage
 from alignfactory.progress import Progress, Silent
 from alignfactory.run import corpus_stages, ledger, row_stages
 from alignfactory.run.planning import Step, plan, prepare, segments
@@ -29,10 +29,24 @@ class Runner:
         self.spec = spec
         self.spec_path = spec_path
         self.progress = progress or Silent()
-        self.root = Path(output or spec.output or Path("runs") / spec.name).resolve()
+        # a local path (resolved) or a storage URL (s3://, gs://, any fsspec URL): storage.location
+        self.root = storage.location(output or spec.output or Path("runs") / spec.name)
+        if storage.is_local(self.root):
+            self.root = self.root.resolve()
         self.steps = plan(spec, self.root)
 
     def run(self) -> dict:
+        """The run, holding the run dir's lease (storage.acquire_lease): a second run writing the same
+        dir at once is refused (LeaseHeld), a killed run's lease is taken over by its re-run."""
+        self.lease = storage.acquire_lease(self.root)
+        if self.lease.took_over:
+            log.info("took over the lease of a run that is gone: %s", self.lease.took_over)
+        try:
+            return self._run()
+        finally:
+            self.lease.release()
+
+    def _run(self) -> dict:
         t0 = time.perf_counter()
         prepare(self.steps)
         # counts what this run dir already spent (earlier runs too); stops between shards when spent
@@ -49,6 +63,7 @@ class Runner:
                     self.corpus(seg[0])
                 else:
                     self.row_segment(seg)
+                self.lease.check()  # taken over (not refreshed within its ttl): stop writing
                 self.write_manifest(time.perf_counter() - t0)
                 self.guard.check()
         except cost.BudgetExceeded as e:  # clean stop: written shards stay, a re-run resumes from them

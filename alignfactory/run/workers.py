@@ -19,6 +19,7 @@ from alignfactory import io
 from alignfactory.run.execute import account, build_stage, run_on_shard
 from alignfactory.run.shards import counts, kept, read_shard, write_shard
 from alignfactory.stages.base import StageContext
+from alignfactory.storage import location
 
 # ---- row stages -----------------------------------------------------------------------------------
 
@@ -46,14 +47,18 @@ class StageWorker:
         for shard, start, payload in zip(batch["shard"], batch["start"], batch["payload"], strict=True):
             item = json.loads(payload)
             if int(start) <= self.index:
-                rows = kept(read_shard(Path(item["source"]))[0]) if int(start) == self.index else item["rows"]
+                rows = (
+                    kept(read_shard(location(item["source"]))[0])
+                    if int(start) == self.index
+                    else item["rows"]
+                )
                 out, stats = run_on_shard(self.stage, rows)
                 # an LLM stage loads its engine on first use, inside a shard's run: that time is load
                 lazy, self.stage.load_seconds = getattr(self.stage, "load_seconds", 0.0), 0.0
                 stats["seconds"] = round(max(stats["seconds"] - lazy, 0.0), 3)
                 stats |= {"worker": self.where, "load_seconds": round(self.load_seconds + lazy, 3)}
                 self.load_seconds = 0.0
-                write_shard(Path(self.out["dir"]) / str(shard), out, stats, self.out["tag"])
+                write_shard(location(self.out["dir"]) / str(shard), out, stats, self.out["tag"])
                 item["outputs"][str(self.index)] = stats
                 item["rows"] = [] if self.out["last"] else kept(out)
             payloads.append(json.dumps(item, ensure_ascii=False).encode())
@@ -84,7 +89,7 @@ def run_whole(
     kept rows of the input shards at sources, writes its output re-sharded into out_dir (full shards
     of kept rows; the rejected ones ride in shard 0, for rejected/ and the counts) and returns the
     stage's stats."""
-    rows = [r for p in sources for r in kept(read_shard(Path(p))[0])]
+    rows = [r for p in sources for r in kept(read_shard(location(p))[0])]
     out, stats = run_on_shard(build_stage(name, params, ctx), rows)
     good, dropped = kept(out), [r for r in out if r.get("reject")]
     for j in range(0, max(len(good), 1), shard_size):
@@ -92,7 +97,7 @@ def run_whole(
         header = {**counts(part, 0), "tokens_in": 0, "tokens_out": 0, "seconds": 0.0}
         if j == 0:  # whole-stage counters live on the first shard so totals() adds up
             header |= {k: stats[k] for k in ("rows_in", "tokens_in", "tokens_out", "seconds")}
-        write_shard(Path(out_dir) / f"shard-{j // shard_size:05d}.jsonl", part, header, tag)
+        write_shard(location(out_dir) / f"shard-{j // shard_size:05d}.jsonl", part, header, tag)
     return stats
 
 
@@ -113,7 +118,8 @@ def corpus_stage(name: str, params: dict, ctx: StageContext):
 def load_plan(path: Path) -> dict:
     """_PLAN.pkl: {"plan": combine()'s result, "summarize_seconds": [per shard], "combine_seconds",
     "kept_lines": [per shard, (n,) int32 line numbers of its kept rows]}, read once per process."""
-    key = (str(path), path.stat().st_mtime_ns)
+    st = path.stat()  # an object store's stat may carry no mtime_ns: its size and mtime then
+    key = (str(path), getattr(st, "st_mtime_ns", 0) or st.st_mtime, st.st_size)
     if key not in _PLANS:
         _PLANS.clear()
         _PLANS[key] = pickle.loads(path.read_bytes())
@@ -141,23 +147,23 @@ class CorpusWorker:
             shard = int(shard)
             t0 = time.perf_counter()
             if self.phase == "summarize":  # -> <stage dir>/_SUMMARY-<shard>.pkl; the driver reads the files
-                rows = read_shard(Path(path))[0]
+                rows = read_shard(location(path))[0]
                 lines = np.array([i for i, r in enumerate(rows) if not r.get("reject")], dtype=np.int32)
                 summary = self.stage.summarize([rows[i] for i in lines], shard)
                 record = {"summary": summary, "seconds": time.perf_counter() - t0, "kept_lines": lines}
                 data = pickle.dumps(record, protocol=5)
-                io.write_atomic(summary_path(Path(self.plan_path), shard), data, self.tag)
+                io.write_atomic(summary_path(location(self.plan_path), shard), data, self.tag)
                 out.append(b"")
                 continue
-            meta = load_plan(Path(self.plan_path))
+            meta = load_plan(location(self.plan_path))
             touched = self.stage.touched(meta["plan"], shard)
             if touched is None or meta.get("kept_lines") is None:  # (a plan from before kept_lines)
-                rows = kept(read_shard(Path(path))[0])
+                rows = kept(read_shard(location(path))[0])
                 body = account(self.stage, rows, self.stage.apply(rows, meta["plan"], shard))
                 stats = counts(body, len(rows))
             else:
                 body, stats = self.apply_sparse(
-                    Path(path), meta["kept_lines"][shard], touched, meta["plan"], shard
+                    location(path), meta["kept_lines"][shard], touched, meta["plan"], shard
                 )
             # the shard's own seconds: apply + its summarize (+ the combine, counted on shard 0)
             seconds = time.perf_counter() - t0 + meta["summarize_seconds"][shard]
@@ -167,15 +173,14 @@ class CorpusWorker:
             data = b"".join(
                 r if isinstance(r, bytes) else io.jsonl_bytes([r]) for r in [{"_shard": stats}, *body]
             )
-            io.write_atomic(Path(target), data, self.tag)
+            io.write_atomic(location(target), data, self.tag)
             out.append(json.dumps(stats).encode())
         return {"shard": batch["shard"], "payload": np.array(out, dtype=object)}
 
     def apply_sparse(self, path: Path, kept_lines, touched: list[int], plan, shard: int):
         """apply on the touched rows only (CorpusStage.touched): the shard's kept rows in order, each
         touched row as a dict and every other row as its input line's bytes, and the counts."""
-        with open(path, "rb") as f:
-            lines = f.read().split(b"\n")[1:]  # line 0 is the shard header; JSON lines hold no raw \n
+        lines = path.read_bytes().split(b"\n")[1:]  # line 0 is the shard header; JSON lines hold no raw \n
         body: list = [lines[i] + b"\n" for i in kept_lines.tolist()]
         rows = {pos: json.loads(body[pos]) for pos in touched}
         self.stage.apply(rows, plan, shard)  # changes the rows in place
