@@ -17,23 +17,53 @@ _FMT = logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s", datef
 _file_handler: logging.FileHandler | None = None
 
 
-def attach_run_log(run_dir: Path, verbose: bool) -> Path:
-    """Append INFO and up to <run_dir>/run.log; console handlers show INFO only when verbose."""
-    global _file_handler
-    run_dir.mkdir(parents=True, exist_ok=True)
-    path = run_dir / LOG_NAME
+_upload: tuple | None = None  # (local log, its place in a run dir on object storage): sync_run_log
+
+
+def attach_run_log(run_dir, verbose: bool) -> Path:
+    """Append INFO and up to <run_dir>/run.log; console handlers show INFO only when verbose. A run
+    dir on object storage (which appends nothing) logs to a local file, seeded with the run's earlier
+    log and uploaded whole by sync_run_log(); the path returned is the local file."""
+    global _file_handler, _upload
+    from alignfactory import storage
+
     root = logging.getLogger()
+    for h in root.handlers:  # first: reaching a store logs at INFO (botocore's credential lookup)
+        if h is not _file_handler:
+            h.setLevel(logging.INFO if verbose else logging.WARNING)
+    if storage.is_local(run_dir):
+        run_dir = storage.location(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        path, _upload = run_dir / LOG_NAME, None
+    else:
+        import hashlib
+        import tempfile
+
+        remote = storage.location(run_dir) / LOG_NAME
+        where = hashlib.sha1(str(remote).encode()).hexdigest()[:12]
+        path = Path(tempfile.gettempdir()) / "alignfactory-logs" / where / LOG_NAME
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(remote.read_bytes() if remote.exists() else b"")
+        _upload = (path, remote)
     if _file_handler is not None:  # a second run in one process (tests): one file at a time
         root.removeHandler(_file_handler)
         _file_handler.close()
     _file_handler = logging.FileHandler(path, encoding="utf-8")
     _file_handler.setFormatter(_FMT)
     _file_handler.setLevel(logging.INFO)
-    for h in root.handlers:
-        h.setLevel(logging.INFO if verbose else logging.WARNING)
     root.addHandler(_file_handler)
     root.setLevel(logging.INFO)
     return path
+
+
+def sync_run_log() -> None:
+    """Upload the local log of a run dir on object storage to <run_dir>/run.log (no-op otherwise)."""
+    if _upload is not None:
+        from alignfactory import storage
+
+        if _file_handler is not None:
+            _file_handler.flush()
+        storage.write_atomic(_upload[1], _upload[0].read_bytes())
 
 
 def route_worker_output(verbose: bool) -> bool:

@@ -21,6 +21,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
+from alignfactory.storage import location
+
 DEFAULT_MODEL = "embedded:smollm2-135m-instruct"
 
 
@@ -91,10 +93,10 @@ def stage_costs(manifest: dict) -> list[dict]:
     return out
 
 
-def _count_lines(path: Path) -> int:
+def _count_lines(path) -> int:
     if not path.exists():
         return 0
-    with open(path, "rb") as f:
+    with path.open("rb") as f:
         return sum(1 for line in f if line.strip())
 
 
@@ -106,8 +108,8 @@ def summary(manifest: dict, run_dir: str | Path) -> dict:
     total["tokens"] = total["tokens_in"] + total["tokens_out"]
     total["wall_seconds"] = float(manifest.get("seconds", 0.0))
     units = {
-        "sft_rows": _count_lines(Path(run_dir) / "sft" / "train.jsonl"),
-        "preference_pairs": _count_lines(Path(run_dir) / "preference" / "train.jsonl"),
+        "sft_rows": _count_lines(location(run_dir) / "sft" / "train.jsonl"),
+        "preference_pairs": _count_lines(location(run_dir) / "preference" / "train.jsonl"),
     }
     per = {}
     for unit, n in units.items():
@@ -200,10 +202,10 @@ class BudgetGuard:
         self.budget = Budget.model_validate(budget) if budget else None
         self.models, self.prices = stage_models(spec), spec.get("prices") or {}
         self.tokens, self.money = 0, 0.0
-        for d in sorted((Path(run_dir) / "stages").glob("[0-9]*-*")):
+        for d in sorted((location(run_dir) / "stages").glob("[0-9]*-*")):
             index = int(d.name.split("-", 1)[0])
             for shard in sorted(d.glob("shard-*.jsonl")):
-                with open(shard, encoding="utf-8") as f:
+                with shard.open(encoding="utf-8") as f:
                     first = f.readline()
                 if first.strip():
                     self.add(index, json.loads(first)["_shard"])

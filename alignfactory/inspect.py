@@ -31,6 +31,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from alignfactory import io, records
+from alignfactory.storage import is_local, location, resolved, stamp
 
 REPORT_LINK = "Report: [report.html](report.html) (plots of tags, lengths, rejections, scores, pairs, cost)."
 DUPLICATE = re.compile(r"duplicate of ([0-9a-f]{16})")  # dedup's reject reason names the kept row
@@ -44,14 +45,16 @@ def find_run(run_dir: str | Path) -> Path:
     when it is there (papermill from the repo root); else relative to the repo (Jupyter opened in
     notebooks/, papermill started anywhere else). Unresolved, the name as given (manifest() then says
     it is not a run directory)."""
-    run = Path(run_dir).expanduser()
+    if not is_local(run_dir):
+        return location(run_dir)  # a storage URL, as given
+    run = location(run_dir).expanduser()
     if run.is_absolute() or run.exists():
         return run
     return REPO / run if (REPO / run).exists() else run
 
 
 def manifest(run_dir: str | Path) -> dict:
-    path = Path(run_dir) / "manifest.json"
+    path = location(run_dir) / "manifest.json"
     if not path.exists():
         raise FileNotFoundError(f"{run_dir}: not a run directory (no manifest.json)")
     return json.loads(path.read_text("utf-8"))
@@ -72,20 +75,20 @@ def _stage_dirs(run_dir: Path) -> list[Path]:
 
 
 @lru_cache(maxsize=4)
-def _load(run_dir: str, stamp: int) -> dict[str, list[dict]]:
-    """{stage dir name: every row its shards hold, kept and rejected}; `stamp` = manifest mtime."""
+def _load(run_dir: str, changed: float) -> dict[str, list[dict]]:
+    """{stage dir name: every row its shards hold, kept and rejected}; `changed` = manifest mtime (the cache key)."""
     return {
         d.name: [r for p in sorted(d.glob("shard-*.jsonl")) for r in io.read_jsonl(p)[1:]]
-        for d in _stage_dirs(Path(run_dir))
+        for d in _stage_dirs(location(run_dir))
     }
 
 
 def _outputs(run_dir: str | Path) -> dict[str, list[dict]]:
-    run_dir = Path(run_dir).resolve()
+    run_dir = resolved(run_dir)
     m = run_dir / "manifest.json"
     if not m.exists():
         raise FileNotFoundError(f"{run_dir}: not a run directory (no manifest.json)")
-    return _load(str(run_dir), m.stat().st_mtime_ns)
+    return _load(str(run_dir), stamp(m))
 
 
 def _stage_name(dir_name: str) -> str:
@@ -143,7 +146,7 @@ def reason_kind(reason: str) -> str:
 
 def rejected(run_dir: str | Path):
     """rejected/*.jsonl: stage, reason, kind (the reason without its detail), file, line, id, raw."""
-    rows = [r for p in sorted((Path(run_dir) / "rejected").glob("*.jsonl")) for r in io.read_jsonl(p)]
+    rows = [r for p in sorted((location(run_dir) / "rejected").glob("*.jsonl")) for r in io.read_jsonl(p)]
     cols = ["stage", "reason", "kind", "file", "line", "id", "instruction", "raw", "candidate"]
     return _frame(
         [
@@ -206,7 +209,7 @@ def outcomes(run_dir: str | Path):
 
 
 def exported(run_dir: str | Path, fmt: str = "sft"):
-    path = Path(run_dir) / fmt / "train.jsonl"
+    path = location(run_dir) / fmt / "train.jsonl"
     return _frame(io.read_jsonl(path) if path.exists() else [])
 
 
@@ -304,12 +307,12 @@ def _jsonl_frame(path: Path, cols: list[str]):
 
 def tag_vocabulary(run_dir: str | Path):
     """tags/vocabulary.jsonl: tag, count, members (raw tags merged into it)."""
-    return _jsonl_frame(Path(run_dir) / "tags" / "vocabulary.jsonl", ["tag", "count", "members"])
+    return _jsonl_frame(location(run_dir) / "tags" / "vocabulary.jsonl", ["tag", "count", "members"])
 
 
 def tag_mapping(run_dir: str | Path):
     """tags/mapping.jsonl: raw -> canonical, and the normalization step that merged it."""
-    return _jsonl_frame(Path(run_dir) / "tags" / "mapping.jsonl", ["raw", "canonical", "step"])
+    return _jsonl_frame(location(run_dir) / "tags" / "mapping.jsonl", ["raw", "canonical", "step"])
 
 
 def scores(run_dir: str | Path):
@@ -348,11 +351,11 @@ def judge_consistency(run_dir: str | Path) -> dict:
     flipped: counted a tie), "unreadable" (comparisons dropped)}}. Reads the shards directly (not the
     cached frames): the runner calls it while writing the manifest. {} when the run has no judge."""
     out = {}
-    for d in _stage_dirs(Path(run_dir)):
+    for d in _stage_dirs(location(run_dir)):
         if _stage_name(d.name) != "judge":
             continue
         done = d / "_SUCCESS"  # a finished stage is read once per process, not at every manifest write
-        key = (str(d.resolve()), done.stat().st_mtime_ns) if done.exists() else None
+        key = (str(resolved(d)), stamp(done)) if done.exists() else None
         if key in _CONSISTENCY:
             out[d.name] = dict(_CONSISTENCY[key])
             continue
@@ -472,7 +475,7 @@ def duplicates(run_dir: str | Path):
 
 def missing(run_dir: str | Path) -> dict[str, str]:
     """{view: one line} for every kind of data this run lacks (no tags, no pairs, ...)."""
-    run_dir = Path(run_dir)
+    run_dir = location(run_dir)
     checks = {
         "tags": (len(tags(run_dir)), "no tags: the run has no instag / tag_normalize stage"),
         "vocabulary": (len(tag_vocabulary(run_dir)), "no tag vocabulary: tags/vocabulary.jsonl is absent"),
@@ -500,7 +503,7 @@ def _quantiles(values: list[int]) -> str:
 
 
 def dataset_card(run_dir: str | Path) -> str:
-    run_dir = Path(run_dir)
+    run_dir = location(run_dir)
     m = manifest(run_dir)
     lines = [f"# {m['name']}", "", f"Made by alignfactory {m['code_version']} in {m['seconds']:.0f} s.", ""]
     lines += [

@@ -99,7 +99,10 @@ def location(where):
     _check_protocol(protocol, text)
     from upath import UPath
 
-    return UPath(text)
+    # no listings cache: Ray workers in other processes write the run dir all the time, and a cached
+    # listing would hide their files from the driver (gcsfs answered FileNotFound for a summary a
+    # worker had just written)
+    return UPath(text, use_listings_cache=False)
 
 
 def is_local(p) -> bool:
@@ -111,6 +114,46 @@ def is_local(p) -> bool:
         return protocol in _LOCAL_PROTOCOLS
     text = os.fspath(p)
     return "://" not in text or text.split("://", 1)[0].lower() in ("file", "local")
+
+
+# What Ray workers need to reach the same store as the driver (ray_plumbing.ensure_ray forwards them
+# to a Ray the driver starts; workers of a cluster it joins use the nodes' own settings and roles).
+STORE_CONFIG_VARS = (
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_DEFAULT_REGION",
+    "AWS_REGION",
+    "AWS_PROFILE",
+    "STORAGE_EMULATOR_HOST",
+    "NO_GCE_CHECK",
+    "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT",
+    LEASE_ENV,
+)
+STORE_SECRET_VARS = (
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "GOOGLE_APPLICATION_CREDENTIALS",
+)
+
+
+def worker_env(with_secrets: bool) -> dict[str, str]:
+    """The storage settings of this process's environment that are set, for Ray workers' env_vars.
+    Secrets only on request: a job's runtime_env is shown on the Ray dashboard."""
+    names = STORE_CONFIG_VARS + (STORE_SECRET_VARS if with_secrets else ())
+    return {k: os.environ[k] for k in names if os.environ.get(k)}
+
+
+def resolved(where):
+    """location(where), resolved when local (an absolute path: a cache key, a name in messages)."""
+    p = location(where)
+    return p.resolve() if isinstance(p, Path) else p
+
+
+def stamp(p) -> float:
+    """When a file last changed, as a cache key: st_mtime_ns locally, the store's mtime otherwise."""
+    st = p.stat()
+    return getattr(st, "st_mtime_ns", 0) or st.st_mtime
 
 
 def remove_tree(p) -> None:

@@ -11,7 +11,7 @@ import logging
 import os
 import sys
 
-from alignfactory.console import attach_run_log
+from alignfactory.console import attach_run_log, sync_run_log
 from alignfactory.cost import table
 from alignfactory.io import InputError
 from alignfactory.progress import Progress, Silent
@@ -79,7 +79,10 @@ def run(args: argparse.Namespace) -> int:
                 f"alignfactory: {spec.name} -> {runner.root}  (log: {log_file}; -v prints it here)",
                 file=sys.stderr,
             )
-        manifest = runner.run()
+        try:
+            manifest = runner.run()
+        finally:
+            sync_run_log()  # a run dir on object storage gets its run.log (a local file until now)
     except (SpecError, InputError, StorageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -20,7 +20,18 @@ def ensure_ray() -> None:
 
     if not ray.is_initialized():
         # RAY_ADDRESS (set by `ray job submit`, or by the user) joins a cluster; else Ray starts here.
-        ray.init(log_to_driver=True, logging_level=logging.WARNING)
+        # Workers reach the run dir's store as the driver does: a Ray started here gets the driver's
+        # storage settings and credentials; a joined cluster's workers get the settings (endpoints)
+        # and use the nodes' own credentials; a submitted job's workers share its environment.
+        from alignfactory.storage import worker_env
+
+        env = (
+            {}
+            if "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
+            else worker_env(not os.environ.get("RAY_ADDRESS"))
+        )
+        runtime_env = {"env_vars": env} if env else None
+        ray.init(log_to_driver=True, logging_level=logging.WARNING, runtime_env=runtime_env)
         ctx = ray.data.DataContext.get_current()
         # Ray Data's own multi-line progress dump: off unless asked for (alignfactory run --ray-progress)
         bars = os.environ.get("ALIGNFACTORY_PROGRESS", "0") == "1"

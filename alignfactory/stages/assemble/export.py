@@ -46,6 +46,7 @@ import json
 import logging
 import re
 import shutil
+import tempfile
 from functools import lru_cache
 from pathlib import Path
 from statistics import mean, median
@@ -56,6 +57,7 @@ from pydantic import BaseModel, Field
 from alignfactory import io, records, registry
 from alignfactory.stages.assemble.filter import incomplete_reason
 from alignfactory.stages.base import Stage
+from alignfactory.storage import location, remove_tree
 
 log = logging.getLogger("alignfactory")
 PIPELINES = Path(__file__).resolve().parents[3] / "pipelines"  # the shipped training configs
@@ -278,9 +280,13 @@ class Export(Stage):
         return kept, dropped
 
     def write(self, fmt: str, splits: dict[str, list[dict]], stats: dict) -> None:
+        """<run>/<fmt>/ replaced whole: written beside it and renamed into place (local), or written
+        locally and uploaded file by file (object stores, which rename nothing: the export is whole
+        once the stage's _SUCCESS is written, which comes after)."""
         files = self.params.files
-        target = Path(self.ctx.run_dir) / fmt
-        tmp = target.with_name(f".{fmt}.tmp")
+        target = location(self.ctx.run_dir) / fmt
+        local = isinstance(target, Path)
+        tmp = target.with_name(f".{fmt}.tmp") if local else Path(tempfile.mkdtemp(prefix=f"{fmt}-"))
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         names = ["train"] + (["holdout"] if self.params.holdout > 0 else [])
@@ -301,6 +307,11 @@ class Export(Stage):
         if "card" in files:
             counts = {n: len(splits[n]) for n in names}
             io.write_atomic(tmp / "README.md", self.card(fmt, counts, stats).encode("utf-8"))
+        if not local:
+            remove_tree(target)
+            target.fs.put(f"{tmp}/", target.path, recursive=True)
+            shutil.rmtree(tmp, ignore_errors=True)
+            return
         old = target.with_name(f".{fmt}.old")
         shutil.rmtree(old, ignore_errors=True)
         if target.exists():
@@ -330,7 +341,7 @@ class Export(Stage):
         from alignfactory.inspect import consistency_lines, judge_consistency
         from alignfactory.stages.curate.decontaminate import statement
 
-        run_dir = Path(self.ctx.run_dir)
+        run_dir = location(self.ctx.run_dir)
         path = run_dir / "manifest.json"
         manifest = json.loads(path.read_text("utf-8")) if path.exists() else {}
         spec = manifest.get("spec") or {}

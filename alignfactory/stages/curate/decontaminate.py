@@ -47,6 +47,7 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 from alignfactory import records
 from alignfactory.stages.base import CorpusStage
 from alignfactory.stages.curate.dedup import CJK, WORD, normalize
+from alignfactory.storage import location
 
 log = logging.getLogger("alignfactory")
 SUFFIXES = (".jsonl", ".json", ".parquet")
@@ -340,7 +341,7 @@ class Decontaminate(CorpusStage):
 def checks(run_dir: str | Path) -> list[dict]:
     """[{"stage": stage dir, "rows_in": its input rows, "check": plan["check"] or None (not run)}], one
     per decontaminate stage of the run, from manifest.json and each stage's _PLAN.pkl."""
-    run_dir = Path(run_dir)
+    run_dir = location(run_dir)
     path = run_dir / "manifest.json"
     stages = json.loads(path.read_text("utf-8")).get("stages", []) if path.exists() else []
     out = []
