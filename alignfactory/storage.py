@@ -156,6 +156,23 @@ def stamp(p) -> float:
     return getattr(st, "st_mtime_ns", 0) or st.st_mtime
 
 
+def local_copy(where) -> Path:
+    """A local path as is; a file on a store copied once into the temp dir (keyed by URL, size and
+    mtime), for readers that take local files only (datasets refuses URLs when HF_HUB_OFFLINE=1)."""
+    p = location(where)
+    if isinstance(p, Path):
+        return p
+    import hashlib
+    import tempfile
+
+    st = p.stat()
+    key = hashlib.sha1(f"{p}|{st.st_size}|{stamp(p)}".encode()).hexdigest()[:16]
+    target = Path(tempfile.gettempdir()) / "alignfactory-data" / key / p.name
+    if not target.exists():
+        _write_local(target, p.read_bytes(), os.getpid())
+    return target
+
+
 def remove_tree(p) -> None:
     """Delete a directory (a local tree, or every object under a URL prefix); absent is fine."""
     p = location(p)

@@ -13,6 +13,8 @@ import importlib
 import os
 from pathlib import Path
 
+from alignfactory.storage import local_copy, location
+
 STEPS = ("sft", "dpo", "reward")  # TRL scripts whose parsers we reuse; online-dpo has its own config
 EMBEDDED_LINK = Path("runs/models/smollm2-135m-instruct")
 CHAT_TEMPLATE = Path(__file__).resolve().parents[2] / "rubrics/chat_templates/smollm2_training.jinja"
@@ -110,11 +112,14 @@ def load_train_split(script_args, dataset_args):
     if dataset_args.datasets:
         for d in dataset_args.datasets:
             files = d.data_files if isinstance(d.data_files, list | tuple) else [d.data_files]
-            missing = [f for f in files if isinstance(f, str) and "*" not in f and not Path(f).exists()]
+            missing = [f for f in files if isinstance(f, str) and "*" not in f and not location(f).exists()]
             if missing:
                 raise ConfigError(
                     f"datasets: data_files not found: {', '.join(missing)} (run the pipeline first)"
                 )
+            # files on a store (s3://, gs://): read from a local copy, as datasets would cache them
+            local = [str(local_copy(f)) if isinstance(f, str) and "*" not in f else f for f in files]
+            d.data_files = local if isinstance(d.data_files, list | tuple) else local[0]
         dataset = get_dataset(dataset_args)
     elif script_args.dataset_name:
         dataset = load_dataset(script_args.dataset_name, name=script_args.dataset_config)
@@ -136,13 +141,14 @@ def model_kwargs(training_args, model_args) -> dict:
 
 def with_data(args: tuple, data: list[str] | None) -> tuple:
     """Replace the config's datasets with these JSONL files (or run dirs: their sft/ or preference/
-    train.jsonl, by step)."""
+    train.jsonl, by step); local paths or storage URLs (datasets reads s3://, gs://, ... via fsspec,
+    with the same credentials from the environment)."""
     if not data:
         return args
     from trl.scripts.utils import DatasetConfig
 
     step_dir = {"sft": "sft"}.get(args[1].__class__.__name__.removesuffix("Config").lower(), "preference")
-    files = [str(Path(d) / step_dir / "train.jsonl") if Path(d).is_dir() else d for d in data]
+    files = [str(location(d) / step_dir / "train.jsonl") if location(d).is_dir() else d for d in data]
     args[3].datasets = [DatasetConfig(path="json", data_files=f, split="train") for f in files]
     return args
 

@@ -17,9 +17,10 @@ SHORT_REPLIES = 'sampling.stop=[".", "!", "?", ",", "\\n", "。", "！", "？", 
 
 
 @pytest.fixture(scope="package")
-def _session_ray():
+def _session_ray(s3_server, gcs_server):
     """Ends the shared Ray after the last integration test (the unit tests that follow check that
-    what they run starts no Ray)."""
+    what they run starts no Ray). The S3 and GCS test servers start first, so the shared Ray's
+    workers inherit their variables and reach them as the driver does (test_object_store)."""
     yield
     import ray
 
@@ -107,7 +108,10 @@ def finish_run(proc: subprocess.Popen, timeout: float = 600) -> str:
 
 
 def read_jsonl(path: Path) -> list[dict]:
-    with open(path, encoding="utf-8") as f:
+    """A local path or a storage URL's UPath (run dirs on object storage)."""
+    from alignfactory.storage import location
+
+    with location(path).open(encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]
 
 
