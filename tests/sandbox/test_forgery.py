@@ -44,12 +44,13 @@ AT_LOAD = "forge()\nprint(2)\nEXIT(0)\n"  # never defines f
 INSIDE = "def f(x):\n    forge()\n    print(2)\n    EXIT(0)\nf(1) if __name__ == '__main__' else None\n"
 # A thread that waits for the last case, then forges while the runner finishes (f itself is wrong). The
 # order is fixed, not timed: the last case (or the stdio program) goes on only once the thread has put a
-# forged frame on the channel, so however loaded the machine, forged frames are there to be caught.
+# forged frame on the channel, so however loaded the machine, forged frames are there to be caught. The
+# waits have no timeout: a broken handshake is the sandbox's wall-clock kill (TLE), never a silent pass.
 THREAD = (
     "import threading\n"
     "last, forged = threading.Event(), threading.Event()\n"
     "def late():\n"
-    "    last.wait(5)\n"
+    "    last.wait()\n"
     "    forge()\n"
     "    forged.set()\n"
     "    for _ in range(49):\n"
@@ -58,12 +59,12 @@ THREAD = (
     "def f(x):\n"
     "    if x == 2:\n"
     "        last.set()\n"
-    "        forged.wait(5)\n"
+    "        forged.wait()\n"
     "    return -1\n"
     "if __name__ == '__main__':\n"
     "    print(2)\n"
     "    last.set()\n"
-    "    forged.wait(5)\n"
+    "    forged.wait()\n"
 )
 
 
