@@ -2,7 +2,9 @@
 through `alignfactory train` / `alignfactory eval`, plus `trl sft --config` as TRL's own CLI runs it.
 (SFT on 2 Ray Train CPU workers with one worker SIGKILLed mid-run: test_train_ray_chain.)
 
-`trl sft` runs the shipped CPU config on the embedded SmolLM2-135M-Instruct and the main job's output.
+`trl sft` runs the shipped CPU config on the embedded SmolLM2-135M-Instruct and the main job's output;
+`trl dpo` and `trl reward` run theirs as shipped on a real code run's pairs (runs/code_data), from the
+tiny model as runs/train/sft.
 The chain and the other TRL steps use a tiny random 2-layer llama with
 SmolLM2's tokenizer: the training code is under test there, not the weights (the chain took 131 s
 on the 135M model, most of test_train_chain's setup). ALIGNFACTORY_TRAIN_MODEL=embedded runs the chain
@@ -308,27 +310,97 @@ def trl_cli(step: str, cfg: dict, tmp_path: Path) -> subprocess.CompletedProcess
     return p
 
 
+# ---- `trl dpo` / `trl reward` on the shipped CPU configs, their own paths, a real code run ------------
+
+PAIR_SEEDS = REPO / "tests" / "integration" / "data" / "code_certain_pair.jsonl"
+
+
+@pytest.fixture(scope="module")
+def user_dir(tmp_path_factory, tiny_model, local_ray) -> Path:
+    """A user's working directory after `alignfactory run pipelines/code_data.yaml` (into its default
+    output, runs/code_data) and an SFT step (runs/train/sft, here the tiny model): the paths
+    pipelines/train_dpo_cpu.yaml and train_reward_cpu.yaml name.
+
+    The run is real (embedded model, Ray, sandbox, export), and a preference pair is certain by
+    construction, whatever the model writes. Its one task (data/code_certain_pair.jsonl) asks for
+    `secret_code()`, whose reference test expects a number the prompt never states:
+    - chosen: include_reference makes the seed's solution, which returns that number, a candidate; it
+      passes the reference test, which is therefore trusted (reference tests always are);
+    - rejected: each model reply ends at its first punctuation or newline (SHORT_REPLIES), so it ends
+      by itself (finish reason "stop": run and paired, never dropped as cut) within a few tokens, and
+      the model cannot know the number, so it fails the trusted test. The chosen side's text holds
+      newlines and a reply cannot, so the two always differ.
+    k=2 replies, so at least one and at most two pairs."""
+    import contextlib
+
+    from alignfactory.run import Runner
+    from alignfactory.spec import load_spec
+    from tests.integration.conftest import SHORT_REPLIES
+
+    cwd = tmp_path_factory.mktemp("user")
+    spec_path = REPO / "pipelines" / "code_data.yaml"
+    sets = [
+        f"input.path={PAIR_SEEDS}",
+        "stages.0.params.include_reference=true",
+        "stages.0.params.k=2",
+        "stages.0.params.workers=1",
+        "sampling.max_tokens=64",
+        SHORT_REPLIES,
+    ]
+    with contextlib.chdir(cwd):  # the default output, runs/<name>, is relative to where a user runs it
+        Runner(load_spec(spec_path, sets), str(spec_path)).run()
+    (cwd / "runs" / "train").mkdir()
+    (cwd / "runs" / "train" / "sft").symlink_to(tiny_model, target_is_directory=True)
+    return cwd
+
+
+def test_the_code_run_wrote_the_pair_it_was_built_to(user_dir):
+    """The construction above held: one row, the reference solution chosen over the model's replies."""
+    shard = user_dir / "runs" / "code_data" / "stages" / "01-exec_feedback" / "shard-00000.jsonl"
+    (row,) = read_jsonl(shard)[1:]
+    meta = row["meta"]["exec_feedback"]
+    assert not row["reject"] and meta["candidates"] == ["model", "model", "reference"], meta
+    pairs = read_jsonl(user_dir / "runs" / "code_data" / "preference" / "train.jsonl")
+    assert 1 <= len(pairs) == len(row["pairs"]) <= 2, (meta["solutions_raw"], meta["statuses"])
+    for p in pairs:  # oriented as built: the reference solution over a model reply that fails
+        assert p["chosen"][0]["content"] == f"```python\n{read_jsonl(PAIR_SEEDS)[0]['solution']}\n```"
+        assert "\n" not in p["rejected"][0]["content"] and p["prompt"][-1]["role"] == "user"
+        assert [m["role"] for m in p["chosen"]] == ["assistant"] == [m["role"] for m in p["rejected"]]
+
+
 @pytest.mark.parametrize("step", ["dpo", "reward"])
-def test_trl_cli_runs_our_cpu_profiles_as_is(step, tiny_model, run_dir, tmp_path):
-    """`trl <step> --config` (TRL's own CLI, a subprocess) on the factory's preference output, no
-    conversion (a tiny model: the training code is under test, not the weights)."""
-    cfg = yaml.safe_load((REPO / f"pipelines/train_{step}_cpu.yaml").read_text())
-    data = "preference/train.jsonl"
-    cfg |= {
-        "model_name_or_path": tiny_model,
-        "output_dir": str(tmp_path / "out"),
-        "max_steps": 2,
-        "max_length": 256,
-        "datasets": [{"path": "json", "data_files": str(run_dir / data), "split": "train"}],
-    }
-    p = trl_cli(step, cfg, tmp_path)
-    assert (tmp_path / "out/model.safetensors").is_file()
-    assert "'loss'" in p.stdout + p.stderr
-    if step == "reward":
-        assert (
-            "ForSequenceClassification"
-            in json.loads((tmp_path / "out/config.json").read_text())["architectures"][0]
-        )
+def test_trl_on_the_shipped_cpu_config_trains_on_the_code_runs_pairs(step, user_dir):
+    """`trl <step> --config pipelines/train_<step>_cpu.yaml`, TRL's own CLI as a subprocess, run where
+    the user ran the factory, nothing overridden: the config's model (runs/train/sft), data
+    (runs/code_data/preference/train.jsonl, a real code run's pairs) and output_dir. It trains on every
+    pair the factory wrote (the count it tokenized is the file's) and saves a model."""
+    import re
+
+    cfg_path = REPO / "pipelines" / f"train_{step}_cpu.yaml"
+    cfg = yaml.safe_load(cfg_path.read_text())
+    (data,) = cfg["datasets"]
+    assert data["data_files"] == "runs/code_data/preference/train.jsonl"
+    assert cfg["model_name_or_path"] == "runs/train/sft"
+    pairs = read_jsonl(user_dir / data["data_files"])
+    # its own datasets cache: a fresh load and tokenization, whose counts the log shows
+    env = os.environ | {"HF_DATASETS_CACHE": str(user_dir / f".datasets-{step}")}
+    p = subprocess.run(
+        [str(Path(PY).parent / "trl"), step, "--config", str(cfg_path)],
+        cwd=user_dir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    log = p.stdout + p.stderr
+    assert p.returncode == 0, log[-3000:]
+    tokenized = re.findall(r"Tokenizing train dataset: 100%\|[^|\r\n]*\| (\d+)/(\d+)", log)
+    assert tokenized and tokenized[-1] == (str(len(pairs)),) * 2, (len(pairs), tokenized, log[-2000:])
+    assert "'loss'" in log
+    out = user_dir / cfg["output_dir"]
+    assert cfg["output_dir"] == f"runs/train/{step}" and (out / "model.safetensors").is_file()
+    arch = json.loads((out / "config.json").read_text())["architectures"][0]
+    assert arch.endswith("ForSequenceClassification" if step == "reward" else "ForCausalLM"), arch
 
 
 @pytest.mark.parametrize(("step", "data"), [("sft", "sft"), ("dpo", "preference")])
