@@ -186,6 +186,77 @@ def assert_each_input_once(run_dir: Path, inputs: list[tuple[str, int]]) -> dict
     return {"sft": sft, "preference_only": pref_only, "rejected": rejected}
 
 
+# ---- kill -9 at an exact moment: FIFO pins (test_kill_points shows the technique) ---------------------
+#
+# io.write_atomic writes `.<name>.tmp<pid>` and renames it, where pid is the run's driver's (Ray workers
+# that write shards pass it as the tag): a FIFO put at that temp path blocks the writer, driver or
+# worker, in open(), right before that one file, with everything before it written, for as long as the
+# FIFO stays. A test waits for the file written just before, checks that the run is still going and the
+# pinned file not written, SIGKILLs the driver, waits until the dead job's Ray workers are gone, then
+# puts a half-written temp file in the FIFO's place: what a kill mid-write leaves.
+
+
+def make_stage_dirs(spec, out: Path) -> None:
+    """The plan's stage dirs with their _FINGERPRINT, made before the driver starts so that a pin can be
+    put in one at once: prepare() keeps a dir whose fingerprint matches the plan (a pin in a dir it
+    found stale would be removed with it, and the test would say the driver did not stop)."""
+    from alignfactory.run import plan
+
+    for step in plan(spec, out):
+        step.dir.mkdir(parents=True, exist_ok=True)
+        (step.dir / "_FINGERPRINT").write_text(step.fingerprint)
+
+
+def pin(path: Path, driver_pid: int) -> Path:
+    """A FIFO at write_atomic's temp name for `path` in the run whose driver is `driver_pid`."""
+    fifo = path.with_name(f".{path.name}.tmp{driver_pid}")
+    os.mkfifo(fifo)
+    return fifo
+
+
+def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 300) -> None:
+    """Until `path` exists; the run must not end first."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if proc.poll() is not None:
+            pytest.fail(f"the run ended before {path} was written:\n{proc.stdout.read()[-3000:]}")
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.05)
+
+
+def assert_held(proc: subprocess.Popen, target: Path) -> None:
+    """The driver is still running and `target`, the pinned file, is not written: the pin holds (the
+    tests' exact-state checks after the kill catch a pin that a slow writer had not reached yet)."""
+    import time
+
+    time.sleep(0.5)  # not a window: a writer at its pin stays there; a missed pin would have moved on
+    assert proc.poll() is None, f"the run did not stop before {target.name}: is the temp name still so?"
+    assert not target.exists(), f"{target} was written past its pin"
+
+
+def kill_driver(proc: subprocess.Popen, ray) -> None:
+    """SIGKILL the driver (then anything it started in its session), and wait until the dead job's Ray
+    workers are gone (every CPU of the shared Ray free again), so that nothing of the killed run
+    writes after this returns."""
+    import contextlib
+    import signal
+
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    assert _idle(ray, wait_s=120), "the killed driver's workers still hold CPUs after 120 s"
+
+
+def half_written(fifo: Path) -> None:
+    """Replace a pin by what a kill mid-write leaves: a partial temp file."""
+    fifo.unlink()
+    fifo.write_text('{"_shard": {"rows_in"')
+
+
 # ---- one vLLM OpenAI-compatible server for the session (test_vllm_engines, test_vllm_pipeline) -----
 
 VLLM_SERVER_START_S = 240

@@ -1,25 +1,33 @@
-"""kill -9 during a run, then re-run: the result equals an uninterrupted run's, nothing lost or doubled."""
+"""kill -9 during a run, then re-run: the result equals an uninterrupted run's, nothing lost or doubled.
 
-import contextlib
-import os
-import signal
-import subprocess
+The moment is exact (a FIFO pin, see conftest): a shard's outputs are written stage by stage,
+02-generate/shard-i (by the generate actor) before 03-filter/shard-i (by the filter task), with temp
+files named by the driver's pid, so a pin at 03-filter/shard-00002 stops the run with shard 2 generated
+but not filtered (the segment resumes that shard at its second stage), the shards filtered before it
+written through, and the others in flight."""
+
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
+from alignfactory.spec import load_spec
 from tests.integration.conftest import (
     REPO,
     SHORT_REPLIES,
     assert_each_input_once,
+    assert_held,
     exported,
     finish_run,
+    half_written,
     input_lines,
+    kill_driver,
+    make_stage_dirs,
+    pin,
     read_jsonl,
     rejected_rows,
     start_run,
+    wait_for,
     write_jsonl,
 )
 
@@ -28,20 +36,21 @@ CLI = [sys.executable, "-m", "alignfactory.run", str(REPO / "pipelines" / "sft_q
 N_ROWS = 16
 
 
-def sets(input_path: Path) -> list[str]:
-    args = []
-    for s in (
+def set_values(input_path: Path) -> list[str]:
+    return [
         f"input.path={input_path}",
         "shard_size=2",
         "sampling.max_tokens=24",
         SHORT_REPLIES,
         "stages.2.params.min_chars=1",
-    ):
-        args += ["--set", s]
-    return args
+    ]
 
 
-def run_cli(input_path: Path, out: Path, address: str) -> subprocess.Popen:
+def sets(input_path: Path) -> list[str]:
+    return [arg for s in set_values(input_path) for arg in ("--set", s)]
+
+
+def run_cli(input_path: Path, out: Path, address: str):
     # -v: INFO lines read below. The drivers join one Ray cluster (as `ray job submit` drivers join
     # theirs): a Ray start per run saved; a driver's death ends its job's workers.
     return start_run([*CLI[3:], "--output", str(out), "-v", *sets(input_path)], address)
@@ -60,29 +69,29 @@ def test_kill_9_mid_run_then_resume_equals_uninterrupted(tmp_path, local_ray):
     reference = exported(tmp_path / "whole")
 
     out = tmp_path / "killed"
+    make_stage_dirs(load_spec(CLI[3], set_values(path), output=str(out)), out)
+    generated, filtered = out / "stages" / "02-generate", out / "stages" / "03-filter"
     proc = run_cli(path, out, address)
-    generated = out / "stages" / "02-generate"
-    deadline = time.time() + 300
-    while time.time() < deadline and len(list(generated.glob("shard-*.jsonl"))) < 2:
-        assert proc.poll() is None, "run ended before it could be killed"
-        time.sleep(0.2)
-    os.kill(proc.pid, signal.SIGKILL)  # the driver, mid-stage
-    proc.wait()
-    time.sleep(1)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)  # the Ray processes it had started
+    fifo = pin(filtered / "shard-00002.jsonl", proc.pid)
+    try:
+        wait_for(generated / "shard-00002.jsonl", proc)  # written right before the pinned file
+        assert_held(proc, filtered / "shard-00002.jsonl")
+    finally:
+        kill_driver(proc, local_ray)  # also when an assertion failed: a pinned writer waits forever
+    half_written(fifo)
     total = len(list((out / "stages" / "01-dedup").glob("shard-*.jsonl")))  # one per read shard (8 of 2 rows)
-    partial = len(list(generated.glob("shard-*.jsonl")))
-    assert total == 8 and 2 <= partial < total and not (generated / "_SUCCESS").exists()
     shards_before = {p.name: p.stat().st_mtime_ns for p in generated.glob("shard-*.jsonl")}
     # a shard counts as done when every stage of its segment (generate, filter) wrote it
-    whole = len(list((out / "stages" / "03-filter").glob("shard-*.jsonl")))
+    whole = {p.name for p in filtered.glob("shard-*.jsonl")}
+    assert total == 8 and "shard-00002.jsonl" in shards_before and "shard-00002.jsonl" not in whole
+    assert whole < set(shards_before)  # each shard written through but shard 2, which stopped between
+    assert not (generated / "_SUCCESS").exists() and not (filtered / "_SUCCESS").exists()
 
     log = finish_run(run_cli(path, out, address))
-    assert f"{total - whole} shards to run" in log  # only shards not finished before the kill were sent
+    assert f"{total - len(whole)} shards to run" in log  # only shards not finished before the kill were sent
     assert {
         p.name: p.stat().st_mtime_ns for p in generated.glob("shard-*.jsonl") if p.name in shards_before
-    } == shards_before
+    } == shards_before  # shard 2's generate output too: it resumed at its filter
 
     resumed = exported(out)
     assert resumed == reference  # same rows, same content, same order
