@@ -1,13 +1,10 @@
 """Distributed corpus stages on a real local Ray cluster: summarize per shard -> combine -> apply per
-shard gives the same rows as the plain-list call, and a kill -9 mid-stage resumes from the saved plan."""
+shard gives the same rows as the plain-list call, and a kill -9 mid-stage (apply, summarize) resumes from
+what was saved: the plan, the written shards and summaries."""
 
-import contextlib
 import copy
 import json
-import os
-import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -19,7 +16,18 @@ from alignfactory.run import Runner
 from alignfactory.spec import validate
 from alignfactory.stages.base import StageContext
 from alignfactory.stages.curate.dedup import Dedup
-from tests.integration.conftest import finish_run, ray_address, start_run, write_jsonl
+from tests.integration.conftest import (
+    assert_held,
+    finish_run,
+    half_written,
+    kill_driver,
+    make_stage_dirs,
+    pin,
+    ray_address,
+    start_run,
+    wait_for,
+    write_jsonl,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -118,8 +126,10 @@ def test_distributed_dedup_equals_the_plain_list_call(local_ray, tmp_path):
 
 
 # ---- kill -9 during a distributed corpus stage ------------------------------------------------------
-
-SLOW = "tests.integration.corpus_stages:SlowDedup"
+#
+# At exact moments, not after a wait (FIFO pins, see conftest): one task at a time (concurrency 1) takes
+# the 10 shards in order, and a pin stops the writer of shard 2's file (apply's output shard, or its
+# summary), with shards 0-1's written; the driver is killed there.
 
 
 def run_cli(spec: Path, address: str) -> subprocess.Popen:
@@ -128,54 +138,52 @@ def run_cli(spec: Path, address: str) -> subprocess.Popen:
     return start_run([str(spec), "-v"], address)
 
 
-def start_then_kill(tmp_path: Path, params: dict, wait_for: str, address: str) -> tuple[Path, Path, Path]:
-    """Run a SlowDedup spec from the CLI and SIGKILL its driver once 2 files match wait_for in the
-    stage dir; returns once the stage dir stopped changing (the job's workers ended).
+def minhash_spec(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """A minhash dedup spec over corpus(), its stage dirs made (see make_stage_dirs).
     Returns (input path, spec path, stage dir)."""
     path = write_jsonl(tmp_path / "in.jsonl", corpus())
-    stage = {
-        "name": SLOW,
-        "params": {"method": "minhash", **params},
-        "resources": {"concurrency": 1, "num_cpus": 1},
-    }
+    stage = {"name": "dedup", "params": {"method": "minhash"}, "resources": {"concurrency": 1, "num_cpus": 1}}
+    tree = spec_tree(path, tmp_path / "run", [stage])
     spec = tmp_path / "spec.yaml"
-    spec.write_text(yaml.safe_dump(spec_tree(path, tmp_path / "run", [stage])), "utf-8")
-    proc = run_cli(spec, address)
-    step_dir = tmp_path / "run" / "stages" / "01-slowdedup"
-    deadline = time.time() + 300
-    while time.time() < deadline and len(list(step_dir.glob(wait_for))) < 2:
-        assert proc.poll() is None, "run ended before it could be killed: " + proc.stdout.read()[-3000:]
-        time.sleep(0.1)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    files, quiet_since = None, time.time()
-    while time.time() - quiet_since < 2:  # a worker of the dead job may finish one more file
-        now = sorted((p.name, p.stat().st_mtime_ns) for p in step_dir.iterdir())
-        if now != files:
-            files, quiet_since = now, time.time()
-        time.sleep(0.2)
-    return path, spec, step_dir
+    spec.write_text(yaml.safe_dump(tree), "utf-8")
+    make_stage_dirs(validate(tree), tmp_path / "run")
+    return path, spec, tmp_path / "run" / "stages" / "01-dedup"
+
+
+def minhash_rows(path: Path) -> list[dict]:
+    rows = list(read_inputs([path]))
+    return Dedup(Dedup.Params(method="minhash"), StageContext("dedup", 1))(rows)
+
+
+def kill_at(proc: subprocess.Popen, pinned: Path, before: Path, ray) -> None:
+    """Stop the run at its pin on `pinned` (once `before` is written), kill its driver there, and put a
+    half-written temp file in the pin's place."""
+    fifo = pin(pinned, proc.pid)
+    try:
+        wait_for(before, proc)
+        assert_held(proc, pinned)
+    finally:
+        kill_driver(proc, ray)  # also when an assertion failed: a pinned writer waits forever
+    half_written(fifo)
 
 
 def test_kill_9_during_apply_resumes_from_the_plan(tmp_path, local_ray):
     address = ray_address(local_ray)
-    path, spec, step_dir = start_then_kill(tmp_path, {"apply_sleep": 1.0}, "shard-*.jsonl", address)
+    path, spec, step_dir = minhash_spec(tmp_path)
+    kill_at(run_cli(spec, address), step_dir / "shard-00002.jsonl", step_dir / "shard-00001.jsonl", local_ray)
     plan = step_dir / "_PLAN.pkl"
     assert plan.exists() and not (step_dir / "_SUCCESS").exists()
     before = {p.name: p.stat().st_mtime_ns for p in step_dir.glob("shard-*.jsonl")}
-    assert 2 <= len(before) < 10
+    assert sorted(before) == ["shard-00000.jsonl", "shard-00001.jsonl"]
     plan_mtime = plan.stat().st_mtime_ns
 
     log = finish_run(run_cli(spec, address))
-    assert f"{10 - len(before)} shards to apply" in log and "summarizing" not in log
+    assert "8 shards to apply" in log and "summarizing" not in log
     assert plan.stat().st_mtime_ns == plan_mtime  # the plan was reused, not recomputed
     after = {p.name: p.stat().st_mtime_ns for p in step_dir.glob("shard-*.jsonl")}
     assert {k: after[k] for k in before} == before and len(after) == 10
 
-    rows = list(read_inputs([path]))
-    want = Dedup(Dedup.Params(method="minhash"), StageContext("slowdedup", 1))(rows)
+    want = minhash_rows(path)
     assert outcome(stage_rows(step_dir)) == outcome(want)
     assert sum(1 for r in want if r["reject"]) == 6  # 3 exact + 3 near copies, none lost or doubled
 
@@ -183,13 +191,14 @@ def test_kill_9_during_apply_resumes_from_the_plan(tmp_path, local_ray):
 def test_kill_9_during_summarize_resumes_from_the_summaries_written(tmp_path, local_ray):
     """Each shard's summary is a file: a kill -9 while summarizing loses only the shards in flight."""
     address = ray_address(local_ray)
-    path, spec, step_dir = start_then_kill(tmp_path, {"summarize_sleep": 1.0}, "_SUMMARY-*.pkl", address)
+    path, spec, step_dir = minhash_spec(tmp_path)
+    kill_at(
+        run_cli(spec, address), step_dir / "_SUMMARY-00002.pkl", step_dir / "_SUMMARY-00001.pkl", local_ray
+    )
     done = sorted(p.name for p in step_dir.glob("_SUMMARY-*.pkl"))
-    assert 2 <= len(done) < 10 and not (step_dir / "_PLAN.pkl").exists()
+    assert done == ["_SUMMARY-00000.pkl", "_SUMMARY-00001.pkl"] and not (step_dir / "_PLAN.pkl").exists()
 
     log = finish_run(run_cli(spec, address))
-    assert f"summarizing {10 - len(done)} of 10 shards" in log  # the written summaries were reused
+    assert "summarizing 8 of 10 shards" in log  # the written summaries were reused
     assert not list(step_dir.glob("_SUMMARY-*.pkl"))  # folded into _PLAN.pkl, then removed
-    rows = list(read_inputs([path]))
-    want = Dedup(Dedup.Params(method="minhash"), StageContext("slowdedup", 1))(rows)
-    assert outcome(stage_rows(step_dir)) == outcome(want)
+    assert outcome(stage_rows(step_dir)) == outcome(minhash_rows(path))
