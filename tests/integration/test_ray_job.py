@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 import yaml
 
@@ -128,8 +129,6 @@ def test_a_corpus_spec_as_a_job(ray_head, tmp_path):
 
 def driver_pid(out: Path) -> int | None:
     """The submitted job's driver: the python process running alignfactory.run into `out`."""
-    import psutil
-
     for p in psutil.process_iter(["cmdline"]):
         cmd = p.info["cmdline"] or []
         if cmd and Path(cmd[0]).name.startswith("python") and "alignfactory.run" in cmd and str(out) in cmd:
@@ -138,26 +137,32 @@ def driver_pid(out: Path) -> int | None:
 
 
 def test_a_killed_job_resumes_when_submitted_again(ray_head, tmp_path):
-    """kill -9 of a submitted job's driver once a generate shard is written; the same job submitted
-    again keeps that shard, runs the rest, and accounts for every input line once."""
-    out = tmp_path / "run"
+    """kill -9 of a submitted job's driver at an exact moment: generate (tests/integration/gated.py)
+    has written its first 2 shards and holds the third at a gate. The same job submitted again keeps
+    the written shards, runs the rest, and accounts for every input line once."""
+    out, gate = tmp_path / "run", tmp_path / "gate"
+    gate.mkdir()
     args = ["pipelines/sft_quick.yaml", "--limit", "8", "--output", str(out), "-v"]
     args += sets(*QUICK, "shard_size=2", "stages.1.resources.concurrency=1")  # shards one at a time
+    args += sets("stages.1.name=tests.integration.gated:GatedGenerate", f"stages.1.params.gate={gate}")
     first = submit(ray_head, args, "--no-wait", "--submission-id", "killed-1")
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
-    gen = out / "stages" / "02-generate"
+    gen = out / "stages" / "02-gatedgenerate"
     deadline = time.time() + 300
-    while time.time() < deadline and not list(gen.glob("shard-*.jsonl")):
-        time.sleep(0.2)
+    while not list(gate.glob("waiting-*")):  # the third shard's call waits: shards 0 and 1 written
+        assert time.time() < deadline, "no generate call reached the gate"
+        time.sleep(0.1)
+    (held,) = [int(p.name.split("-")[1]) for p in gate.glob("waiting-*")]
     pid = driver_pid(out)
-    assert pid is not None and list(gen.glob("shard-*.jsonl")), "no generate shard before the deadline"
+    assert pid is not None
     os.kill(pid, signal.SIGKILL)
-    while driver_pid(out) is not None:
-        time.sleep(0.2)
-    time.sleep(1)  # a shard the dead driver's workers were writing: its job ends them
+    while driver_pid(out) is not None or psutil.pid_exists(held):  # its job's workers end with it
+        assert time.time() < deadline, "the killed job's driver or held worker is still alive"
+        time.sleep(0.1)
     before = {p.name: p.stat().st_mtime_ns for p in gen.glob("shard-*.jsonl")}
-    assert 1 <= len(before) < 4 and not (gen / "_SUCCESS").exists()
+    assert sorted(before) == ["shard-00000.jsonl", "shard-00001.jsonl"] and not (gen / "_SUCCESS").exists()
 
+    (gate / "open").touch()
     again = submit(ray_head, args, "--submission-id", "resumed-1")
     log = again.stdout + again.stderr
     assert again.returncode == 0 and "succeeded" in log.lower(), log[-3000:]
