@@ -1,6 +1,6 @@
 """`alignfactory run SPEC [options]`, and `python -m alignfactory.run SPEC [options]` (what `ray job
 submit` runs): the arguments, the console (a progress line per stage and warnings; the rest goes to
-<run>/run.log), the run, the cost table, the exit code (0 done, 2 a bad spec, input or run-dir URL,
+<run>/run.log), the run, the cost table, the exit code (0 done, 2 a bad spec, input or run dir,
 3 stopped by the budget, 4 the run dir is being written by another run). cli.py mounts add_arguments and run as its `run` subcommand; this package never
 imports cli."""
 
@@ -16,6 +16,7 @@ from alignfactory.cost import table
 from alignfactory.io import InputError
 from alignfactory.progress import Progress, Silent
 from alignfactory.run.runner import Runner
+from alignfactory.run.shards import NotShared
 from alignfactory.spec import SpecError, load_spec
 from alignfactory.storage import LeaseHeld, StorageError
 
@@ -83,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
             manifest = runner.run()
         finally:
             sync_run_log()  # a run dir on object storage gets its run.log (a local file until now)
-    except (SpecError, InputError, StorageError) as e:
+    except (SpecError, InputError, StorageError, NotShared) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except LeaseHeld as e:

@@ -27,7 +27,7 @@ from alignfactory.run.execute import build_stage
 from alignfactory.run.ledger import succeed, totals
 from alignfactory.run.planning import Step
 from alignfactory.run.ray_plumbing import corpus_dataset, ensure_ray
-from alignfactory.run.shards import SHARD_GLOB, read_header
+from alignfactory.run.shards import SHARD_GLOB, check_written, read_header
 from alignfactory.run.workers import summary_path
 
 log = logging.getLogger("alignfactory")
@@ -57,6 +57,7 @@ def run_whole(
     res = step.spec.resources
     task = ray.remote(num_cpus=res.num_cpus, num_gpus=res.num_gpus, memory=step.memory.bytes)
     stats = ray.get(task(workers.run_whole).remote(*args))
+    check_written(step.dir / "shard-00000.jsonl", stats)
     guard.add(step.index, stats)
     progress.update(step.name, n, stats.get("tokens_out", 0))
     progress.finish(step.name)
@@ -101,6 +102,8 @@ def run_distributed(step: Step, source: Path, root: Path, progress: Progress) ->
         ds = corpus_dataset(step, todo, ctx, "apply", str(plan_path), os.getpid())
         progress.start(step.name, None, len(todo), llm=step.cls.uses_llm)
         for out in ds.iter_rows():  # each worker wrote its output shard; the driver gets its stats
-            progress.update(step.name, json.loads(out["payload"])["rows_in"])
+            stats = json.loads(out["payload"])
+            check_written(step.dir / inputs[int(out["shard"])].name, stats)
+            progress.update(step.name, stats["rows_in"])
         progress.finish(step.name)
     succeed(step, totals(step))

@@ -15,7 +15,7 @@ from alignfactory.progress import Progress
 from alignfactory.run.ledger import succeed, totals
 from alignfactory.run.planning import Step
 from alignfactory.run.ray_plumbing import row_dataset
-from alignfactory.run.shards import SHARD_GLOB, counts, read_header, write_shard
+from alignfactory.run.shards import SHARD_GLOB, check_written, counts, read_header, write_shard
 
 log = logging.getLogger("alignfactory")
 
@@ -52,6 +52,7 @@ def run_segment(steps: list[Step], seg: list[Step], progress: Progress, guard: B
             item = json.loads(out["payload"])  # the shard's stats per stage; its workers wrote the shards
             for index, stats in sorted(item["outputs"].items(), key=lambda kv: int(kv[0])):
                 step = steps[int(index)]
+                check_written(step.dir / out["shard"], stats)
                 guard.add(step.index, stats)
                 progress.update(step.name, stats["rows_in"], stats.get("tokens_out", 0))
             log.info("%s: shard %s written (%d/%d)", names, out["shard"], done, len(items))

@@ -38,3 +38,18 @@ def counts(rows: list[dict], rows_in: int) -> dict:
     """A shard header's row counts: rows_out kept, the rest rejected."""
     good = len(kept(rows))
     return {"rows_in": rows_in, "rows_out": good, "rejected": len(rows) - good}
+
+
+class NotShared(RuntimeError):
+    """A worker wrote a shard the driver cannot see: the run dir is not on storage every node sees."""
+
+
+def check_written(path: Path, stats: dict) -> None:
+    """A shard a worker reported written must be visible here: a run dir on one node's local disk
+    would otherwise lose the rows other nodes wrote, without a word."""
+    if not path.exists():
+        where = (stats.get("worker") or {}).get("node") or "another node"
+        raise NotShared(
+            f"{path}: written by a worker on node {where} but not visible to the driver; give --output "
+            "a place every node sees (a shared filesystem, or s3:// / gs://)"
+        )

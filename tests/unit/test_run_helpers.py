@@ -231,6 +231,18 @@ def test_stage_worker_reads_its_start_writes_its_shard_and_passes_others_through
     assert done["rows"] == [] and done["outputs"]["2"]["rows_out"] == 1  # the driver gets no rows
 
 
+def test_a_shard_the_driver_cannot_see_stops_the_run_naming_the_node(tmp_path):
+    """A run dir on one node's local disk: a worker elsewhere wrote its shard there; the driver must
+    not go on as if the rows were never there."""
+    from alignfactory.run.shards import NotShared, check_written
+
+    written = tmp_path / "shard-00000.jsonl"
+    run.write_shard(written, [], run.counts([], 0))
+    check_written(written, {"worker": {"node": "n1"}})  # visible: fine
+    with pytest.raises(NotShared, match=r"shard-00001.jsonl: written by a worker on node n2 .* s3://"):
+        check_written(tmp_path / "shard-00001.jsonl", {"worker": {"node": "n2"}})
+
+
 # ---- plan / prepare / segments ------------------------------------------------------------------
 
 BASE = """\
