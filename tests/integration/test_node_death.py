@@ -47,6 +47,12 @@ pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
 SEEDS = REPO / "pipelines" / "seeds" / "sft_seed.jsonl"
 GATED = "tests.integration.gated"
+T0 = time.monotonic()
+
+
+def phase(what: str) -> None:
+    """A line in the test's captured output (shown when it fails): seconds since import, what now."""
+    print(f"[{time.monotonic() - T0:6.1f} s] {what}", flush=True)
 
 
 # ---- a cluster of `ray start` nodes on this machine -----------------------------------------------
@@ -202,13 +208,23 @@ def cluster(local_ray):
         str(free_port()),
     ]
     head_args += ["--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash)]
+    # Ray marks a node dead after 5 failed health checks 3 s apart (its defaults): ~15 s before a
+    # dead node's actors restart elsewhere. 3 checks 1 s apart here; each check still waits 10 s
+    # for a busy raylet's answer, so a slow node is not taken for a dead one.
+    head_args += [
+        "--system-config",
+        json.dumps({"health_check_period_ms": 1000, "health_check_failure_threshold": 3}),
+    ]
     head = start_node(root, "head", env, head_args)
     c = Cluster(root, env, f"127.0.0.1:{port}", f"http://127.0.0.1:{dash}", head, [])
+    phase("cluster: start")
     try:
         c.wait_up()  # the GCS first: worker nodes that start beside it time out on a busy machine
         c.add_worker("w1")
         c.add_worker("w2")
+        phase("head up")
         c.wait_up()
+        phase("workers up")
         yield c
     finally:
         for n in [*c.workers, c.head]:
@@ -257,7 +273,7 @@ class Kill:
     victim: Node
     node_id: str
     held: int  # shards held at the gate on the victim when it died
-    at: float  # time.time() of the kill
+    survivors: set[str]  # the other worker nodes' ids
 
 
 def kill_a_holding_node(cluster: Cluster, job_id: str, gate: Path, stage_dir: Path) -> Kill:
@@ -279,11 +295,11 @@ def kill_a_holding_node(cluster: Cluster, job_id: str, gate: Path, stage_dir: Pa
                 f"{[(n.name, sorted(n.pids())) for n in cluster.workers]}\n{job_logs(cluster, job_id)[-3000:]}"
             )
         time.sleep(0.1)
-    node_id, at = victim.node_id(), time.time()
+    node_id, survivors = victim.node_id(), {n.node_id() for n in cluster.workers if n is not victim}
     killed = victim.kill()
     assert not victim.pids() and {pid for pid, n in holders if n is victim} <= killed
     (gate / "open").touch()
-    return Kill(victim, node_id, sum(1 for _, n in holders if n is victim), at)
+    return Kill(victim, node_id, sum(1 for _, n in holders if n is victim), survivors)
 
 
 def check_taken_over(cluster: Cluster, kill: Kill, stage_dir: Path) -> list[dict]:
@@ -293,6 +309,7 @@ def check_taken_over(cluster: Cluster, kill: Kill, stage_dir: Path) -> list[dict
     made = [read_jsonl(p)[0]["_shard"]["worker"] for p in sorted(stage_dir.glob("shard-*.jsonl"))]
     on_victim = [w for w in made if w["node"] == kill.node_id]
     assert len(on_victim) <= PASSES and len(made) - len(on_victim) >= kill.held >= 1, (kill, made)
+    assert {w["node"] for w in made} - {kill.node_id} <= kill.survivors, (kill, made)
     return made
 
 
@@ -321,8 +338,11 @@ def kept_ids(run: Path, index: int) -> list[tuple[int, str]]:
     return [(r["source"]["line"], r["id"]) for r in rows if not r["reject"]]
 
 
+ROWS = 6  # sft_quick's seeds: 3 shards of 2, so one is held at the gate after the 2 that pass
+
+
 def test_sft_quick_survives_a_worker_node(cluster, tmp_path):
-    """sft_quick, 8 seeds in 4 shards of 2, greedy at LLM batch size 1 (a row's reply does not depend
+    """sft_quick, 6 seeds in 3 shards of 2, greedy at LLM batch size 1 (a row's reply does not depend
     on which rows share its batch); a worker node dies while its generate actor holds a shard."""
     gate, ref_gate = gates(tmp_path)
     out, ref = tmp_path / "run", tmp_path / "ref"
@@ -338,20 +358,30 @@ def test_sft_quick_survives_a_worker_node(cluster, tmp_path):
             f"stages.1.name={GATED}:GatedGenerate",
             f"stages.1.params.gate={gate}",
             "stages.1.resources.batch_size=1",
+            "stages.1.resources.concurrency=1",  # one actor (one model load per run); Ray moves it
             "stages.2.params.min_chars=1",
         ]
 
     cli = [a for s in sets(gate) for a in ("--set", s)]
-    submit(cluster, "sft-node-dies", ["pipelines/sft_quick.yaml", "--limit", "8", "--output", str(out), *cli])
-    reference(spec, sets(ref_gate), ref, limit=8)  # while the job starts and fills its gate
+    phase("sft: submit")
+    submit(
+        cluster,
+        "sft-node-dies",
+        ["pipelines/sft_quick.yaml", "--limit", str(ROWS), "--output", str(out), *cli],
+    )
+    phase("sft: ref")
+    reference(spec, sets(ref_gate), ref, limit=ROWS)  # while the job starts and fills its gate
+    phase("sft: ref done")
     kill = kill_a_holding_node(cluster, "sft-node-dies", gate, out / "stages" / "02-gatedgenerate")
-    finish(cluster, "sft-node-dies")
+    phase("sft: killed")
+    (tmp_path / "job.log").write_text(finish(cluster, "sft-node-dies"))
+    phase("sft: finished")
     cluster.replace_dead()  # for the next test; it boots while this one checks
 
-    inputs = input_lines(SEEDS, 8)
+    inputs = input_lines(SEEDS, ROWS)
     assert_each_input_once(out, inputs)
     assert_each_input_once(ref, inputs)
-    assert kept_ids(out, 2) == kept_ids(ref, 2) and len(kept_ids(out, 2)) == 8  # generate: same replies
+    assert kept_ids(out, 2) == kept_ids(ref, 2) and len(kept_ids(out, 2)) == ROWS  # generate: same replies
     assert exported(out) == exported(ref)
     check_taken_over(cluster, kill, stage_dir(out, 2))
 
@@ -390,11 +420,17 @@ def test_corpus_dedup_survives_a_worker_node(cluster, tmp_path):
         return p
 
     out, ref = tmp_path / "run", tmp_path / "ref"
+    phase("dedup: wait up")
     cluster.wait_up()  # the node replacing the one the last test killed
+    phase("dedup: submit")
     submit(cluster, "dedup-node-dies", [str(spec(gate)), "--output", str(out)])
+    phase("dedup: ref")
     reference(spec(ref_gate), [], ref)
+    phase("dedup: ref done")
     kill = kill_a_holding_node(cluster, "dedup-node-dies", gate, out / "stages" / "01-gateddedup")
-    finish(cluster, "dedup-node-dies")
+    phase("dedup: killed")
+    (tmp_path / "job.log").write_text(finish(cluster, "dedup-node-dies"))
+    phase("dedup: finished")
     cluster.replace_dead()
 
     for run in (out, ref):
