@@ -106,6 +106,9 @@ class Node:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         self.proc.wait(timeout=30)
+        deadline = time.monotonic() + 10
+        while self.pids() and time.monotonic() < deadline:  # SIGKILL is not instant on a busy machine
+            time.sleep(0.05)
         return pids
 
 
