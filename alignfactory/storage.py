@@ -276,12 +276,17 @@ def write_atomic(path, data: bytes, tag: str | int | None = None) -> None:
 def _write_local(path: Path, data: bytes, tag) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{tag}")
-    with open(tmp, "wb") as f:
+    _write_synced(tmp, data)
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _write_synced(path: Path, data: bytes) -> None:
+    """All of data in a new file, on disk before this returns."""
+    with open(path, "wb") as f:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
 
 
 def _fsync_dir(d: Path) -> None:
@@ -586,10 +591,7 @@ class _LocalStore:
     def create(self, key: Path, data: bytes) -> bytes:
         key.parent.mkdir(parents=True, exist_ok=True)
         tmp = key.with_name(f".{key.name}.new{os.getpid()}-{uuid.uuid4().hex[:8]}")
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        _write_synced(tmp, data)
         try:
             os.link(tmp, key)  # FileExistsError if held
         finally:
