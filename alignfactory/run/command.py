@@ -1,8 +1,8 @@
 """`alignfactory run SPEC [options]`, and `python -m alignfactory.run SPEC [options]` (what `ray job
 submit` runs): the arguments, the console (a progress line per stage and warnings; the rest goes to
 <run>/run.log), the run, the cost table, the exit code (0 done, 2 a bad spec, input or run dir,
-3 stopped by the budget, 4 the run dir is being written by another run). cli.py mounts add_arguments and run as its `run` subcommand; this package never
-imports cli."""
+3 stopped by the budget, 4 the run dir is being written by another run). cli.py mounts
+add_arguments and run as its `run` subcommand; this package never imports cli."""
 
 from __future__ import annotations
 

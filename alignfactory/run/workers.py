@@ -2,8 +2,8 @@
 Ray pickles them by module path, so each stays at the top level of this module.
 
 Row stages: StageWorker (an actor for LLM stages: the engine loads once) or run_task_stage (a task),
-one item = one shard carrying its rows and every stage's output. Corpus stages: run_whole (all rows
-in one task), and CorpusWorker / run_corpus_task for a distributed corpus stage (map -> combine ->
+one item = one shard: where its rows are, then its kept rows between stages and each stage's stats;
+each stage writes its own output shard. Corpus stages: run_whole (all rows in one task), and CorpusWorker / run_corpus_task for a distributed corpus stage (map -> combine ->
 apply), one item = one input shard read from its file here (the driver sends paths, not rows).
 """
 
@@ -19,7 +19,7 @@ from alignfactory import io
 from alignfactory.run.execute import account, build_stage, run_on_shard
 from alignfactory.run.shards import counts, kept, read_shard, write_shard
 from alignfactory.stages.base import StageContext
-from alignfactory.storage import location
+from alignfactory.storage import location, stamp
 
 # ---- row stages -----------------------------------------------------------------------------------
 
@@ -85,10 +85,9 @@ def run_task_stage(batch: dict, name: str, params: dict, ctx: StageContext, out:
 def run_whole(
     name: str, params: dict, ctx: StageContext, sources: list[str], out_dir: str, shard_size: int, tag=None
 ) -> dict:
-    """A corpus stage on all rows at once (a Ray task): reads the
-    kept rows of the input shards at sources, writes its output re-sharded into out_dir (full shards
-    of kept rows; the rejected ones ride in shard 0, for rejected/ and the counts) and returns the
-    stage's stats."""
+    """A corpus stage on all rows at once (a Ray task): reads the kept rows of the input shards at
+    sources, writes its output re-sharded into out_dir (full shards of kept rows; the rejected ones
+    ride in shard 0, for rejected/ and the counts) and returns the stage's stats."""
     rows = [r for p in sources for r in kept(read_shard(location(p))[0])]
     out, stats = run_on_shard(build_stage(name, params, ctx), rows)
     good, dropped = kept(out), [r for r in out if r.get("reject")]
@@ -118,8 +117,7 @@ def corpus_stage(name: str, params: dict, ctx: StageContext):
 def load_plan(path: Path) -> dict:
     """_PLAN.pkl: {"plan": combine()'s result, "summarize_seconds": [per shard], "combine_seconds",
     "kept_lines": [per shard, (n,) int32 line numbers of its kept rows]}, read once per process."""
-    st = path.stat()  # an object store's stat may carry no mtime_ns: its size and mtime then
-    key = (str(path), getattr(st, "st_mtime_ns", 0) or st.st_mtime, st.st_size)
+    key = (str(path), stamp(path))
     if key not in _PLANS:
         _PLANS.clear()
         _PLANS[key] = pickle.loads(path.read_bytes())

@@ -141,8 +141,8 @@ def model_kwargs(training_args, model_args) -> dict:
 
 def with_data(args: tuple, data: list[str] | None) -> tuple:
     """Replace the config's datasets with these JSONL files (or run dirs: their sft/ or preference/
-    train.jsonl, by step); local paths or storage URLs (datasets reads s3://, gs://, ... via fsspec,
-    with the same credentials from the environment)."""
+    train.jsonl, by step); local paths or storage URLs (s3://, gs://, ...: load_train_split reads a
+    local copy)."""
     if not data:
         return args
     from trl.scripts.utils import DatasetConfig

@@ -29,7 +29,7 @@ from tests.integration.conftest import (
 pytestmark = pytest.mark.slow
 
 
-def spec_tree(input_path, gate=None, **stage_params) -> dict:
+def spec_tree(input_path, gate=None) -> dict:
     """gate: a dir; dedup's apply then waits at it after its first shards (tests/integration/gated.py)."""
     dedup = (
         {"name": "tests.integration.gated:GatedDedup", "params": {"gate": str(gate)}}
@@ -44,7 +44,7 @@ def spec_tree(input_path, gate=None, **stage_params) -> dict:
             dedup | {"resources": {"num_cpus": 0.5}},
             {
                 "name": "filter",
-                "params": {"min_chars": 18, "same_language": False, **stage_params},
+                "params": {"min_chars": 18, "same_language": False},
                 "resources": {"num_cpus": 0.5},
             },
             {"name": "export"},
