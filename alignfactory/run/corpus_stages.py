@@ -16,10 +16,10 @@ import logging
 import os
 import pickle
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from alignfactory import io
 from alignfactory.cost import BudgetGuard
 from alignfactory.progress import Progress
 from alignfactory.run import workers
@@ -31,6 +31,29 @@ from alignfactory.run.shards import SHARD_GLOB, check_written, read_header
 from alignfactory.run.workers import summary_path
 
 log = logging.getLogger("alignfactory")
+
+
+class SummaryFiles(Sequence):
+    """The shards' _SUMMARY-<i>.pkl in shard order; item i is shard i's summary, read from its file
+    on each access (nothing is kept but each record's small fields: seconds, kept_lines)."""
+
+    def __init__(self, paths: list[Path]):
+        self.paths, self.small = paths, [None] * len(paths)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        record = pickle.loads(self.paths[i].read_bytes())
+        self.small[i] = {k: record[k] for k in ("seconds", "kept_lines")}
+        return record["summary"]
+
+    def field(self, name: str) -> list:
+        """One small field of every record, in shard order (reading the files combine did not)."""
+        for i, got in enumerate(self.small):
+            if got is None:
+                self[i]
+        return [got[name] for got in self.small]
 
 
 def is_distributed(step: Step) -> bool:
@@ -80,18 +103,17 @@ def run_distributed(step: Step, source: Path, root: Path, progress: Progress) ->
         if todo:
             for _ in corpus_dataset(step, todo, ctx, "summarize", str(plan_path), os.getpid()).iter_rows():
                 pass  # each worker writes its shard's summary file
-        summaries = [pickle.loads(summary_path(plan_path, it["shard"]).read_bytes()) for it in items]
+        summaries = SummaryFiles([summary_path(plan_path, it["shard"]) for it in items])
         t0 = time.perf_counter()
         stage = build_stage(step.name, params, ctx)
-        plan = stage.combine([r["summary"] for r in summaries])
+        plan = stage.combine(summaries if stage.streams_summaries else list(summaries))
         record = {
             "plan": plan,
-            "summarize_seconds": [r["seconds"] for r in summaries],
+            "summarize_seconds": summaries.field("seconds"),
             "combine_seconds": time.perf_counter() - t0,
-            "kept_lines": [r["kept_lines"] for r in summaries],
+            "kept_lines": summaries.field("kept_lines"),
         }
-        del summaries
-        io.write_atomic(plan_path, pickle.dumps(record, protocol=5))
+        workers.write_plan(plan_path, record)
         del plan, record
         for it in items:
             summary_path(plan_path, it["shard"]).unlink()

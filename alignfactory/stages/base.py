@@ -92,6 +92,9 @@ class CorpusStage(Stage):
 
     kind = "corpus"
     distributed: ClassVar[bool] = True
+    # True: combine takes a sequence that loads each shard's summary file on access (and again on
+    # a second access) instead of a list of all of them in memory; for summaries too big to hold
+    streams_summaries: ClassVar[bool] = False
 
     @staticmethod
     def uses_model(params: BaseModel) -> bool:

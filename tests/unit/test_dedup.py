@@ -155,6 +155,40 @@ def test_shards_summarized_apart_and_combined_equal_the_plain_call():
         ]
 
 
+def test_minhash_combine_streams_summary_files_and_rereads_only_shards_with_candidates(tmp_path):
+    """The runner's SummaryFiles: each shard's file is read once for band keys, then again only where
+    a candidate row lives (here shards 0 and 2, not the all-unique shard 1); same plan as a list."""
+    import pickle
+
+    from alignfactory.run.corpus_stages import SummaryFiles
+
+    rows = near_rows()
+    shards = [rows[0:2], [rows[3], rows[5], rows[10]], [rows[2], rows[6]]]  # 1~3 and 2~7 span shards
+    stage = dedup(method="minhash")
+    summaries = [stage.summarize(s, k) for k, s in enumerate(shards)]
+    paths = []
+    for k, summ in enumerate(summaries):
+        paths.append(tmp_path / f"_SUMMARY-{k:05d}.pkl")
+        paths[-1].write_bytes(pickle.dumps({"summary": summ, "seconds": k / 10, "kept_lines": [k]}))
+    reads = []
+
+    class Counted(SummaryFiles):
+        def __getitem__(self, i):
+            summary = super().__getitem__(i)  # IndexError past the end: iteration's stop
+            reads.append(i)
+            return summary
+
+    files = Counted(paths)
+    plan = stage.combine(files)
+    assert plan == stage.combine(summaries)
+    assert {pos: d["duplicate_of"] for pos, d in plan["shards"][2].items()} == {
+        0: rows[0]["id"],
+        1: rows[1]["id"],
+    }
+    assert reads == [0, 1, 2, 0, 2]
+    assert files.field("seconds") == [0.0, 0.1, 0.2] and reads == [0, 1, 2, 0, 2]  # kept, not re-read
+
+
 def test_apply_refuses_a_plan_for_other_rows():
     stage = dedup(method="minhash")
     rows = near_rows()

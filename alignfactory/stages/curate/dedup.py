@@ -11,7 +11,9 @@ stay distinct; "conversation" = every message, roles included. Scales as map -> 
         minhash:  "sig"  (n, num_perm) uint32   rensa RMinHash signatures of the text's shingles
         semantic: "emb"  (n, dim) float16    L2-normalized all-MiniLM-L6-v2 embeddings}
     combine(summaries) -> candidate pairs -> verified (sim >= threshold) -> connected components
-        (union-find) -> per cluster the kept row -> plan {"shards": {shard: {pos: detail}}}
+        (union-find) -> per cluster the kept row -> plan {"shards": {shard: {pos: detail}}};
+        it reads the summaries one at a time (minhash keeps 32-bit band keys, 1/4 of a signature,
+        and re-reads signatures for candidate rows only), so the driver holds ~130 B a row at most
     apply(rows, plan, shard) -> marks the rows the plan names.
 
 MinHash (Broder 1997) + LSH banding (Leskovec et al., MMDS ch. 3): the signature is cut into
@@ -98,6 +100,8 @@ class Dedup(CorpusStage):
     requires = {"messages": "a conversation with a user turn"}
     adds = ("reject", "meta.dedup")
 
+    streams_summaries = True  # minhash signatures are 512 B a row: 2.5 GB at 5M rows
+
     @staticmethod
     def uses_model(params) -> bool:
         """The runner runs summarize in actors (and on a GPU when resources give one) for embeddings."""
@@ -157,24 +161,37 @@ class Dedup(CorpusStage):
 
     # -- combine: summaries -> plan
 
-    def combine(self, summaries: list[dict]) -> dict:
-        sizes = [len(s["ids"]) for s in summaries]
+    def combine(self, summaries) -> dict:
+        """summaries: a sequence read once in shard order (the runner's SummaryFiles loads each file
+        on access, so only one shard's signatures are held at a time); minhash reads the shards that
+        hold candidate rows a second time, for those rows' signatures only."""
+        ids, lengths, keys, bands, emb = [], [], [], [], []
+        method, p = self.params.method, self.params
+        for s in summaries:
+            ids.append(s["ids"])
+            lengths.append(s["lengths"])
+            if method == "exact":
+                keys.append(s["keys"])
+            elif method == "minhash":
+                bands.append(band_keys32(s["sig"], p.bands))
+            else:
+                emb.append(s["emb"])
+            del s
+        sizes = [len(x) for x in ids]
         offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
-        ids = np.concatenate([s["ids"] for s in summaries]) if summaries else np.zeros(0, "S16")
-        lengths = np.concatenate([s["lengths"] for s in summaries]) if summaries else np.zeros(0)
-        method = self.params.method
+        ids = np.concatenate(ids) if ids else np.zeros(0, "S16")
+        lengths = np.concatenate(lengths) if lengths else np.zeros(0)
         if len(ids) < 2:
             a = b = np.zeros(0, np.int64)
             sim = np.zeros(0, np.float32)
         elif method == "exact":
-            a, b, sim = exact_pairs(np.concatenate([s["keys"] for s in summaries]))
+            a, b, sim = exact_pairs(np.concatenate(keys))
         elif method == "minhash":
-            sig = np.concatenate([s["sig"] for s in summaries])
-            a, b = lsh_candidates(sig, self.params.bands)
-            sim = estimated_jaccard(sig, a, b)
+            a, b = band_candidates(bands)
+            del bands
+            sim = estimated_jaccard(*candidate_signatures(summaries, offsets, a, b))
         else:
-            emb = np.concatenate([s["emb"] for s in summaries])
-            a, b, sim = semantic_pairs(emb, self.threshold, self.params, seed=self.ctx.seed)
+            a, b, sim = semantic_pairs(np.concatenate(emb), self.threshold, self.params, seed=self.ctx.seed)
         good = sim >= self.threshold - 1e-6
         a, b, sim = a[good], b[good], sim[good]
         dupes = resolve_clusters(len(ids), a, b, sim, lengths, self.params.keep)
@@ -257,29 +274,57 @@ def exact_pairs(keys: np.ndarray):
     return a, b, np.ones(len(a), np.float32)
 
 
-def band_keys(sig: np.ndarray, band: int, rows: int) -> np.ndarray:
-    """One uint64 per signature for band `band`: its `rows` values mixed (equal values -> equal
-    keys; a collision of unequal values only adds a candidate that verification drops)."""
-    cols = sig[:, band * rows : (band + 1) * rows]
-    if rows % 2 == 0:  # two uint32 values per uint64 word: half the mixing steps
-        cols = np.ascontiguousarray(cols).view(np.uint64)
-    h = np.full(len(sig), 0xCBF29CE484222325, dtype=np.uint64)
-    for c in range(cols.shape[1]):
-        h ^= cols[:, c].astype(np.uint64)
-        h *= np.uint64(0x100000001B3)
-        h ^= h >> np.uint64(29)
-    return h
-
-
-def lsh_candidates(sig: np.ndarray, bands: int) -> tuple[np.ndarray, np.ndarray]:
+def band_keys32(sig: np.ndarray, bands: int) -> np.ndarray:
+    """(n, bands) uint32: per band, its num_perm/bands signature values mixed into one key (equal
+    values -> equal keys). 32 bits, a quarter of the signature's bytes: two rows of different values
+    share a key by chance ~n^2/2^33 times a band (~3k pairs a band at 5M rows), and verification
+    drops those pairs."""
     rows = sig.shape[1] // bands
-    found = [group_pairs(band_keys(sig, j, rows)) for j in range(bands)]
-    a = np.concatenate([f[0] for f in found])
-    b = np.concatenate([f[1] for f in found])
-    return unique_pairs(a, b, len(sig))
+    words = np.ascontiguousarray(sig)
+    if rows % 2 == 0:  # two uint32 values per uint64 word: half the mixing steps
+        words = words.view(np.uint64)
+    per_band = words.shape[1] // bands
+    out = np.empty((len(sig), bands), dtype=np.uint32)
+    for band in range(bands):
+        h = np.full(len(sig), 0xCBF29CE484222325, dtype=np.uint64)
+        for c in range(band * per_band, (band + 1) * per_band):
+            h ^= words[:, c].astype(np.uint64)
+            h *= np.uint64(0x100000001B3)
+            h ^= h >> np.uint64(29)
+        out[:, band] = (h >> np.uint64(32)).astype(np.uint32)
+    return out
+
+
+def band_candidates(bands: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Per shard (n_s, bands) uint32 keys -> the unique candidate pairs (a < b, global row numbers):
+    rows whose keys agree in any band. One band's keys (n uint64) are held at a time, and the pairs
+    are made unique band by band, so memory follows the candidates, not bands x rows."""
+    n = sum(len(x) for x in bands)
+    codes = np.zeros(0, np.int64)
+    for j in range(bands[0].shape[1] if bands else 0):
+        # the 32-bit key in the top bits: group_pairs buckets rows by their keys' top bits
+        keys = np.concatenate([x[:, j] for x in bands]).astype(np.uint64) << np.uint64(32)
+        a, b = unique_pairs(*group_pairs(keys), n)
+        codes = np.union1d(codes, a * n + b)
+    return codes // n, codes % n
+
+
+def candidate_signatures(summaries, offsets: np.ndarray, a: np.ndarray, b: np.ndarray):
+    """The signatures of the rows in candidate pairs, read shard by shard (only the shards that hold
+    such a row are loaded again, and only those rows kept) -> ((m, num_perm) uint32, a and b as
+    row numbers of that array)."""
+    need = np.unique(np.concatenate([a, b]))
+    shard_of = np.searchsorted(offsets, need, side="right") - 1
+    parts = [
+        summaries[shard]["sig"][need[shard_of == shard] - offsets[shard]]
+        for shard in np.unique(shard_of).tolist()
+    ]
+    sig = np.concatenate(parts) if parts else np.zeros((0, 1), np.uint32)
+    return sig, np.searchsorted(need, a), np.searchsorted(need, b)
 
 
 def estimated_jaccard(sig: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Share of equal signature values per pair (a, b: row numbers of sig)."""
     out = np.empty(len(a), np.float32)
     for s in range(0, len(a), PAIR_BLOCK):
         out[s : s + PAIR_BLOCK] = (sig[a[s : s + PAIR_BLOCK]] == sig[b[s : s + PAIR_BLOCK]]).mean(1)
