@@ -87,6 +87,7 @@ class TagNormalize(CorpusStage):
 
     requires = {"meta.instag.tags": "tags from the instag stage (or params.source)"}
     adds = ("meta.tag_normalize",)
+    streams_summaries = True  # combine reads each shard's tag sets once, into TagSets.merge
 
     def __init__(self, params, ctx, embedder=None):
         super().__init__(params, ctx)

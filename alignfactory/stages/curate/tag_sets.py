@@ -33,7 +33,13 @@ def tag_sets(rows_tags: list[tuple[str, ...]]) -> dict:
 
 
 class TagSets:
-    """Every shard's sets over one vocabulary (sets repeated across shards stay separate: counts add)."""
+    """Every shard's sets over one vocabulary (sets repeated across shards stay separate: counts add).
+
+    set_of: (entries,) int32, the set of each tag entry, ascending; indices: (entries,) int32 tags;
+    mult: (sets,) int64 rows per set. counts and pair counts walk the sets CHUNK sets at a time, so
+    their int64 temporaries are bounded (~100 MB) rather than ~100 B a row (1 GB at 10M rows)."""
+
+    CHUNK = 1 << 20  # sets
 
     def __init__(self, vocab: list[str], set_of: np.ndarray, indices: np.ndarray, mult: np.ndarray):
         self.vocab, self.set_of, self.indices, self.mult = vocab, set_of, indices, mult
@@ -45,55 +51,74 @@ class TagSets:
         for s in summaries:
             glob = np.array([vocab.setdefault(t, len(vocab)) for t in s["vocab"]], dtype=np.int32)
             indices.append(glob[s["indices"]] if len(glob) else s["indices"].astype(np.int32))
-            set_of.append(np.repeat(np.arange(len(s["mult"]), dtype=np.int64) + offset, np.diff(s["indptr"])))
+            set_of.append(np.repeat(np.arange(len(s["mult"]), dtype=np.int32) + offset, np.diff(s["indptr"])))
             mult.append(s["mult"])
             offset += len(s["mult"])
+        if offset >= 2**31:
+            raise ValueError(f"tag_normalize: {offset} distinct tag sets; int32 set numbers hold 2^31")
 
         def cat(parts, dtype):
-            return np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype=dtype)
+            return np.concatenate(parts).astype(dtype, copy=False) if parts else np.zeros(0, dtype=dtype)
 
-        return cls(list(vocab), cat(set_of, np.int64), cat(indices, np.int32), cat(mult, np.int64))
+        return cls(list(vocab), cat(set_of, np.int32), cat(indices, np.int32), cat(mult, np.int64))
 
     def raw_counts(self) -> Counter:
         """Rows carrying each raw tag (first-seen order)."""
-        got = np.bincount(self.indices, weights=self.mult[self.set_of], minlength=len(self.vocab))
+        got = np.zeros(len(self.vocab), dtype=np.float64)
+        for lo, hi in self.chunks():
+            got += np.bincount(
+                self.indices[lo:hi], weights=self.mult[self.set_of[lo:hi]], minlength=len(self.vocab)
+            )
         return Counter(dict(zip(self.vocab, got.astype(np.int64).tolist(), strict=True)))
 
-    def canonical(self, mapping: dict, names: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        """(set, canonical index into names) once per set, sorted by set then tag; dropped tags gone."""
+    def chunks(self):
+        """(lo, hi) entry ranges holding whole sets, CHUNK sets each (set_of is ascending)."""
+        bounds = np.searchsorted(self.set_of, np.arange(0, len(self.mult) + self.CHUNK, self.CHUNK))
+        for lo, hi in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
+            if hi > lo:
+                yield lo, hi
+
+    def canonical(self, code: np.ndarray, width: int, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
+        """Entries lo:hi -> (set, canonical index) once per set, sorted by set then tag; dropped gone.
+        code: (vocab,) int64 canonical index of each raw tag, -1 when dropped; width: len(names)."""
+        c = code[self.indices[lo:hi]]
+        keep = c >= 0
+        key = np.unique(self.set_of[lo:hi][keep].astype(np.int64) * width + c[keep])
+        return key // width, key % width
+
+    def codes(self, mapping: dict, names: list[str]) -> tuple[np.ndarray, int]:
         where = {t: i for i, t in enumerate(names)}
         code = np.array([-1 if mapping[t] is None else where[mapping[t]] for t in self.vocab], dtype=np.int64)
-        c = code[self.indices] if len(self.indices) else np.zeros(0, dtype=np.int64)
-        keep = c >= 0
-        key = np.unique(self.set_of[keep] * max(len(names), 1) + c[keep])
-        return key // max(len(names), 1), key % max(len(names), 1)
+        return code, max(len(names), 1)
 
     def counts(self, mapping: dict) -> Counter:
         """Rows carrying each current canonical tag (a tag counts once per row)."""
         names = sorted({c for c in mapping.values() if c is not None})
-        sets, tags = self.canonical(mapping, names)
-        got = np.bincount(tags, weights=self.mult[sets], minlength=len(names)).astype(np.int64)
+        code, width = self.codes(mapping, names)
+        got = np.zeros(len(names), dtype=np.int64)
+        for lo, hi in self.chunks():
+            sets, tags = self.canonical(code, width, lo, hi)
+            got += np.bincount(tags, weights=self.mult[sets], minlength=len(names)).astype(np.int64)
         return Counter({t: c for t, c in zip(names, got.tolist(), strict=True) if c})
 
     def pair_counts(self, mapping: dict, names: list[str]):
         """(rows with any canonical tag, rows per tag (len(names),), (a, b, rows) per co-occurring
         pair a < b as indices into names)."""
-        sets, tags = self.canonical(mapping, names)
-        weight = self.mult[sets]
-        first = np.ones(len(sets), dtype=bool)
-        first[1:] = sets[1:] != sets[:-1]
-        n_rows = int(weight[first].sum())
-        single = np.bincount(tags, weights=weight, minlength=len(names)).astype(np.int64)
-        a, b, w = [], [], []
-        for d in range(1, int(np.bincount(sets).max(initial=0))):  # the pairs d apart within a set
-            same = sets[d:] == sets[:-d]
-            a.append(tags[:-d][same])
-            b.append(tags[d:][same])
-            w.append(weight[d:][same])
-        if not a:
-            empty = np.zeros(0, dtype=np.int64)
-            return n_rows, single, (empty, empty, empty)
-        key = np.concatenate(a) * len(names) + np.concatenate(b)
-        uniq, inv = np.unique(key, return_inverse=True)
-        rows = np.bincount(inv, weights=np.concatenate(w)).astype(np.int64)
-        return n_rows, single, (uniq // len(names), uniq % len(names), rows)
+        code, width = self.codes(mapping, names)
+        n_rows, single = 0, np.zeros(len(names), dtype=np.int64)
+        pair_keys, pair_rows = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+        for lo, hi in self.chunks():
+            sets, tags = self.canonical(code, width, lo, hi)
+            weight = self.mult[sets]
+            first = np.ones(len(sets), dtype=bool)
+            first[1:] = sets[1:] != sets[:-1]
+            n_rows += int(weight[first].sum())
+            single += np.bincount(tags, weights=weight, minlength=len(names)).astype(np.int64)
+            keys, w = [pair_keys], [pair_rows]
+            for d in range(1, int(np.bincount(sets - sets[0]).max(initial=0)) if len(sets) else 0):
+                same = sets[d:] == sets[:-d]  # the pairs d apart within a set
+                keys.append(tags[:-d][same] * len(names) + tags[d:][same])
+                w.append(weight[d:][same])
+            pair_keys, inv = np.unique(np.concatenate(keys), return_inverse=True)
+            pair_rows = np.bincount(inv, weights=np.concatenate(w), minlength=len(pair_keys)).astype(np.int64)
+        return n_rows, single, (pair_keys // len(names), pair_keys % len(names), pair_rows)
