@@ -38,9 +38,11 @@ import json
 import logging
 import os
 import socket
+import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Iterable
 from pathlib import Path, PurePath
 
 log = logging.getLogger(__name__)
@@ -52,6 +54,7 @@ LEASE_ENV = "ALIGNFACTORY_LEASE_SECONDS"
 # object stores whose completed single PUT (or completed multipart/resumable upload) replaces the
 # whole object at once: readers see the old object, no object, or all of the new one
 _WHOLE_OBJECT_STORES = {"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "memory"}
+_IN_MEMORY_MAX = 64 * 2**20  # write_atomic_chunks: larger files are uploaded from a local file
 _GCS_SIMPLE_MAX = 50 * 2**20  # gcsfs's switch to resumable uploads (finalized only when complete)
 _CLOUD_PACKAGES = {"s3": "s3fs", "s3a": "s3fs", "gs": "gcsfs", "gcs": "gcsfs"}
 _LOCAL_PROTOCOLS = {"", "file", "local"}
@@ -273,7 +276,33 @@ def write_atomic(path, data: bytes, tag: str | int | None = None) -> None:
     call(fs.mv, tmp, key)
 
 
-def _write_local(path: Path, data: bytes, tag) -> None:
+def write_atomic_chunks(path, chunks: Iterable[bytes], tag: str | int | None = None) -> None:
+    """write_atomic for a file made in pieces that need not fit in memory together (rejected/ of a
+    10M-row stage). Local: the same temp file + rename. Elsewhere the pieces go to a local temp file
+    first; up to 64 MiB it is then write_atomic's upload, above that one fs.put_file, which s3fs and
+    gcsfs send as a multipart / resumable upload: visible only once complete (write_atomic's note)."""
+    p = location(path)
+    tag = os.getpid() if tag is None else tag
+    if isinstance(p, Path):
+        _write_local(p, chunks, tag)
+        return
+    with tempfile.TemporaryDirectory(prefix="alignfactory-upload-") as d:
+        local = Path(d) / p.name
+        _write_synced(local, chunks)
+        if local.stat().st_size <= _IN_MEMORY_MAX:
+            write_atomic(p, local.read_bytes(), tag)
+            return
+        fs, key = _fs_and_path(p)
+        call = (lambda f, *a, **k: f(*a, **k)) if _own_retries(fs) else _retry
+        if p.protocol in _WHOLE_OBJECT_STORES:
+            call(fs.put_file, str(local), key)
+            return
+        tmp = f"{p.parent.path}/.{p.name}.tmp{tag}"
+        call(fs.put_file, str(local), tmp)
+        call(fs.mv, tmp, key)
+
+
+def _write_local(path: Path, data: bytes | Iterable[bytes], tag) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{tag}")
     _write_synced(tmp, data)
@@ -281,10 +310,11 @@ def _write_local(path: Path, data: bytes, tag) -> None:
     _fsync_dir(path.parent)
 
 
-def _write_synced(path: Path, data: bytes) -> None:
-    """All of data in a new file, on disk before this returns."""
+def _write_synced(path: Path, data: bytes | Iterable[bytes]) -> None:
+    """All of data (bytes, or pieces of it) in a new file, on disk before this returns."""
     with open(path, "wb") as f:
-        f.write(data)
+        for piece in [data] if isinstance(data, bytes) else data:
+            f.write(piece)
         f.flush()
         os.fsync(f.fileno())
 

@@ -8,14 +8,16 @@ rejected/ and manifest.json.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
-from alignfactory import __version__, cost, io
+from alignfactory import __version__, cost, io, storage
 from alignfactory.run.planning import Step
-from alignfactory.run.shards import SHARD_GLOB, read_header, read_shard
+from alignfactory.run.shards import SHARD_GLOB, read_header
 from alignfactory.spec import PipelineSpec
 
 log = logging.getLogger("alignfactory")
@@ -52,16 +54,34 @@ def succeed(step: Step, totals: dict) -> None:
 
 
 def collect_rejected(root: Path, steps: list[Step]) -> None:
-    """rejected/<i>-<stage>.jsonl: every dropped row, with its reason, gathered from the shards."""
+    """rejected/<i>-<stage>.jsonl: every dropped row, with its reason, gathered from the shards one
+    shard at a time (a 10M-row stage's rejected rows need not fit in the driver)."""
     out = root / "rejected"
     out.mkdir(exist_ok=True)
     for step in steps:
-        rows = [r for p in sorted(step.dir.glob(SHARD_GLOB)) for r in read_shard(p)[0] if r.get("reject")]
         target = out / f"{step.dir.name}.jsonl"
-        if rows:
-            io.write_jsonl_atomic(target, rows)
+        pieces = rejected_lines(step)
+        first = next(pieces, None)
+        if first is not None:
+            storage.write_atomic_chunks(target, itertools.chain([first], pieces))
         elif target.exists():
             target.unlink()
+
+
+# a rejected row's line holds its top-level `"reject": {...}` as json.dumps writes it (io.jsonl_bytes)
+REJECT_MARK = b'"reject": {'
+
+
+def rejected_lines(step: Step) -> Iterator[bytes]:
+    """Per shard holding any, its rejected rows' lines as the shard has them (bytes, "\n" ends)."""
+    for path in sorted(step.dir.glob(SHARD_GLOB)):
+        if read_header(path).get("rejected", 1) == 0:
+            continue
+        lines = path.read_bytes().split(b"\n")[1:]  # line 0: the shard header
+        # only lines with the mark are parsed; the parse tells a nested "reject" key from the row's
+        got = b"".join(x + b"\n" for x in lines if REJECT_MARK in x and json.loads(x).get("reject"))
+        if got:
+            yield got
 
 
 def write_manifest(

@@ -106,6 +106,19 @@ def test_write_atomic_read_glob(root):
         assert names == ["_SUCCESS", "shard-00000.jsonl", "shard-00001.jsonl", "shard-00002.jsonl"]
 
 
+@pytest.mark.parametrize("root", STORES, indirect=True)
+@pytest.mark.parametrize("limit", [64 * 2**20, 10])  # the in-memory upload, and fs.put_file past it
+def test_write_atomic_chunks_joins_the_pieces(root, limit, monkeypatch):
+    monkeypatch.setattr(storage, "_IN_MEMORY_MAX", limit)
+    target = root / "rejected" / "03-filter.jsonl"
+    storage.write_atomic(target, b"old\n")
+    pieces = (f'{{"i": {i}}}\n'.encode() for i in range(50))  # a generator: read once, in order
+    storage.write_atomic_chunks(target, pieces)
+    assert target.read_bytes() == b"".join(f'{{"i": {i}}}\n'.encode() for i in range(50))
+    names = sorted(p.name for p in target.parent.iterdir())
+    assert names == ["03-filter.jsonl"]  # no temp file or key left beside it
+
+
 def test_local_write_atomic_temp_tag(tmp_path, monkeypatch):
     """Local writes go through `.<name>.tmp<tag>` (tag: the pid, or the driver's pid from a worker)."""
     target = tmp_path / "s" / "shard-0.jsonl"
