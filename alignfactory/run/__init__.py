@@ -42,6 +42,7 @@ from alignfactory.run.workers import (
     run_task_stage,
     run_whole,
     summary_path,
+    write_plan,
 )
 from alignfactory.spec import SpecError
 
@@ -71,5 +72,6 @@ __all__ = [
     "run_whole",
     "segments",
     "summary_path",
+    "write_plan",
     "write_shard",
 ]

@@ -116,12 +116,45 @@ def corpus_stage(name: str, params: dict, ctx: StageContext):
 
 def load_plan(path: Path) -> dict:
     """_PLAN.pkl: {"plan": combine()'s result, "summarize_seconds": [per shard], "combine_seconds",
+    "parts": True (write_plan: kept_lines and plan["shards"] are in the _PLAN-<i>.pkl files), or
     "kept_lines": [per shard, (n,) int32 line numbers of its kept rows]}, read once per process."""
     key = (str(path), stamp(path))
     if key not in _PLANS:
         _PLANS.clear()
         _PLANS[key] = pickle.loads(path.read_bytes())
     return _PLANS[key]
+
+
+def part_path(plan_path: Path, shard: int) -> Path:
+    return plan_path.with_name(f"_PLAN-{shard:05d}.pkl")
+
+
+def write_plan(plan_path: Path, record: dict) -> None:
+    """_PLAN.pkl plus a _PLAN-<i>.pkl per shard holding what only shard i's apply reads: its kept
+    line numbers and, where the plan is a dict with a "shards" dict (dedup, decontaminate, select),
+    plan["shards"][i]. An apply worker then loads its shard's part, not the whole plan (select's is
+    ~45 B a row: ~450 MB at 10M rows, in every worker). The parts are written first: _PLAN.pkl, last,
+    says that all of them are there."""
+    plan = record["plan"]
+    split = isinstance(plan, dict) and isinstance(plan.get("shards"), dict)
+    for shard, lines in enumerate(record["kept_lines"]):
+        part = {"kept_lines": lines, "shard": plan["shards"].get(shard) if split else None}
+        io.write_atomic(part_path(plan_path, shard), pickle.dumps(part, protocol=5))
+    head = record | {"plan": plan | {"shards": None} if split else plan, "kept_lines": None}
+    io.write_atomic(plan_path, pickle.dumps(head | {"parts": True, "split": split}, protocol=5))
+
+
+def shard_plan(plan_path: Path, shard: int) -> tuple[dict, object, object]:
+    """(_PLAN.pkl's record, the plan as shard `shard`'s apply sees it, its kept line numbers)."""
+    meta = load_plan(plan_path)
+    if not meta.get("parts"):  # one file (written before the parts, or by hand)
+        lines = meta["kept_lines"][shard] if meta.get("kept_lines") is not None else None
+        return meta, meta["plan"], lines
+    part = pickle.loads(part_path(plan_path, shard).read_bytes())
+    plan = meta["plan"]
+    if meta["split"]:
+        plan = plan | {"shards": {} if part["shard"] is None else {shard: part["shard"]}}
+    return meta, plan, part["kept_lines"]
 
 
 class CorpusWorker:
@@ -153,16 +186,14 @@ class CorpusWorker:
                 io.write_atomic(summary_path(location(self.plan_path), shard), data, self.tag)
                 out.append(b"")
                 continue
-            meta = load_plan(location(self.plan_path))
-            touched = self.stage.touched(meta["plan"], shard)
-            if touched is None or meta.get("kept_lines") is None:  # (a plan from before kept_lines)
+            meta, plan, lines = shard_plan(location(self.plan_path), shard)
+            touched = self.stage.touched(plan, shard)
+            if touched is None or lines is None:  # (a plan from before kept_lines)
                 rows = kept(read_shard(location(path))[0])
-                body = account(self.stage, rows, self.stage.apply(rows, meta["plan"], shard))
+                body = account(self.stage, rows, self.stage.apply(rows, plan, shard))
                 stats = counts(body, len(rows))
             else:
-                body, stats = self.apply_sparse(
-                    location(path), meta["kept_lines"][shard], touched, meta["plan"], shard
-                )
+                body, stats = self.apply_sparse(location(path), lines, touched, plan, shard)
             # the shard's own seconds: apply + its summarize (+ the combine, counted on shard 0)
             seconds = time.perf_counter() - t0 + meta["summarize_seconds"][shard]
             seconds += meta["combine_seconds"] if shard == 0 else 0.0

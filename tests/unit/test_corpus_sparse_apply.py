@@ -56,7 +56,7 @@ def run_worker(tmp_path: Path, paths: list[Path], params: dict) -> list[bytes]:
         "combine_seconds": 0.0,
         "kept_lines": [g["kept_lines"] for g in got],
     }
-    io.write_atomic(plan_path, pickle.dumps(record))
+    run.write_plan(plan_path, record)
     apply = run.CorpusWorker("dedup", params, ctx, "apply", str(plan_path))
     outs = [plan_path.parent / "out" / p.name for p in paths]
     for i, (p, out) in enumerate(zip(paths, outs, strict=True)):  # the worker writes each output shard

@@ -57,6 +57,32 @@ def test_empty_shard_round_trip(tmp_path):
     assert run.read_shard(tmp_path / "s.jsonl") == ([], {"rows_in": 0})
 
 
+def test_collect_rejected_streams_each_shards_rejected_lines_and_removes_a_stale_file(tmp_path):
+    from types import SimpleNamespace
+
+    from alignfactory.run import ledger
+
+    stage = tmp_path / "stages" / "02-filter"
+    rows = [row(f"q{i}", line=i) for i in range(6)]
+    records.reject(rows[1], "filter", "too short")
+    rows[2]["meta"]["judge"] = {"reject": {"would": "not"}}  # a nested "reject" key: a kept row
+    records.reject(rows[4], "filter", 'contains "reject": {')
+    run.write_shard(stage / "shard-00000.jsonl", rows[:3], {"rows_in": 3, "rejected": 1})
+    run.write_shard(stage / "shard-00001.jsonl", rows[3:], {"rows_in": 3, "rejected": 1})
+    # a header saying nothing was rejected is believed: its shard is not read
+    (stage / "shard-00002.jsonl").write_text('{"_shard": {"rows_in": 0, "rejected": 0}}\nnot json\n')
+    empty = tmp_path / "stages" / "03-dedup"
+    run.write_shard(empty / "shard-00000.jsonl", rows[5:], {"rows_in": 1, "rejected": 0})
+    (tmp_path / "rejected").mkdir()
+    (tmp_path / "rejected" / "03-dedup.jsonl").write_text("from an earlier run\n")
+
+    ledger.collect_rejected(tmp_path, [SimpleNamespace(dir=stage), SimpleNamespace(dir=empty)])
+    got = (tmp_path / "rejected" / "02-filter.jsonl").read_text().splitlines()
+    assert [json.loads(x) for x in got] == [rows[1], rows[4]]
+    assert [json.loads(x)["reject"]["reason"] for x in got] == ["too short", 'contains "reject": {']
+    assert not (tmp_path / "rejected" / "03-dedup.jsonl").exists()
+
+
 def test_kept():
     a, b = row("a"), records.reject(row("b"), "x", "y")
     assert run.kept([a, b]) == [a]
@@ -499,7 +525,13 @@ def test_corpus_worker_summarize_then_apply_on_shard_files(tmp_path):
     assert [g["kept_lines"].tolist() for g in got] == [[0, 1], [0, 1]]  # the rejected row is line 2
     stage = run.build_stage("dedup", {}, ctx)
     record = {"plan": stage.combine(summaries), "summarize_seconds": [0.0, 0.0], "combine_seconds": 0.0}
-    plan_path.write_bytes(pickle.dumps(record | {"kept_lines": [g["kept_lines"] for g in got]}))
+    run.write_plan(plan_path, record | {"kept_lines": [g["kept_lines"] for g in got]})
+    assert sorted(p.name for p in tmp_path.glob("_PLAN*.pkl")) == [
+        "_PLAN-00000.pkl",
+        "_PLAN-00001.pkl",
+        "_PLAN.pkl",
+    ]
+    assert pickle.loads(plan_path.read_bytes())["plan"]["shards"] is None  # each shard's part: its own file
     res = run.run_corpus_task(batch, "dedup", {}, ctx, "apply", str(plan_path))
     out = []
     for path, payload in zip(outs, res["payload"], strict=True):  # the worker wrote each output shard
