@@ -119,11 +119,13 @@ def one_size(n: int, runner, quiet: bool = False) -> dict[str, tuple[float, floa
         with PeakRSS() as mem:
             runner.corpus(step)
         secs = time.perf_counter() - t0
-        worst = max((rss for rss, _ in mem.peak.values()), default=0) / (1 << 30)
+        rss, who = max(mem.peak.values(), default=(0, "-"))
+        worst = rss / (1 << 30)
+        who = "driver" if who == "driver" else "worker"  # a Ray worker's cmdline names no stage
         done = json.loads((step.dir / "_SUCCESS").read_text())
         if not quiet:
             print(
-                f"    {n:>9d} {label:14s} {secs:8.1f} s  peak RSS {worst:5.2f} GiB  "
+                f"    {n:>9d} {label:14s} {secs:8.1f} s  peak RSS {worst:5.2f} GiB {who:6s} "
                 f"({done.get('rows_in')} rows in, {done.get('rejected')} rejected)",
                 flush=True,
             )
