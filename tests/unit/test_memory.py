@@ -84,7 +84,10 @@ def test_every_stage_of_the_main_job_has_a_request_and_the_spec_overrides_it(tmp
     assert by_name["instag"].bytes > GiB and "KV cache" in by_name["instag"].how
     assert "embedder" in by_name["constitution"].how  # its relevance check embeds
     assert by_name["constitution"].bytes > by_name["generate"].bytes
-    assert by_name["filter"].bytes == memory.TASK_BASE
+    shard = 8 * memory.ROW_BYTES  # sft_data.yaml's shard_size: 8 rows
+    assert by_name["filter"].bytes == memory.TASK_BASE + shard and "a shard of 8 rows" in by_name["filter"].how
+    big = plan(load_spec(REPO / "pipelines" / "sft_data.yaml", ["shard_size=50000"]), tmp_path)
+    assert {s.name: s.memory.bytes for s in big}["filter"] == memory.TASK_BASE + 50000 * memory.ROW_BYTES
     assert all(s.memory.bytes > 0 for s in steps)
     spec = load_spec(REPO / "pipelines" / "sft_data.yaml", ["stages.3.resources.memory=3GiB"])
     (over,) = [s for s in plan(spec, tmp_path) if s.index == 4]
