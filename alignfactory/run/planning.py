@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -107,12 +108,18 @@ def _file_identity(path: Path) -> tuple:
 
 
 def prepare(steps: list[Step]) -> None:
-    """A stage dir whose fingerprint differs from the plan's holds stale output: remove it."""
+    """A stage dir whose fingerprint differs from the plan's holds stale output: remove it. So are the
+    temp files (`.<name>.tmp<tag>`) a kill -9 left mid-write: the run holds the lease, so no live
+    writer owns one but this driver's (tag: its pid)."""
     for step in steps:
         marker = step.dir / "_FINGERPRINT"
         if step.dir.exists() and (not marker.exists() or marker.read_text().strip() != step.fingerprint):
             log.info("%s: inputs or settings changed; discarding %s", step.name, step.dir)
             storage.remove_tree(step.dir)
+        elif step.dir.exists():
+            for stale in step.dir.glob(".*.tmp*"):
+                if not stale.name.endswith(f".tmp{os.getpid()}"):
+                    stale.unlink(missing_ok=True)
         step.dir.mkdir(parents=True, exist_ok=True)
         if not marker.exists():
             io.write_atomic(marker, step.fingerprint.encode())

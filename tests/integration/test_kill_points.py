@@ -153,6 +153,7 @@ def test_kill_9_at_a_point_then_resume_equals_uninterrupted(setup, tmp_path, poi
     kept = finished | ({"02-filter", "03-filter"} if point == "between" else set())
 
     log = finish(start(spec_path, out))
+    assert not list(out.rglob(".*.tmp*"))  # the partial temp file the kill left was removed
     assert exported(out) == exported(whole)  # same rows, same content, same order
     assert stage_rows(out) == stage_rows(whole)
     assert sorted(map(json.dumps, read_jsonl(out / "rejected" / "00-read.jsonl"))) == sorted(

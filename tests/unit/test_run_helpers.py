@@ -404,6 +404,21 @@ def test_prepare_writes_markers_and_keeps_matching_output(seeds, tmp_path):
     assert all((s.dir / "shard-00000.jsonl").exists() for s in steps)
 
 
+def test_prepare_removes_temp_files_a_killed_run_left_but_not_its_own(seeds, tmp_path):
+    steps = run.plan(validate(make_tree(seeds)), tmp_path / "r")
+    run.prepare(steps)
+    stage = steps[1].dir
+    (stage / "shard-00000.jsonl").write_text("kept\n")
+    (stage / ".shard-00001.jsonl.tmp4242").write_text('{"_shard": {"rows_in"')  # a dead driver's
+    (stage / ".shard-00002.jsonl.tmp4242-ab12").write_text("")
+    (stage / f".shard-00003.jsonl.tmp{os.getpid()}").write_text("")  # this driver's: in use
+    run.prepare(steps)
+    assert sorted(p.name for p in stage.iterdir() if p.name != "_FINGERPRINT") == [
+        f".shard-00003.jsonl.tmp{os.getpid()}",
+        "shard-00000.jsonl",
+    ]
+
+
 def test_prepare_discards_a_stage_dir_whose_fingerprint_differs(seeds, tmp_path):
     root = tmp_path / "run"
     steps = run.plan(validate(make_tree(seeds)), root)
