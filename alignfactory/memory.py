@@ -157,7 +157,10 @@ def stage_memory(cls, params, model, resources, shard_rows: int = 0) -> Need:
     its model's (or a task's) need plus one shard of `shard_rows` rows held in memory."""
     if getattr(resources, "memory", None) is not None:
         return Need(parse_size(resources.memory), "resources.memory in the spec")
-    need = _model_need(cls, params, model, resources)
+    return with_shard(_model_need(cls, params, model, resources), shard_rows)
+
+
+def with_shard(need: Need, shard_rows: int) -> Need:
     rows = shard_rows * ROW_BYTES
     return Need(need.bytes + rows, f"{need.how} + a shard of {shard_rows} rows {_g(rows)}")
 

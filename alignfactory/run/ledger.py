@@ -84,6 +84,10 @@ def rejected_lines(step: Step) -> Iterator[bytes]:
             yield got
 
 
+def _distributed(step: Step) -> bool:
+    return step.spec is not None and getattr(step.cls, "distributed", False)
+
+
 def write_manifest(
     root: Path,
     spec: PipelineSpec,
@@ -106,6 +110,8 @@ def write_manifest(
                 "fingerprint": s.fingerprint,
                 "done": s.done,
                 "memory_request": s.memory.to_dict(),  # per actor/task, what Ray scheduled by
+                # a distributed corpus stage's apply tasks (the request above is its summarize's)
+                **({"apply_memory_request": s.apply_memory.to_dict()} if _distributed(s) else {}),
                 # not done yet (interrupted, or stopped by its budget): what its shards hold so far
                 **(json.loads((s.dir / "_SUCCESS").read_text()) if s.done else totals(s)),
             }

@@ -18,7 +18,7 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from alignfactory import io, registry, storage
-from alignfactory.memory import TASK_BASE, Need, stage_memory
+from alignfactory.memory import TASK_BASE, Need, stage_memory, with_shard
 from alignfactory.spec import PipelineSpec, StageSpec
 from alignfactory.stages.base import StageContext, fingerprint
 
@@ -50,6 +50,13 @@ class Step:
         if self.spec is None:
             return Need(TASK_BASE, "read: a task without a model")
         return stage_memory(self.cls, self.params, self.ctx.model, self.spec.resources, self.shard_size)
+
+    @functools.cached_property
+    def apply_memory(self) -> Need:
+        """A distributed corpus stage's apply task: no model, one shard's rows (or resources.memory)."""
+        if self.spec is not None and self.spec.resources.memory is not None:
+            return self.memory
+        return with_shard(Need(TASK_BASE, "apply: a task without a model"), self.shard_size)
 
 
 def plan(spec: PipelineSpec, root: Path) -> list[Step]:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import logging
 import os
 
-from alignfactory.memory import TASK_BASE
 from alignfactory.run.planning import Step
 from alignfactory.run.workers import CorpusWorker, StageWorker, run_corpus_task, run_task_stage
 from alignfactory.stages.base import StageContext
@@ -90,7 +89,7 @@ def corpus_dataset(step: Step, items: list[dict], ctx: StageContext, phase: str,
     args = (step.name, step.params.model_dump(mode="json"), ctx, phase, plan_path, tag)
     remote = {
         "num_cpus": res.num_cpus,
-        "memory": step.memory.bytes if phase == "summarize" else TASK_BASE,
+        "memory": (step.memory if phase == "summarize" else step.apply_memory).bytes,
     }
     if step.cls.uses_model(step.params) and phase == "summarize":
         # embeddings: the model loads once per actor, on a GPU when resources.num_gpus gives one

@@ -108,6 +108,8 @@ def test_every_stage_requests_its_memory_and_ray_has_no_memory_advice(job):
         assert stage["memory_request"]["bytes"] > 0 and stage["memory_request"]["how"], stage["name"]
     instag = next(s for s in manifest["stages"] if s["name"] == "instag")
     assert instag["memory_request"]["bytes"] > 2**30  # model + KV cache, not a bare task's
+    corpus = [s for s in manifest["stages"] if s["name"] in ("dedup", "select", "decontaminate")]
+    assert corpus and all(s["apply_memory_request"]["bytes"] > 0 for s in corpus)  # apply's own request
     log = (out / "run.log").read_text("utf-8")
     for advice in ("Ray only requests", "of memory per worker", "To avoid out-of-memory errors"):
         assert advice not in log, advice

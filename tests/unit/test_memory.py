@@ -85,9 +85,16 @@ def test_every_stage_of_the_main_job_has_a_request_and_the_spec_overrides_it(tmp
     assert "embedder" in by_name["constitution"].how  # its relevance check embeds
     assert by_name["constitution"].bytes > by_name["generate"].bytes
     shard = 8 * memory.ROW_BYTES  # sft_data.yaml's shard_size: 8 rows
-    assert by_name["filter"].bytes == memory.TASK_BASE + shard and "a shard of 8 rows" in by_name["filter"].how
-    big = plan(load_spec(REPO / "pipelines" / "sft_data.yaml", ["shard_size=50000"]), tmp_path)
-    assert {s.name: s.memory.bytes for s in big}["filter"] == memory.TASK_BASE + 50000 * memory.ROW_BYTES
+    assert (
+        by_name["filter"].bytes == memory.TASK_BASE + shard and "a shard of 8 rows" in by_name["filter"].how
+    )
+    big = {
+        s.name: s
+        for s in plan(load_spec(REPO / "pipelines" / "sft_data.yaml", ["shard_size=50000"]), tmp_path)
+    }
+    assert big["filter"].memory.bytes == memory.TASK_BASE + 50000 * memory.ROW_BYTES
+    # a distributed corpus stage's apply task: no model, but a shard of rows
+    assert big["dedup"].apply_memory.bytes == memory.TASK_BASE + 50000 * memory.ROW_BYTES
     assert all(s.memory.bytes > 0 for s in steps)
     spec = load_spec(REPO / "pipelines" / "sft_data.yaml", ["stages.3.resources.memory=3GiB"])
     (over,) = [s for s in plan(spec, tmp_path) if s.index == 4]
