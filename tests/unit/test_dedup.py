@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from alignfactory import records
 from alignfactory.stages.base import StageContext
-from alignfactory.stages.curate.dedup import Dedup, group_pairs, resolve_clusters, shingles
+from alignfactory.stages.curate.dedup import Dedup, band_keys32, group_pairs, resolve_clusters, shingles
 
 STORY = (
     "Write a short story about a lighthouse keeper who finds a message in a bottle that was sent "
@@ -200,6 +200,28 @@ def test_apply_refuses_a_plan_for_other_rows():
 def test_group_pairs_star_and_chain_in_input_order():
     a, b = group_pairs(np.array([5, 3, 5, 5, 3, 9], dtype=np.uint64))
     assert sorted(set(zip(a.tolist(), b.tolist(), strict=True))) == [(0, 2), (0, 3), (1, 4), (2, 3)]
+
+
+@pytest.mark.parametrize(("num_perm", "bands"), [(128, 32), (120, 40), (16, 16)])
+def test_band_keys_equal_exactly_in_the_bands_whose_values_agree(num_perm, bands):
+    """Row 1 copies row 0's values in even bands only; row 2 is row 0 with every band's last value
+    changed. Keys agree where a band's values agree and differ where any value differs (32-bit mixes
+    of random values: a chance equality is ~2^-32 a band). Odd values per band (3) take the
+    one-value-per-word path; an empty shard gives no keys."""
+    rng = np.random.default_rng(num_perm)
+    sig = rng.integers(0, 2**32, (3, num_perm), dtype=np.uint32)
+    rows = num_perm // bands
+    for j in range(bands):
+        if j % 2 == 0:
+            sig[1, j * rows : (j + 1) * rows] = sig[0, j * rows : (j + 1) * rows]
+    sig[2] = sig[0]
+    sig[2, rows - 1 :: rows] ^= 1
+    keys = band_keys32(sig, bands)
+    assert keys.shape == (3, bands) and keys.dtype == np.uint32
+    assert (keys[0] == keys[1]).tolist() == [j % 2 == 0 for j in range(bands)]
+    assert not (keys[0] == keys[2]).any()
+    assert (band_keys32(sig[:1], bands) == keys[:1]).all()  # a row's keys do not depend on its shard
+    assert band_keys32(sig[:0], bands).shape == (0, bands)
 
 
 def test_clusters_chain_keeps_one_and_names_the_linking_row():
