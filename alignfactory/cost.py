@@ -16,7 +16,6 @@ resumes where it stopped when started again with a bigger one (the budget is in 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from pydantic import BaseModel, Field
@@ -186,50 +185,3 @@ def table(cost: dict) -> str:
             f"{y['preference_pairs']} preference pairs"
         )
     return "\n".join(lines)
-
-
-# ---- the budget ---------------------------------------------------------------------------------
-
-
-class BudgetGuard:
-    """Counts what the run directory has spent and stops the run between shards once the budget is.
-
-    Built after stale stage dirs are removed: it starts from every shard already written (earlier
-    runs included), then add() counts each new shard and check() raises BudgetExceeded."""
-
-    def __init__(self, spec: dict, run_dir: str | Path):
-        budget = spec.get("budget")
-        self.budget = Budget.model_validate(budget) if budget else None
-        self.models, self.prices = stage_models(spec), spec.get("prices") or {}
-        self.tokens, self.money = 0, 0.0
-        for d in sorted((location(run_dir) / "stages").glob("[0-9]*-*")):
-            index = int(d.name.split("-", 1)[0])
-            for shard in sorted(d.glob("shard-*.jsonl")):
-                with shard.open(encoding="utf-8") as f:
-                    first = f.readline()
-                if first.strip():
-                    self.add(index, json.loads(first)["_shard"])
-
-    def add(self, index: int, stats: dict) -> None:
-        tin, tout = int(stats.get("tokens_in", 0)), int(stats.get("tokens_out", 0))
-        self.tokens += tin + tout
-        if index:
-            self.money += money(price_of(self.prices, self.models.get(index, "")), tin, tout)
-
-    def exceeded(self) -> str | None:
-        b = self.budget
-        if b is None:
-            return None
-        if b.tokens is not None and self.tokens >= b.tokens:
-            return f"token budget spent: {self.tokens} >= budget.tokens {b.tokens}"
-        if b.money is not None and self.money >= b.money:
-            return f"money budget spent: {self.money:.4f} >= budget.money {b.money}"
-        return None
-
-    def check(self) -> None:
-        why = self.exceeded()
-        if why:
-            raise BudgetExceeded(
-                f"{why}; the shards written so far are kept: run again with a bigger budget "
-                "(e.g. --set budget.tokens=N) to resume"
-            )

@@ -10,6 +10,7 @@ pipeline that knows Ray; its modules, in the order a run uses them:
     workers.py        what runs inside Ray workers (pickled by module path)
     execute.py        a stage on rows with no row lost (Ray-free; workers and the driver call it)
     ledger.py         _SUCCESS and totals, rejected/, manifest.json
+    budget.py         BudgetGuard: what the run dir has spent, checked between shards
     runner.py         Runner: the steps in order, resumed, under the budget
     command.py        `alignfactory run` / `python -m alignfactory.run`: arguments, console, exit code
 

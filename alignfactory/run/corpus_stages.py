@@ -20,9 +20,9 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from alignfactory.cost import BudgetGuard
 from alignfactory.progress import Progress
 from alignfactory.run import workers
+from alignfactory.run.budget import BudgetGuard
 from alignfactory.run.execute import build_stage
 from alignfactory.run.ledger import succeed, totals
 from alignfactory.run.planning import Step

@@ -10,8 +10,8 @@ import json
 import logging
 import os
 
-from alignfactory.cost import BudgetGuard
 from alignfactory.progress import Progress
+from alignfactory.run.budget import BudgetGuard
 from alignfactory.run.ledger import succeed, totals
 from alignfactory.run.planning import Step
 from alignfactory.run.ray_plumbing import row_dataset

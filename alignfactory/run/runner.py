@@ -11,6 +11,7 @@ from pathlib import Path
 from alignfactory import cost, io, storage
 from alignfactory.progress import Progress, Silent
 from alignfactory.run import corpus_stages, ledger, row_stages
+from alignfactory.run.budget import BudgetGuard
 from alignfactory.run.planning import Step, plan, prepare, segments
 from alignfactory.run.read import cut_shards
 from alignfactory.spec import PipelineSpec
@@ -50,7 +51,7 @@ class Runner:
         t0 = time.perf_counter()
         prepare(self.steps)
         # counts what this run dir already spent (earlier runs too); stops between shards when spent
-        self.guard = cost.BudgetGuard(self.spec.model_dump(mode="json"), self.root)
+        self.guard = BudgetGuard(self.spec.model_dump(mode="json"), self.root)
         stopped = None
         try:
             self.read()

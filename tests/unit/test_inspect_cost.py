@@ -6,6 +6,7 @@ import pytest
 from pydantic import ValidationError
 
 from alignfactory import cost, io
+from alignfactory.run.budget import BudgetGuard
 from tests.unit.test_inspect import make_run
 
 
@@ -107,10 +108,10 @@ def test_budget_and_price_validation():
 def test_budget_guard_counts_earlier_shards_and_stops(rich):
     spec = manifest(rich)["spec"]
     spent = sum(s.get("tokens_in", 0) + s.get("tokens_out", 0) for s in manifest(rich)["stages"])
-    assert cost.BudgetGuard(spec, rich).tokens == spent  # everything already written counts
-    cost.BudgetGuard(spec, rich).check()  # no budget: never stops
+    assert BudgetGuard(spec, rich).tokens == spent  # everything already written counts
+    BudgetGuard(spec, rich).check()  # no budget: never stops
 
-    guard = cost.BudgetGuard(spec | {"budget": {"tokens": spent + 100}}, rich)
+    guard = BudgetGuard(spec | {"budget": {"tokens": spent + 100}}, rich)
     guard.check()
     guard.add(5, {"tokens_in": 60, "tokens_out": 39})
     guard.check()  # 99 more: still under
@@ -118,12 +119,12 @@ def test_budget_guard_counts_earlier_shards_and_stops(rich):
     with pytest.raises(cost.BudgetExceeded, match=r"token budget spent: .*bigger budget"):
         guard.check()
 
-    money = cost.BudgetGuard(spec | {"budget": {"money": 100.0}}, rich)
+    money = BudgetGuard(spec | {"budget": {"money": 100.0}}, rich)
     assert money.exceeded() is None
     money.add(5, {"tokens_in": 0, "tokens_out": 50_000 * 1000})  # 50M tokens at 2.0 / 1k
     assert money.exceeded().startswith("money budget spent")
 
 
 def test_budget_guard_on_an_empty_run_dir(tmp_path):
-    guard = cost.BudgetGuard({"budget": {"tokens": 10}, "stages": []}, tmp_path)
+    guard = BudgetGuard({"budget": {"tokens": 10}, "stages": []}, tmp_path)
     assert guard.tokens == 0 and guard.exceeded() is None
