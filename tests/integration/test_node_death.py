@@ -12,16 +12,13 @@ of a waiting worker once the stage's first output shard exists, then opens the g
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +39,7 @@ from tests.integration.conftest import (
     write_jsonl,
 )
 from tests.integration.gated import PASSES
+from tests.integration.ray_nodes import Node, all_alive, get_json, nodes, start_node
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
@@ -56,69 +54,6 @@ def phase(what: str) -> None:
 
 
 # ---- a cluster of `ray start` nodes on this machine -----------------------------------------------
-
-
-@dataclass
-class Node:
-    name: str
-    proc: subprocess.Popen  # `ray start --block`, in a session of its own
-    log: Path
-
-    def pids(self) -> set[int]:
-        """Every live process of the node: its process group (the `ray start` process, raylet, agents,
-        log monitor) and their descendants (workers, which the raylet puts in groups of their own)."""
-        import psutil
-
-        procs = set()
-        for p in psutil.process_iter():
-            try:
-                if os.getpgid(p.pid) == self.proc.pid:
-                    procs.add(p)
-                    procs.update(p.children(recursive=True))
-            except (psutil.Error, ProcessLookupError):
-                pass
-        return {p.pid for p in procs if _alive(p)}
-
-    def node_id(self) -> str | None:
-        """Ray's id of the node, from its raylet's command line."""
-        import psutil
-
-        for pid in self.pids():
-            try:
-                args = psutil.Process(pid).cmdline()
-            except psutil.Error:
-                continue
-            if args and Path(args[0]).name == "raylet":
-                return next(a.split("=", 1)[1] for a in args if a.startswith("--node_id="))
-        return None
-
-    def kill(self) -> set[int]:
-        """SIGKILL every process of the node, by pid; returns the pids. The node is frozen first
-        (SIGSTOP), so that no worker is started between listing its processes and killing them."""
-        pids, seen = self.pids(), set()
-        while pids - seen:
-            for pid in pids - seen:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGSTOP)
-            seen |= pids
-            pids = self.pids() | seen
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        self.proc.wait(timeout=30)
-        deadline = time.monotonic() + 10
-        while self.pids() and time.monotonic() < deadline:  # SIGKILL is not instant on a busy machine
-            time.sleep(0.05)
-        return pids
-
-
-def _alive(p) -> bool:
-    import psutil
-
-    try:
-        return p.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
 
 
 @dataclass
@@ -152,38 +87,10 @@ class Cluster:
                 assert retries > 0, f"{n.name} exited:\n{n.log.read_text()[-3000:]}"
                 retries -= 1
                 self.replace_dead()
-            ids = {n.node_id() for n in [self.head, *self.workers]}
-            if None not in ids and ids <= {n["node_id"] for n in nodes(self.dashboard, "ALIVE")}:
+            if all_alive(self.dashboard, [self.head, *self.workers]):
                 return
             assert time.monotonic() < deadline, f"nodes not up in {timeout} s"
             time.sleep(0.5)
-
-
-def start_node(root: Path, name: str, env: dict, args: list[str]) -> Node:
-    log = root / f"{name}.log"
-    cmd = [str(BIN / "ray"), "start", "--block", "--disable-usage-stats", "--temp-dir", str(root / name)]
-    # nodes on one machine need ports of their own where Ray's defaults are fixed numbers (the agent's
-    # 52365); a small object store each (plasma: 30% of RAM per node by default)
-    cmd += ["--dashboard-agent-listen-port", str(free_port()), "--object-store-memory", str(200 << 20)]
-    with open(log, "w") as out:
-        proc = subprocess.Popen(
-            cmd + args, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-        )
-    return Node(name, proc, log)
-
-
-def get_json(url: str, timeout: float = 10) -> object:
-    with urllib.request.urlopen(url, timeout=timeout) as r:
-        return json.loads(r.read())
-
-
-def nodes(dashboard: str, state: str) -> list[dict]:
-    """Ray's nodes in `state` (ALIVE, DEAD), from the state API; [] while the dashboard is not up."""
-    try:
-        reply = get_json(f"{dashboard}/api/v0/nodes?limit=100&detail=true")
-    except OSError:
-        return []
-    return [n for n in reply["data"]["result"]["result"] if n["state"] == state]
 
 
 def start_head(root: Path, env: dict, name: str) -> Cluster:

@@ -1,4 +1,4 @@
-"""`ray start --head` + `ray job submit --working-dir . -- python -m alignfactory.run ...` + `ray stop`:
+"""`ray start --head` + `ray job submit --working-dir . -- python -m alignfactory.run ...`:
 the main job's spec, a corpus-stage spec, and a quick SFT job whose driver is SIGKILLed, then
 submitted again."""
 
@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from tests.integration.conftest import (
     rejected_rows,
     write_jsonl,
 )
+from tests.integration.ray_nodes import start_node, wait_alive
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
@@ -34,21 +36,34 @@ SEEDS = REPO / "pipelines" / "seeds" / "sft_seed.jsonl"
 
 @pytest.fixture(scope="module")
 def ray_head():
-    """One head for the module's jobs, started as a user starts one; `ray stop` at the end."""
+    """One head for the module's jobs, started as a user starts one (`ray start --head`); at the end
+    its processes (and the jobs' drivers under it) are SIGKILLed by pid, not `ray stop`, which would
+    end every Ray on the machine."""
     import ray
 
-    if ray.is_initialized():  # the integration tests' shared Ray: `ray stop` below ends every Ray
+    if ray.is_initialized():  # the integration tests' shared Ray: its 2 CPUs back for the jobs here
         ray.shutdown()
     env = os.environ | {"RAY_AUTH_MODE": "disabled", "PATH": f"{BIN}:{os.environ['PATH']}"}
     env.pop("RAY_ADDRESS", None)
+    root = Path(tempfile.mkdtemp(prefix="rjb-"))  # short: Ray's socket paths live under it
     dash = free_port()
-    cmd = [str(BIN / "ray"), "start", "--head", "--num-cpus", "2", "--disable-usage-stats"]
-    cmd += ["--port", str(free_port()), "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash)]
-    subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=120)
+    args = [
+        "--head",
+        "--num-cpus",
+        "2",
+        "--port",
+        str(free_port()),
+        "--ray-client-server-port",
+        str(free_port()),
+    ]
+    args += ["--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash)]
+    head = start_node(root, "head", env, args, object_store_mb=2048)
     try:
+        wait_alive(f"http://127.0.0.1:{dash}", [head])
         yield env, f"http://127.0.0.1:{dash}"
     finally:
-        subprocess.run([str(BIN / "ray"), "stop", "--force"], env=env, capture_output=True, timeout=120)
+        head.kill()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def submit(ray_head, args: list[str], *extra: str) -> subprocess.CompletedProcess:
