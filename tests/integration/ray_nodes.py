@@ -103,6 +103,33 @@ def start_node(root: Path, name: str, env: dict, args: list[str], object_store_m
     return Node(name, proc, log)
 
 
+def node_env() -> dict:
+    """The environment `ray` commands run in: this venv's `ray` first, no token auth (the tests reach
+    the dashboard's REST API without one), and no RAY_ADDRESS (a head must not join another Ray)."""
+    env = os.environ | {"RAY_AUTH_MODE": "disabled", "PATH": f"{BIN}:{os.environ['PATH']}"}
+    env.pop("RAY_ADDRESS", None)
+    return env
+
+
+@dataclass
+class Head:
+    node: Node
+    gcs: str  # 127.0.0.1:<port>, for `ray start --address`
+    dashboard: str  # http://127.0.0.1:<port>, for `ray job submit` and the REST API
+
+
+def start_head(
+    root: Path, env: dict, name: str, num_cpus: int, extra: list[str], object_store_mb: int = 200
+) -> Head:
+    """A head node on free ports, its dashboard (and job agent) on 127.0.0.1."""
+    port, dash = free_port(), free_port()
+    args = ["--head", "--num-cpus", str(num_cpus), "--port", str(port)]
+    args += ["--ray-client-server-port", str(free_port()), "--dashboard-host", "127.0.0.1"]
+    args += ["--dashboard-port", str(dash), *extra]
+    node = start_node(root, name, env, args, object_store_mb)
+    return Head(node, f"127.0.0.1:{port}", f"http://127.0.0.1:{dash}")
+
+
 def get_json(url: str, timeout: float = 10) -> object:
     with urllib.request.urlopen(url, timeout=timeout) as r:
         return json.loads(r.read())

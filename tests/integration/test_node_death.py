@@ -13,10 +13,8 @@ of a waiting worker once the stage's first output shard exists, then opens the g
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -27,22 +25,21 @@ import yaml
 
 from alignfactory.run import Runner
 from alignfactory.spec import load_spec
+from tests.integration import ray_nodes
 from tests.integration.conftest import (
     REPO,
     SHORT_REPLIES,
     assert_each_input_once,
     exported,
-    free_port,
     input_lines,
     read_jsonl,
     rejected_rows,
     write_jsonl,
 )
 from tests.integration.gated import PASSES
-from tests.integration.ray_nodes import Node, all_alive, get_json, nodes, start_node
+from tests.integration.ray_nodes import BIN, Node, all_alive, get_json, nodes, start_node
 
 pytestmark = pytest.mark.slow
-BIN = Path(sys.executable).parent
 SEEDS = REPO / "pipelines" / "seeds" / "sft_seed.jsonl"
 GATED = "tests.integration.gated"
 T0 = time.monotonic()
@@ -94,16 +91,12 @@ class Cluster:
 
 
 def start_head(root: Path, env: dict, name: str) -> Cluster:
-    port, dash = free_port(), free_port()
-    args = ["--head", "--num-cpus", "0", "--port", str(port), "--ray-client-server-port", str(free_port())]
-    args += ["--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash)]
     # Ray marks a node dead after 5 failed health checks 3 s apart (its defaults): ~15 s before a
     # dead node's actors restart elsewhere. 3 checks 1 s apart here; each check still waits 10 s
     # for a busy raylet's answer, so a slow node is not taken for a dead one.
     health = {"health_check_period_ms": 1000, "health_check_failure_threshold": 3}
-    args += ["--system-config", json.dumps(health)]
-    head = start_node(root, name, env, args)
-    return Cluster(root, env, f"127.0.0.1:{port}", f"http://127.0.0.1:{dash}", head, [])
+    head = ray_nodes.start_head(root, env, name, 0, ["--system-config", json.dumps(health)])
+    return Cluster(root, env, head.gcs, head.dashboard, head.node, [])
 
 
 @pytest.fixture(scope="module")
@@ -114,8 +107,7 @@ def cluster(local_ray):
     The integration tests' shared Ray (local_ray) stays up: the uninterrupted reference runs use it."""
     # /tmp/rnd-XXXX: Ray's socket paths (<temp dir>/session_.../sockets/...) must stay under 107 bytes
     root = Path(tempfile.mkdtemp(prefix="rnd-"))
-    env = os.environ | {"RAY_AUTH_MODE": "disabled", "PATH": f"{BIN}:{os.environ['PATH']}"}
-    env.pop("RAY_ADDRESS", None)
+    env = ray_nodes.node_env()
     phase("cluster: start")
     c = None
     try:

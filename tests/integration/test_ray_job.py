@@ -7,7 +7,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -21,16 +20,14 @@ from tests.integration.conftest import (
     SHORT_REPLIES,
     assert_each_input_once,
     exported,
-    free_port,
     input_lines,
     read_jsonl,
     rejected_rows,
     write_jsonl,
 )
-from tests.integration.ray_nodes import start_node, wait_alive
+from tests.integration.ray_nodes import BIN, node_env, start_head, wait_alive
 
 pytestmark = pytest.mark.slow
-BIN = Path(sys.executable).parent
 SEEDS = REPO / "pipelines" / "seeds" / "sft_seed.jsonl"
 
 
@@ -43,26 +40,14 @@ def ray_head():
 
     if ray.is_initialized():  # the integration tests' shared Ray: its 2 CPUs back for the jobs here
         ray.shutdown()
-    env = os.environ | {"RAY_AUTH_MODE": "disabled", "PATH": f"{BIN}:{os.environ['PATH']}"}
-    env.pop("RAY_ADDRESS", None)
+    env = node_env()
     root = Path(tempfile.mkdtemp(prefix="rjb-"))  # short: Ray's socket paths live under it
-    dash = free_port()
-    args = [
-        "--head",
-        "--num-cpus",
-        "2",
-        "--port",
-        str(free_port()),
-        "--ray-client-server-port",
-        str(free_port()),
-    ]
-    args += ["--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash)]
-    head = start_node(root, "head", env, args, object_store_mb=2048)
+    head = start_head(root, env, "head", 2, [], object_store_mb=2048)
     try:
-        wait_alive(f"http://127.0.0.1:{dash}", [head])
-        yield env, f"http://127.0.0.1:{dash}"
+        wait_alive(head.dashboard, [head.node])
+        yield env, head.dashboard
     finally:
-        head.kill()
+        head.node.kill()
         shutil.rmtree(root, ignore_errors=True)
 
 
